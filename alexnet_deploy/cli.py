@@ -1,0 +1,251 @@
+"""Command-line entry points (click). Thin: each command parses options and calls one stage module.
+
+Every ``AlexnetDeployError`` becomes one line on stderr and a non-zero exit; heavy imports happen inside
+the commands so ``--help`` works without torch, onnxruntime or any optional dependency.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from alexnet_deploy.errors import AlexnetDeployError
+
+VARIANT_HELP = "cifar10 | torchvision | paper | paper-ungrouped | plain | bn"
+
+
+def _handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AlexnetDeployError as exc:
+            msg = str(exc)
+            if "\n" in msg:  # details (a parity table) to stdout, the one-line verdict to stderr
+                head, _, rest = msg.partition("\n")
+                click.echo(rest)
+                msg = head
+            click.echo(f"error: {msg}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; no partial output was kept", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+def _weights_options(fn):
+    fn = click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")(fn)
+    fn = click.option("--num-classes", type=click.IntRange(min=1), default=None,
+                      help="Class count (default: the variant's, or the checkpoint's).")(fn)
+    fn = click.option("--weights", default="random", show_default=True,
+                      help="random | imagenet (torchvision variant) | PATH (.pt/.pth/.safetensors).")(fn)
+    fn = click.option("--variant", default=None, help=f"{VARIANT_HELP} (default: read from the checkpoint).")(fn)
+    return fn
+
+
+# --------------------------------------------------------------------------------------------- train
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--variant", default="cifar10", show_default=True, help=VARIANT_HELP)
+@click.option("--dataset", default="digits", show_default=True,
+              help="digits (embedded) | CIFAR-10 python-batch folder | ImageFolder tree.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="Checkpoint to write (.pt or .safetensors).")
+@click.option("--weights", default="random", show_default=True, help="Initial weights: random | PATH.")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True,
+              help="Peak learning rate (one-cycle schedule), SGD with momentum.")
+@click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_handle_errors
+def train_cmd(variant, dataset, output, weights, epochs, batch_size, lr, momentum, weight_decay, seed, threads,
+              no_progress):
+    """Train an AlexNet variant with SGD + momentum and write a checkpoint (atomically)."""
+    _setup_logging()
+    from alexnet_deploy.data.datasets import load_dataset
+    from alexnet_deploy.fileio import check_writable
+    from alexnet_deploy.models.weights import load_model
+    from alexnet_deploy.training.train import TrainConfig, train
+
+    check_writable(output)
+    train_set, held = load_dataset(dataset, "train"), load_dataset(dataset, "heldout")
+    loaded = load_model(variant, weights, num_classes=len(train_set.class_names), seed=seed,
+                        class_names=train_set.class_names)
+    click.echo(f"training {loaded.variant} on {dataset}: {len(train_set)} train / {len(held)} held-out images, "
+               f"{len(train_set.class_names)} classes")
+    result = train(loaded, train_set, held, TrainConfig(epochs, batch_size, lr, momentum, weight_decay, seed, threads),
+                   output, progress=not no_progress)
+    click.echo(f"held-out accuracy {result.heldout_accuracy:.2%} after {epochs} epochs in {result.seconds:.1f} s; "
+               f"checkpoint: {result.checkpoint}")
+
+
+# -------------------------------------------------------------------------------------------- export
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def export_group():
+    """Export models: `onnx` (PyTorch -> verified ONNX)."""
+
+
+@export_group.command("onnx")
+@_weights_options
+@click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="ONNX file to write.")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Static batch size (default: dynamic).")
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--fp16", is_flag=True, help="FP16 weights and compute; inputs/outputs stay float32.")
+@click.option("--softmax", is_flag=True, help="End in softmax (plain variant only).")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
+@click.option("--no-check", is_flag=True, help="Skip the parity check against PyTorch (not recommended).")
+@click.option("--tol", multiple=True, metavar="NAME=VALUE", help="Override a parity tolerance, e.g. max_abs=1e-2.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the parity report as JSON.")
+@click.option("-v", "--verbose", is_flag=True)
+@_handle_errors
+def export_onnx_cmd(variant, weights, num_classes, seed, output, batch, opset, fp16, softmax, no_simplify,
+                    no_check, tol, json_path, verbose):
+    """Export a variant + weights to a simplified ONNX model with metadata, checked against PyTorch."""
+    _setup_logging(verbose)
+    from alexnet_deploy.exporter.onnx_export import ExportOptions, export_onnx
+    from alexnet_deploy.fileio import atomic_write_bytes, check_writable
+    from alexnet_deploy.models.weights import load_model
+    from alexnet_deploy.parity.tolerances import parse_overrides
+
+    check_writable(output)
+    overrides = parse_overrides(tol)
+    loaded = load_model(variant, weights, num_classes=num_classes, seed=seed, softmax=softmax)
+    opts = ExportOptions(opset=opset, batch=batch, fp16=fp16, simplify=not no_simplify, check=not no_check,
+                         tolerance_overrides=overrides)
+    result = export_onnx(loaded, output, opts)
+    if result.report is not None:
+        click.echo(result.report.table())
+        if json_path:
+            atomic_write_bytes(json_path, result.report.to_json().encode())
+    extras = []
+    if result.folded_batchnorms:
+        extras.append(f"folded BatchNorm {', '.join(result.folded_batchnorms)}")
+    if not result.simplified and opts.simplify:
+        extras.append("onnxsim could not simplify (kept the original graph)")
+    click.echo(f"wrote {result.path} ({result.metadata.precision}, opset {opset}, "
+               f"batch {batch or 'dynamic'}, sha256 {result.sha256[:12]})" + (f"; {'; '.join(extras)}" if extras else ""))
+
+
+# ------------------------------------------------------------------------------------------- predict
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", "-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--engine", default=None, help="torch | torch-cuda | ort | ort-cuda | ort-trt | trt (default: from MODEL).")
+@click.option("--variant", default=None, help="Variant defaults for a model without alexnet-deploy metadata.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout instead of a table.")
+@_handle_errors
+def predict_cmd(model, images, top_k, engine, variant, batch_size, as_json):
+    """Classify images (files or folders) with a checkpoint, an ONNX model or an engine."""
+    _setup_logging()
+    from tqdm import tqdm
+
+    from alexnet_deploy.runtime.postprocess import to_probabilities, topk
+    from alexnet_deploy.runtime.preprocess import find_images, load_image, preprocess_batch
+    from alexnet_deploy.runtime.runners.factory import open_runner
+
+    files = find_images(images)
+    runner = open_runner(model, engine, variant=variant)
+    meta = runner.metadata
+    results = []
+    with runner:
+        step = min(batch_size, runner.max_batch or batch_size)
+        for i in tqdm(range(0, len(files), step), disable=len(files) <= step, desc="predict", file=sys.stderr):
+            chunk = files[i: i + step]
+            x = preprocess_batch([load_image(f) for f in chunk], meta.preprocessing)
+            if runner.min_batch > len(chunk):  # static-batch model: pad the last batch
+                x = x[np.r_[np.arange(len(chunk)), np.full(runner.min_batch - len(chunk), len(chunk) - 1)]]
+            probs = to_probabilities(runner.infer(x)[: len(chunk)], meta.output_kind)
+            results += [{"image": f, "top": t} for f, t in zip(chunk, topk(probs, top_k, meta.class_names))]
+    if as_json:
+        click.echo(json.dumps({"model": str(model), "engine": runner.describe(), "results": results}, indent=2))
+        return
+    for r in results:
+        best = r["top"][0]
+        rest = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"][1:])
+        click.echo(f"{r['image']}: {best['label']} ({best['probability']:.3f})" + (f"  [{rest}]" if rest else ""))
+
+
+# -------------------------------------------------------------------------------------------- parity
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("candidate", type=click.Path())
+@click.option("--engine", default=None, help="Engine for CANDIDATE (default: from its suffix).")
+@click.option("--reference", default=None,
+              help="PyTorch FP32 reference weights (default: the weights recorded in the candidate's metadata).")
+@click.option("--variant", default=None, help="Variant defaults for a candidate without metadata.")
+@click.option("--dataset", default="digits", show_default=True,
+              help="Labelled set: digits | CIFAR-10 folder | ImageFolder tree | none.")
+@click.option("--num-images", type=click.IntRange(min=1), default=360, show_default=True,
+              help="Images from the held-out split (class-balanced, deterministic).")
+@click.option("--random-samples", type=click.IntRange(min=0), default=16, show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
+              help="Which default gates apply (auto: the candidate's precision).")
+@click.option("--tol", multiple=True, metavar="NAME=VALUE", help="Override a gate, e.g. min_top1_agreement=0.98.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None)
+@_handle_errors
+def parity_cmd(candidate, engine, reference, variant, dataset, num_images, random_samples, precision, tol,
+               json_path, junit_path):
+    """Compare a candidate model with the PyTorch FP32 reference; non-zero exit when a gate fails."""
+    _setup_logging()
+    from alexnet_deploy.fileio import atomic_write_bytes, check_writable
+    from alexnet_deploy.parity.run import reference_for, run_parity
+    from alexnet_deploy.parity.sets import parity_sets
+    from alexnet_deploy.parity.tolerances import parse_overrides, tolerances_for
+    from alexnet_deploy.runtime.runners.factory import open_runner
+    from alexnet_deploy.runtime.runners.torch_runner import TorchRunner
+
+    for p in (json_path, junit_path):
+        if p:
+            check_writable(p)
+    runner = open_runner(candidate, engine, variant=variant)
+    meta = runner.metadata
+    prec = meta.precision if precision == "auto" else precision
+    tol_ = tolerances_for(prec, parse_overrides(tol))
+    ref = TorchRunner(reference_for(meta, reference))
+    sets = parity_sets(meta, dataset if dataset != "none" else None, num_images, random_samples)
+    with runner, ref:
+        report = run_parity(runner, ref, sets, tol_, prec)
+    report.candidate = f"{candidate} [{runner.describe()}]"
+    click.echo(report.table())
+    if json_path:
+        atomic_write_bytes(json_path, report.to_json().encode())
+    if junit_path:
+        atomic_write_bytes(junit_path, report.to_junit().encode())
+    if not report.passed:
+        click.echo(f"error: parity gate failed ({len(report.failures)} failing metric(s))", err=True)
+        sys.exit(1)
+    click.echo("parity: PASS")
+
+
+# ---------------------------------------------------------------------------------------------- demo
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--workdir", type=click.Path(file_okay=False), default="artifacts/demo", show_default=True)
+@click.option("--retrain", is_flag=True, help="Train again even when a cached checkpoint exists.")
+@_handle_errors
+def demo_cmd(workdir, retrain):
+    """The main job: train (or reuse) cifar10 on the embedded digits, export FP32 + FP16 ONNX, check parity."""
+    _setup_logging()
+    from alexnet_deploy.demo import run_demo
+
+    run_demo(Path(workdir), retrain=retrain, echo=click.echo)
+
+
+
+train_main = train_cmd
+export_main = export_group
+predict_main = predict_cmd
+parity_main = parity_cmd
+demo_main = demo_cmd

@@ -1,0 +1,221 @@
+"""PyTorch -> ONNX: torch.onnx export, BatchNorm folding, onnxsim, optional FP16, onnx.checker, metadata,
+then a parity check on ONNX Runtime before the file is put in place (atomically)."""
+from __future__ import annotations
+
+import io
+import logging
+import platform
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from alexnet_deploy.errors import ExportError, ParityError, UserInputError
+from alexnet_deploy.fileio import atomic_path, check_writable, sha256_bytes
+from alexnet_deploy.models.weights import LoadedModel
+from alexnet_deploy.parity.compare import ParityReport, compare_outputs
+from alexnet_deploy.parity.tolerances import tolerances_for
+from alexnet_deploy.runtime.metadata import ModelMetadata
+
+log = logging.getLogger(__name__)
+DEFAULT_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+@dataclass
+class ExportOptions:
+    opset: int = DEFAULT_OPSET
+    batch: int | None = None  # None: dynamic batch dimension
+    fp16: bool = False
+    simplify: bool = True
+    fold_bn: bool = True
+    check: bool = True
+    random_samples: int = 8
+    dataset_samples: int = 64
+    tolerance_overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    metadata: ModelMetadata
+    report: ParityReport | None
+    folded_batchnorms: list[str]
+    simplified: bool
+    sha256: str
+
+
+def tool_versions() -> dict[str, str]:
+    import onnxruntime
+    import torchvision
+
+    from alexnet_deploy import __version__
+
+    versions = {"alexnet_deploy": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+                "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+    try:
+        import onnxsim
+
+        versions["onnxsim"] = getattr(onnxsim, "__version__", "unknown")
+    except ImportError:
+        pass
+    return versions
+
+
+def _torch_export(model: torch.nn.Module, shape: tuple, opts: ExportOptions) -> onnx.ModelProto:
+    dummy = torch.randn(*shape)
+    dynamic = None if opts.batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (dummy,), buf, dynamo=False, opset_version=opts.opset, input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], dynamic_axes=dynamic, do_constant_folding=True,
+            )
+    except Exception as exc:  # torch.onnx raises several error types (UnsupportedOperatorError, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "opset" in first.lower() or "not supported" in first.lower():
+            raise ExportError(f"torch.onnx cannot export this model at opset {opts.opset}: {first}; "
+                              f"try --opset {DEFAULT_OPSET}") from None
+        raise ExportError(f"torch.onnx export failed: {first}") from None
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    from alexnet_deploy.deps import require
+
+    onnxsim = require("onnxsim")
+    try:
+        simplified, ok = onnxsim.simplify(model)
+    except Exception as exc:  # noqa: BLE001 - onnxsim raises RuntimeError/ValueError/...
+        log.warning("onnxsim failed (%s); keeping the unsimplified graph", str(exc).splitlines()[0][:200])
+        return model, False
+    if not ok:
+        log.warning("onnxsim could not validate the simplified graph; keeping the unsimplified one")
+        return model, False
+    return simplified, True
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """FP16 weights and compute; graph inputs and outputs stay float32 (Cast nodes at the edges), so
+    callers feed and read the same arrays as for the FP32 model. TensorRT 11 / TensorRT-RTX (strongly
+    typed) build FP16 engines from this graph."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    _toposort(converted.graph)  # the converter appends its input Casts at the end of the node list
+    return converted
+
+
+def _toposort(graph: onnx.GraphProto) -> None:
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        progress = [n for n in pending if all(i in ready for i in n.input)]
+        if not progress:
+            raise ExportError("the FP16 graph has a cycle or a dangling input; export FP32 instead")
+        for n in progress:
+            ordered.append(n)
+            ready.update(n.output)
+        pending = [n for n in pending if n not in progress]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def reference_inputs(loaded: LoadedModel, opts: ExportOptions, seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """Input sets for the parity check: seeded normal noise and real digits images (labelled when the
+    model was trained on digits)."""
+    shape = (3, loaded.preprocessing.crop, loaded.preprocessing.crop)
+    n_rand = opts.batch or opts.random_samples
+    sets = [("random", np.random.default_rng(seed).standard_normal((n_rand, *shape)).astype(np.float32), None)]
+    if opts.dataset_samples:
+        from alexnet_deploy.data.datasets import balanced_subset, load_digits
+
+        held = balanced_subset(load_digits("heldout"), opts.dataset_samples if not opts.batch else opts.batch)
+        labels = held.labels if list(loaded.class_names) == held.class_names else None
+        sets.append(("digits:heldout", held.arrays(loaded.preprocessing), labels))
+    return sets
+
+
+def parity_check(onnx_bytes_or_path, loaded: LoadedModel, metadata: ModelMetadata, opts: ExportOptions,
+                 name: str) -> ParityReport:
+    from alexnet_deploy.runtime.runners.ort import OrtRunner
+
+    tol = tolerances_for(metadata.precision, opts.tolerance_overrides)
+    report = ParityReport(name, f"PyTorch FP32 ({loaded.source})", metadata.precision, tol)
+    runner = OrtRunner(onnx_bytes_or_path, metadata)
+    with runner, torch.inference_mode():
+        for set_name, x, labels in reference_inputs(loaded, opts):
+            ref_parts, cand_parts = [], []
+            step = opts.batch or 32
+            for i in range(0, len(x), step):
+                xb = x[i: i + step]
+                ref_parts.append(loaded.model(torch.from_numpy(xb)).numpy())
+                cand_parts.append(runner.infer(xb))
+            report.sets.append(compare_outputs(set_name, np.concatenate(ref_parts), np.concatenate(cand_parts),
+                                               tol, labels, metadata.output_kind))
+    return report
+
+
+def export_onnx(loaded: LoadedModel, output: str | Path, opts: ExportOptions | None = None) -> ExportResult:
+    opts = opts or ExportOptions()
+    output = check_writable(output)
+    if output.suffix != ".onnx":
+        raise UserInputError(f"output {output} should end in .onnx")
+    if opts.batch is not None and opts.batch < 1:
+        raise UserInputError(f"--batch must be at least 1, got {opts.batch}")
+    model = loaded.model.eval()
+    folded: list[str] = []
+    if opts.fold_bn and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+        from alexnet_deploy.exporter.bn_fold import fold_batchnorm
+
+        model, folded = fold_batchnorm(model)
+    shape = (opts.batch or 1, 3, loaded.preprocessing.crop, loaded.preprocessing.crop)
+    proto = _torch_export(model, shape, opts)
+    simplified = False
+    if opts.simplify:
+        proto, simplified = _simplify(proto)
+    fp32_sha = sha256_bytes(proto.SerializeToString()) if opts.fp16 else ""
+    if opts.fp16:
+        proto = to_fp16(proto)
+    metadata = ModelMetadata(
+        variant=loaded.variant, class_names=list(loaded.class_names), preprocessing=loaded.preprocessing,
+        input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+        output_kind="probabilities" if loaded.softmax else "logits", batch=opts.batch,
+        precision="fp16" if opts.fp16 else "fp32", io_dtype="float32", opset=opts.opset,
+        source_weights=loaded.source, source_sha256=loaded.source_sha256, fp32_onnx_sha256=fp32_sha,
+        versions=tool_versions(),
+        extra={"folded_batchnorms": folded, "simplified": simplified,
+               **({"heldout_accuracy": loaded.info["heldout_accuracy"]} if "heldout_accuracy" in loaded.info else {})},
+    )
+    set_metadata(proto, metadata)
+    proto.producer_name, proto.producer_version = "alexnet-deploy", metadata.versions["alexnet_deploy"]
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
+        raise ExportError(f"onnx.checker rejected the exported model: {str(exc).splitlines()[0][:300]}") from None
+    data = proto.SerializeToString()
+    report = None
+    with atomic_path(output) as tmp:
+        tmp.write_bytes(data)
+        if opts.check:
+            report = parity_check(str(tmp), loaded, metadata, opts, output.name)
+            if not report.passed:
+                raise ParityError(
+                    f"exported model disagrees with PyTorch; {output} was not written:\n{report.table()}", report)
+    return ExportResult(output, metadata, report, folded, simplified, sha256_bytes(data))
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: ModelMetadata) -> None:
+    """Replace our keys in ``metadata_props`` (others are kept)."""
+    from alexnet_deploy.runtime.metadata import PREFIX
+
+    keep = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith(PREFIX)]
+    del proto.metadata_props[:]
+    for k, v in keep + list(metadata.to_props().items()):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v

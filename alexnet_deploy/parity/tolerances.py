@@ -1,0 +1,66 @@
+"""Default parity gates per precision: the one place these numbers live.
+
+Each metric is either a maximum (``max_*``) or a minimum (``min_*``); ``None`` reports the metric without
+gating on it. ``max_rel`` is the largest elementwise |candidate - reference| / |reference| over the
+elements whose magnitude is at least 1% of their row's largest (near-zero logits carry no signal).
+``max_accuracy_drop`` is in percentage points and applies only to labelled datasets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from alexnet_deploy.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    max_abs: float | None = None
+    max_rel: float | None = None
+    min_cosine: float | None = None
+    min_top1_agreement: float | None = None
+    min_top5_overlap: float | None = None
+    max_kl: float | None = None
+    max_accuracy_drop: float | None = None
+    max_nonfinite: int = 0
+
+    def override(self, items: dict[str, float | None]) -> "Tolerances":
+        names = {f.name for f in fields(self)}
+        for k in items:
+            if k not in names:
+                raise UserInputError(f"unknown tolerance {k!r}; known: {', '.join(sorted(names))}")
+        return replace(self, **items)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+TOLERANCES: dict[str, Tolerances] = {
+    "fp32": Tolerances(max_abs=1e-3, max_rel=1e-3, min_cosine=0.99999, min_top1_agreement=0.99,
+                       min_top5_overlap=0.99, max_kl=1e-5, max_accuracy_drop=0.5),
+    "fp16": Tolerances(max_abs=None, max_rel=5e-2, min_cosine=0.999, min_top1_agreement=0.995,
+                       min_top5_overlap=0.98, max_kl=1e-3, max_accuracy_drop=0.5),
+    "int8": Tolerances(max_abs=None, max_rel=None, min_cosine=0.98, min_top1_agreement=0.90,
+                       min_top5_overlap=0.85, max_kl=5e-2, max_accuracy_drop=1.0),
+}
+
+
+def tolerances_for(precision: str, overrides: dict[str, float | None] | None = None) -> Tolerances:
+    try:
+        base = TOLERANCES[precision]
+    except KeyError:
+        raise UserInputError(f"unknown precision {precision!r}; choose one of {', '.join(TOLERANCES)}") from None
+    return base.override(overrides or {})
+
+
+def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, float | None]:
+    """``["min_top1_agreement=0.98", "max_abs=none"]`` -> dict."""
+    out: dict[str, float | None] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserInputError(f"tolerance {item!r} is not NAME=VALUE (e.g. min_top1_agreement=0.98)")
+        try:
+            out[key.strip()] = None if value.strip().lower() in ("none", "off") else float(value)
+        except ValueError:
+            raise UserInputError(f"tolerance {item!r}: {value!r} is not a number (or 'none')") from None
+    return out

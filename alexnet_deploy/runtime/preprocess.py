@@ -1,0 +1,113 @@
+"""Image loading and preprocessing with numpy + Pillow only (no torch: this runs on Jetson images).
+
+Matches torchvision's ``Resize(resize) -> CenterCrop(crop) -> ToTensor() -> Normalize(mean, std)`` on PIL
+images to within 1e-6 (a test checks it against torchvision itself).
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from alexnet_deploy.errors import UserInputError
+from alexnet_deploy.models.specs import Preprocessing
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+_INTERPOLATION = {
+    "nearest": Image.NEAREST,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "lanczos": Image.LANCZOS,
+}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Grayscale, RGBA, palette, CMYK and 16-bit images to 8-bit RGB, honouring the EXIF orientation.
+
+    Alpha is dropped as ``img.convert("RGB")`` drops it (what torchvision users write), so the result is
+    the same pixels the PyTorch reference pipeline sees.
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
+        scale = 257 if img.mode != "I" or arr.max() > 255 else 1
+        img = Image.fromarray((arr // scale).clip(0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file fully (so truncation is found here), as RGB."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except FileNotFoundError:
+        raise UserInputError(f"image not found: {path}") from None
+    except UnidentifiedImageError:
+        raise UserInputError(f"{path} is not an image Pillow can read (expected JPEG, PNG, BMP, ...)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserInputError(f"{path} is truncated or corrupt: {exc}") from None
+
+
+def resize_shorter(img: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    if short == size:
+        return img
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    return img.resize((new_w, new_h), _INTERPOLATION[interpolation])
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    if w < size or h < size:  # torchvision pads with zeros first
+        padded = Image.new(img.mode, (max(w, size), max(h, size)))
+        padded.paste(img, ((max(w, size) - w) // 2, (max(h, size) - h) // 2))
+        img, (w, h) = padded, padded.size
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def preprocess_image(img: Image.Image, prep: Preprocessing) -> np.ndarray:
+    """One PIL image -> float32 array (3, crop, crop)."""
+    img = center_crop(resize_shorter(to_rgb(img), prep.resize, prep.interpolation), prep.crop)
+    x = np.asarray(img, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(prep.mean, dtype=np.float32)
+    std = np.asarray(prep.std, dtype=np.float32)
+    return ((x - mean) / std).transpose(2, 0, 1).copy()
+
+
+def preprocess_batch(images: Sequence[Image.Image], prep: Preprocessing) -> np.ndarray:
+    """PIL images -> float32 array (N, 3, crop, crop)."""
+    if not images:
+        return np.zeros((0, 3, prep.crop, prep.crop), dtype=np.float32)
+    return np.stack([preprocess_image(img, prep) for img in images])
+
+
+def find_images(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Expand folders (recursively, sorted) into image files; files are kept as given."""
+    out: list[str] = []
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            found = sorted(
+                os.path.join(root, f)
+                for root, _, files in os.walk(p)
+                for f in files
+                if f.lower().endswith(IMAGE_SUFFIXES)
+            )
+            if not found:
+                raise UserInputError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            out.extend(found)
+        elif os.path.exists(p):
+            out.append(p)
+        else:
+            raise UserInputError(f"image not found: {p}")
+    return out

@@ -1,0 +1,97 @@
+"""One runner lifecycle for every backend (after Polygraphy's runners): ``activate`` -> ``infer`` ->
+``deactivate``, usable as a context manager; subclasses implement the ``*_impl`` methods. Inputs are
+checked (name, rank, shape, dtype) before they reach the backend."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from alexnet_deploy.errors import InferenceError
+from alexnet_deploy.runtime.metadata import ModelMetadata
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple  # ints, or None for a dynamic dimension
+    dtype: np.dtype
+
+
+class Runner:
+    engine = "base"
+
+    def __init__(self, metadata: ModelMetadata):
+        self.metadata = metadata
+        self.is_active = False
+        self.input_spec: TensorSpec | None = None
+        self.provider = self.engine  # what actually runs: filled in on activation
+        self.max_batch: int | None = None  # inclusive batch range the model accepts
+        self.min_batch: int = 1
+
+    # lifecycle -------------------------------------------------------------------------------------
+    def activate(self) -> "Runner":
+        if not self.is_active:
+            self.activate_impl()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self.deactivate_impl()
+            self.is_active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    # inference -------------------------------------------------------------------------------------
+    def infer(self, inputs) -> np.ndarray:
+        """A batch (N, 3, H, W) float32, or ``{input_name: batch}`` -> outputs (N, num_classes) float32."""
+        if not self.is_active:
+            raise InferenceError(f"{self.engine} runner is not active; call activate() or use it in a with block")
+        x = self.check_inputs(inputs)
+        return np.asarray(self.infer_impl(x), dtype=np.float32)
+
+    def check_inputs(self, inputs) -> np.ndarray:
+        spec = self.input_spec
+        if isinstance(inputs, dict):
+            if set(inputs) != {spec.name}:
+                raise InferenceError(f"the model takes one input named {spec.name!r}, got {sorted(inputs)}")
+            inputs = inputs[spec.name]
+        x = np.asarray(inputs)
+        if x.dtype != spec.dtype:
+            if x.dtype.kind != "f":
+                raise InferenceError(f"input {spec.name!r} must be floating point ({spec.dtype}), got {x.dtype}")
+            x = x.astype(spec.dtype)
+        if x.ndim != len(spec.shape):
+            raise InferenceError(f"input {spec.name!r} must have rank {len(spec.shape)} "
+                                 f"(shape {_shape_str(spec.shape)}), got shape {x.shape}")
+        for dim, (got, want) in enumerate(zip(x.shape, spec.shape)):
+            if want is not None and got != want:
+                raise InferenceError(f"input {spec.name!r} must have shape {_shape_str(spec.shape)}, "
+                                     f"got {x.shape} (dimension {dim})")
+        n = x.shape[0]
+        if n < self.min_batch or (self.max_batch is not None and n > self.max_batch):
+            raise InferenceError(f"batch {n} is outside what this model accepts "
+                                 f"({self.min_batch}..{self.max_batch if self.max_batch else 'any'})")
+        return np.ascontiguousarray(x)
+
+    # to override ----------------------------------------------------------------------------------
+    def activate_impl(self) -> None:
+        raise NotImplementedError
+
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def deactivate_impl(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return f"{self.engine} ({self.provider})"
+
+
+def _shape_str(shape) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"

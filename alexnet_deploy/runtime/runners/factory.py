@@ -1,0 +1,65 @@
+"""Pick a runner from a model path and an engine name."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from alexnet_deploy.errors import ModelLoadError, UserInputError
+from alexnet_deploy.runtime.metadata import read_onnx_metadata
+
+# engine -> (kind of model file it runs, description)
+ENGINES = {
+    "torch": ("checkpoint", "PyTorch eager on the CPU (the reference)"),
+    "torch-cuda": ("checkpoint", "PyTorch eager on a CUDA GPU"),
+    "ort": ("onnx", "ONNX Runtime, CPU execution provider"),
+    "ort-cuda": ("onnx", "ONNX Runtime, CUDA execution provider"),
+    "ort-trt": ("onnx", "ONNX Runtime, TensorRT execution provider"),
+    "trt": ("engine", "a serialized TensorRT / TensorRT-RTX engine"),
+}
+ONNX_SUFFIXES = (".onnx",)
+ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".ckpt")
+
+
+def model_kind(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        return "onnx"
+    if suffix in ENGINE_SUFFIXES:
+        return "engine"
+    if suffix in CHECKPOINT_SUFFIXES:
+        return "checkpoint"
+    raise UserInputError(
+        f"cannot tell what {path} is from its suffix; expected .onnx, .plan/.engine or .pt/.pth/.safetensors"
+    )
+
+
+def default_engine(path) -> str:
+    return {"onnx": "ort", "engine": "trt", "checkpoint": "torch"}[model_kind(path)]
+
+
+def open_runner(path: str | os.PathLike, engine: str | None = None, *, variant: str | None = None,
+                threads: int | None = None, **options):
+    """A (not yet activated) runner for ``path``; ``variant`` supplies defaults for metadata-less ONNX."""
+    if not Path(path).is_file():
+        raise ModelLoadError(f"model not found: {path}")
+    engine = engine or default_engine(path)
+    if engine not in ENGINES:
+        raise UserInputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    kind = model_kind(path)
+    if ENGINES[engine][0] != kind:
+        raise UserInputError(f"engine {engine!r} runs {ENGINES[engine][0]} files, but {path} is a {kind} file")
+    if kind == "onnx":
+        from alexnet_deploy.runtime.runners.ort import OrtRunner
+
+        provider = {"ort": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[engine]
+        return OrtRunner(path, read_onnx_metadata(path, variant), provider=provider, threads=threads, **options)
+    if kind == "engine":
+        from alexnet_deploy.runtime.runners.tensorrt import TensorRTRunner
+
+        return TensorRTRunner(path, **options)
+    from alexnet_deploy.models.weights import load_model
+    from alexnet_deploy.runtime.runners.torch_runner import TorchRunner
+
+    loaded = load_model(variant, str(path))
+    return TorchRunner(loaded, device="cuda" if engine == "torch-cuda" else "cpu", threads=threads)
