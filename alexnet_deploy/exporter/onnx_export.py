@@ -22,6 +22,9 @@ from alexnet_deploy.runtime.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 17
+# ONNX Runtime has kernels for these graphs' operators (Conv, Gemm, MaxPool, LRN ...) from opset 7 on;
+# torch.onnx would write opset 6 and leave a model nothing can run.
+MIN_OPSET = 7
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -166,6 +169,9 @@ def export_onnx(loaded: LoadedModel, output: str | Path, opts: ExportOptions | N
     output = check_writable(output)
     if output.suffix != ".onnx":
         raise UserInputError(f"output {output} should end in .onnx")
+    if opts.opset < MIN_OPSET:
+        raise ExportError(f"opset {opts.opset} is too low for these operators (ONNX Runtime and TensorRT run "
+                          f"Conv/Gemm/MaxPool/LRN from opset {MIN_OPSET}); use --opset {DEFAULT_OPSET}")
     if opts.batch is not None and opts.batch < 1:
         raise UserInputError(f"--batch must be at least 1, got {opts.batch}")
     model = loaded.model.eval()

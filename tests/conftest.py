@@ -1,0 +1,110 @@
+"""Shared fixtures. Markers: gpu (needs CUDA), trt (needs a TensorRT/TensorRT-RTX builder), slow."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def _has_trt_builder() -> bool:
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
+
+
+def pytest_collection_modifyitems(config, items):
+    skips = {
+        "gpu": (None if _has_cuda() else "needs a CUDA GPU (none on this machine)"),
+        "trt": (None if _has_trt_builder() else "needs tensorrt or tensorrt-rtx (pip install tensorrt-rtx)"),
+    }
+    for item in items:
+        for marker, reason in skips.items():
+            if reason and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("session")
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(session_dir) -> Path:
+    """cifar10 trained on digits with the CLI's defaults (also the training acceptance test's subject)."""
+    from alexnet_deploy.data.datasets import load_digits
+    from alexnet_deploy.models.weights import load_model
+    from alexnet_deploy.training.train import TrainConfig, train
+
+    train_set, held = load_digits("train"), load_digits("heldout")
+    loaded = load_model("cifar10", "random", num_classes=10, class_names=train_set.class_names)
+    result = train(loaded, train_set, held, TrainConfig(epochs=30, lr=0.02), session_dir / "digits.pt", progress=False)
+    (session_dir / "train_seconds.txt").write_text(f"{result.seconds:.2f} {result.heldout_accuracy!r}")
+    return session_dir / "digits.pt"
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(session_dir, digits_checkpoint) -> Path:
+    from alexnet_deploy.exporter.onnx_export import export_onnx
+    from alexnet_deploy.models.weights import load_model
+
+    return export_onnx(load_model(None, str(digits_checkpoint)), session_dir / "digits.onnx").path
+
+
+@pytest.fixture(scope="session")
+def digits_fp16_onnx(session_dir, digits_checkpoint) -> Path:
+    from alexnet_deploy.exporter.onnx_export import ExportOptions, export_onnx
+    from alexnet_deploy.models.weights import load_model
+
+    return export_onnx(load_model(None, str(digits_checkpoint)), session_dir / "digits-fp16.onnx",
+                       ExportOptions(fp16=True)).path
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Run a console script's click command in-process; returns (exit_code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    def run(command, *args):
+        runner = CliRunner()
+        result = runner.invoke(command, [str(a) for a in args], catch_exceptions=False)
+        return result.exit_code, result.stdout, result.stderr
+
+    return run
+
+
+@pytest.fixture
+def photos(tmp_path) -> dict[str, Path]:
+    """Real photographs shipped with scikit-image, written as files."""
+    from PIL import Image
+    from skimage import data
+
+    out = {}
+    for name in ("astronaut", "coffee", "chelsea"):
+        p = tmp_path / f"{name}.png"
+        Image.fromarray(getattr(data, name)()).save(p)
+        out[name] = p
+    cam = tmp_path / "camera.png"
+    Image.fromarray(data.camera()).save(cam)  # grayscale
+    out["camera"] = cam
+    return out
+
+
+def no_files_like(folder: Path, pattern: str) -> bool:
+    return not list(folder.glob(pattern))
+
+
+def copy(src: Path, dst: Path) -> Path:
+    shutil.copy(src, dst)
+    return dst
