@@ -201,24 +201,15 @@ def parity_cmd(candidate, engine, reference, variant, dataset, num_images, rando
     """Compare a candidate model with the PyTorch FP32 reference; non-zero exit when a gate fails."""
     _setup_logging()
     from alexnet_deploy.fileio import atomic_write_bytes, check_writable
-    from alexnet_deploy.parity.run import reference_for, run_parity
-    from alexnet_deploy.parity.sets import parity_sets
-    from alexnet_deploy.parity.tolerances import parse_overrides, tolerances_for
-    from alexnet_deploy.runtime.runners.factory import open_runner
-    from alexnet_deploy.runtime.runners.torch_runner import TorchRunner
+    from alexnet_deploy.parity.api import check_parity
+    from alexnet_deploy.parity.tolerances import parse_overrides
 
     for p in (json_path, junit_path):
         if p:
             check_writable(p)
-    runner = open_runner(candidate, engine, variant=variant)
-    meta = runner.metadata
-    prec = meta.precision if precision == "auto" else precision
-    tol_ = tolerances_for(prec, parse_overrides(tol))
-    ref = TorchRunner(reference_for(meta, reference))
-    sets = parity_sets(meta, dataset if dataset != "none" else None, num_images, random_samples)
-    with runner, ref:
-        report = run_parity(runner, ref, sets, tol_, prec)
-    report.candidate = f"{candidate} [{runner.describe()}]"
+    report = check_parity(candidate, engine=engine, reference=reference, variant=variant,
+                          dataset=None if dataset == "none" else dataset, num_images=num_images,
+                          random_samples=random_samples, precision=precision, **parse_overrides(tol))
     click.echo(report.table())
     if json_path:
         atomic_write_bytes(json_path, report.to_json().encode())

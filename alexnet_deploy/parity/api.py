@@ -1,0 +1,41 @@
+"""Library entry points for parity gates (what ``alexnet-parity`` runs), for use in a user's own CI:
+
+    from alexnet_deploy.parity.api import assert_parity
+
+    def test_exported_model_matches_pytorch():
+        assert_parity("model.onnx", dataset="digits", min_top1_agreement=0.995)
+"""
+from __future__ import annotations
+
+from alexnet_deploy.errors import ParityError
+from alexnet_deploy.parity.compare import ParityReport
+
+
+def check_parity(candidate, *, engine: str | None = None, reference: str | None = None,
+                 variant: str | None = None, dataset: str | None = "digits", num_images: int = 360,
+                 random_samples: int = 16, precision: str = "auto", **tolerances) -> ParityReport:
+    """Run ``candidate`` (ONNX, engine or checkpoint) and its PyTorch FP32 reference; return the report."""
+    from alexnet_deploy.parity.run import reference_for, run_parity
+    from alexnet_deploy.parity.sets import parity_sets
+    from alexnet_deploy.parity.tolerances import tolerances_for
+    from alexnet_deploy.runtime.runners.factory import open_runner
+    from alexnet_deploy.runtime.runners.torch_runner import TorchRunner
+
+    runner = open_runner(candidate, engine, variant=variant)
+    meta = runner.metadata
+    prec = meta.precision if precision == "auto" else precision
+    tol = tolerances_for(prec, tolerances)
+    ref = TorchRunner(reference_for(meta, reference))
+    sets = parity_sets(meta, dataset, num_images, random_samples)
+    with runner, ref:
+        report = run_parity(runner, ref, sets, tol, prec)
+    report.candidate = f"{candidate} [{runner.describe()}]"
+    return report
+
+
+def assert_parity(candidate, **kwargs) -> ParityReport:
+    """:func:`check_parity`, raising :class:`ParityError` (with the table) when any gate fails."""
+    report = check_parity(candidate, **kwargs)
+    if not report.passed:
+        raise ParityError(f"parity gate failed for {candidate}:\n{report.table()}", report)
+    return report
