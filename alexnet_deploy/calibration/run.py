@@ -1,0 +1,186 @@
+"""alexnet-calibrate: FP32 ONNX -> QDQ INT8 ONNX with accuracy first (methods, sensitivity, --max-drop)."""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from alexnet_deploy.calibration.cache import check_cache, write_sidecar
+from alexnet_deploy.calibration.data import CalibrationSet, load_calibration_set
+from alexnet_deploy.calibration.qdq import (Method, QuantConfig, is_quantized, provenance, quantize, temp_dir,
+                                            weighted_layers)
+from alexnet_deploy.errors import UserInputError
+from alexnet_deploy.exporter.onnx_export import set_metadata
+from alexnet_deploy.fileio import atomic_path, check_writable, sha256_file
+from alexnet_deploy.runtime.metadata import read_onnx_metadata
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    method: str
+    kept_float: list[str]
+    fp32_accuracy: float | None  # percent
+    int8_accuracy: float | None
+    agreement: float  # top-1 agreement with FP32, fraction
+    error: float = 0.0  # mean |int8 - fp32| / mean |fp32| over the outputs (continuous, breaks ties)
+
+    @property
+    def drop(self) -> float:
+        """Accuracy drop in points (top-1 disagreement in points when the set has no usable labels)."""
+        if self.fp32_accuracy is None:
+            return 100.0 * (1.0 - self.agreement)
+        return self.fp32_accuracy - self.int8_accuracy
+
+    def row(self) -> dict:
+        return {"method": self.method, "kept_float": self.kept_float, "fp32_accuracy": self.fp32_accuracy,
+                "int8_accuracy": self.int8_accuracy, "drop_points": self.drop, "top1_agreement": self.agreement,
+                "relative_output_error": self.error}
+
+
+@dataclass
+class CalibrationResult:
+    output: Path
+    chosen: Evaluation
+    tried: list[Evaluation] = field(default_factory=list)
+    sensitivity: list[dict] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+
+
+class _Evaluator:
+    def __init__(self, fp32_path: Path, meta, held: CalibrationSet):
+        from alexnet_deploy.runtime.runners.ort import OrtRunner
+
+        self.meta, self.held = meta, held
+        with OrtRunner(fp32_path, meta) as r:
+            self.ref = self._run(r)
+        self.labels = held.labels if held.labels is not None and held.class_names == meta.class_names else None
+
+    def _run(self, runner) -> np.ndarray:
+        step = self.meta.batch or 64
+        x = self.held.x
+        n = len(x) - len(x) % step if self.meta.batch else len(x)
+        return np.concatenate([runner.infer(x[i: i + step]) for i in range(0, n, step)])
+
+    def __call__(self, int8_path: Path, method: str, kept: list[str]) -> Evaluation:
+        from alexnet_deploy.runtime.runners.ort import OrtRunner
+
+        with OrtRunner(int8_path, self.meta) as r:
+            out = self._run(r)
+        agree = float(np.mean(out.argmax(1) == self.ref.argmax(1)))
+        err = float(np.abs(out - self.ref).mean() / max(np.abs(self.ref).mean(), 1e-12))
+        if self.labels is None:
+            return Evaluation(method, kept, None, None, agree, err)
+        y = self.labels[: len(out)]
+        return Evaluation(method, kept, 100 * float(np.mean(self.ref.argmax(1) == y)),
+                          100 * float(np.mean(out.argmax(1) == y)), agree, err)
+
+
+def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits", num_images: int = 512,
+              eval_images: int = 1000, method: str = "minmax", percentile: float = 99.999,
+              max_drop: float | None = None, sensitivity: bool = False, allow_synthetic: bool = False,
+              variant: str | None = None, cache: str | Path | None = None, force_cache: bool = False,
+              echo=print) -> CalibrationResult:
+    model, output = Path(model), check_writable(output)
+    if output.resolve() == model.resolve():
+        raise UserInputError("the INT8 output would overwrite the FP32 model; choose another --output")
+    meta = read_onnx_metadata(model, variant)
+    proto = onnx.load(str(model), load_external_data=False)
+    if is_quantized(proto):
+        raise UserInputError(f"{model} is already quantized (it has QuantizeLinear/DequantizeLinear nodes); "
+                             "calibrate the FP32 export instead")
+    if meta.precision != "fp32":
+        raise UserInputError(f"{model} is a {meta.precision} model; calibrate the FP32 export instead")
+    if percentile <= 0 or percentile > 100:
+        raise UserInputError(f"--percentile must be in (0, 100], got {percentile}")
+    methods = list(Method) if method == "auto" else [Method.parse(method)]
+    cal = load_calibration_set(dataset, meta, num_images, "train", allow_synthetic)
+    held = cal if cal.name == "synthetic" else load_calibration_set(dataset, meta, eval_images, "heldout",
+                                                                    allow_synthetic)
+    echo(f"calibrating {model.name} on {cal.name}: {len(cal.x)} images (sha256 {cal.fingerprint[:12]}); "
+         f"evaluating on {len(held.x)} held-out images")
+    evaluate = _Evaluator(model, meta, held)
+    layers = list(weighted_layers(proto))
+    result_tried: list[Evaluation] = []
+    with temp_dir(output.parent) as tmp:
+        tmp = Path(tmp)
+
+        def build(cfg: QuantConfig, tag: str) -> tuple[Path, Evaluation]:
+            path = tmp / f"{tag}.onnx"
+            quantize(model, path, cal, cfg, meta, range_cache=tmp / f"ranges-{cfg.method.value}.json")
+            return path, evaluate(path, cfg.method.value, list(cfg.keep_float))
+
+        if cache is not None:  # user-kept ORT range cache, checked against provenance
+            cfg0 = QuantConfig(methods[0], percentile)
+            want = provenance(model, meta, cal, cfg0)
+            if check_cache(Path(cache), want, force_cache):
+                shutil.copy(cache, tmp / f"ranges-{cfg0.method.value}.json")
+                echo(f"reusing calibration ranges from {cache}")
+        best: tuple[Path, Evaluation, QuantConfig] | None = None
+        for m in methods:
+            cfg = QuantConfig(m, percentile)
+            path, ev = build(cfg, m.value)
+            result_tried.append(ev)
+            echo(f"  {m.value:<10} drop {ev.drop:+.2f} pts, top-1 agreement {ev.agreement:.2%}, "
+                 f"output error {ev.error:.4f}")
+            if best is None or (ev.drop, -ev.agreement, ev.error) < (best[1].drop, -best[1].agreement, best[1].error):
+                best = (path, ev, cfg)
+        path, ev, cfg = best
+        sens_rows: list[dict] = []
+        if sensitivity or (max_drop is not None and ev.drop > max_drop):
+            echo(f"per-layer sensitivity ({cfg.method.value}): keeping one layer in float at a time")
+            for layer in layers:
+                _, e = build(QuantConfig(cfg.method, percentile, keep_float=[layer]), f"sens-{layer}")
+                sens_rows.append({"layer": layer, "drop_with_layer_float": e.drop,
+                                  "gain_points": ev.drop - e.drop, "top1_agreement": e.agreement,
+                                  "error_reduction": ev.error - e.error, "output_error": e.error})
+            sens_rows.sort(key=lambda r: (-r["gain_points"], -r["top1_agreement"], -r["error_reduction"]))
+        if max_drop is not None and ev.drop > max_drop:
+            kept: list[str] = []
+            for row in sens_rows:
+                kept.append(row["layer"])
+                path, ev = build(QuantConfig(cfg.method, percentile, keep_float=list(kept)), f"keep{len(kept)}")
+                echo(f"  keeping {', '.join(kept)} in float: drop {ev.drop:+.2f} pts")
+                if ev.drop <= max_drop:
+                    break
+            cfg = QuantConfig(cfg.method, percentile, keep_float=kept)
+            if ev.drop > max_drop:
+                echo(f"warning: even with {len(kept)} layers in float the drop is {ev.drop:.2f} > {max_drop} points")
+        prov = provenance(model, meta, cal, cfg)
+        out_meta = read_onnx_metadata(model, variant)
+        out_meta.precision = "int8"
+        out_meta.fp32_onnx_sha256 = prov["source_onnx_sha256"]
+        out_meta.extra = {**out_meta.extra, "calibration": prov,
+                          "int8_evaluation": ev.row() | {"dataset": held.name, "images": int(len(held.x))}}
+        q = onnx.load(str(path))
+        set_metadata(q, out_meta)
+        with atomic_path(output) as final:
+            onnx.save(q, str(final))
+        if cache is not None:
+            ranges = tmp / f"ranges-{cfg.method.value}.json"
+            if ranges.exists():
+                with atomic_path(cache) as c:
+                    shutil.copy(ranges, c)
+                write_sidecar(Path(cache), provenance(model, meta, cal, QuantConfig(cfg.method, percentile)))
+    return CalibrationResult(output, ev, result_tried, sens_rows, prov)
+
+
+def summary_table(result: CalibrationResult) -> str:
+    ev = result.chosen
+    lines = [f"{'method':<11}{'FP32 acc':>10}{'INT8 acc':>10}{'drop':>8}{'top-1 agree':>13}  kept float"]
+    for e in [*result.tried, *([ev] if ev.kept_float else [])]:
+        acc = (f"{e.fp32_accuracy:9.2f}%" if e.fp32_accuracy is not None else f"{'-':>10}",
+               f"{e.int8_accuracy:9.2f}%" if e.int8_accuracy is not None else f"{'-':>10}")
+        lines.append(f"{e.method:<11}{acc[0]}{acc[1]}{e.drop:8.2f}{e.agreement:12.2%}  {', '.join(e.kept_float) or '-'}")
+    if result.sensitivity:
+        lines.append("sensitivity (gain in points when the layer stays float):")
+        lines += [f"  {r['layer']:<14} {r['gain_points']:+.2f}  (agreement {r['top1_agreement']:.2%}, "
+                  f"output error {r['output_error']:.4f})" for r in result.sensitivity]
+    lines.append(f"chosen: {ev.method}, drop {ev.drop:.2f} points, kept float: {', '.join(ev.kept_float) or 'none'} "
+                 f"-> {result.output} (sha256 {sha256_file(result.output)[:12]})")
+    return "\n".join(lines)

@@ -1,0 +1,182 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from alexnet_deploy.calibration.cache import sidecar
+from alexnet_deploy.calibration.data import ArrayReader, load_calibration_set
+from alexnet_deploy.calibration.qdq import is_quantized
+from alexnet_deploy.calibration.run import calibrate
+from alexnet_deploy.calibration.trt_calibrator import CalibrationFeeder, make_calibrator
+from alexnet_deploy.errors import DatasetError, MetadataError, UserInputError
+from alexnet_deploy.parity.api import check_parity
+from alexnet_deploy.runtime.metadata import read_onnx_metadata
+
+
+@pytest.fixture(scope="module")
+def int8_result(digits_onnx, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "digits-int8.onnx"
+    return calibrate(digits_onnx, out, num_images=512, method="minmax", sensitivity=True, echo=lambda *_: None)
+
+
+def test_qdq_model_accuracy_and_provenance(int8_result, digits_onnx):
+    ev = int8_result.chosen
+    assert ev.fp32_accuracy >= 95.0 and ev.drop <= 0.5, ev.row()
+    model = onnx.load(str(int8_result.output))
+    assert is_quantized(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") >= 6
+    # biases stay float: no INT32 initializer feeds a DequantizeLinear (TensorRT rejects those)
+    int32 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT32}
+    assert not any(n.input[0] in int32 for n in model.graph.node if n.op_type == "DequantizeLinear")
+    meta = read_onnx_metadata(int8_result.output)
+    prov = meta.extra["calibration"]
+    assert meta.precision == "int8" and prov["num_images"] == 512 and prov["method"] == "minmax"
+    assert len(prov["data_sha256"]) == 64 and prov["dataset"] == "digits:train"
+    assert prov["source_onnx_sha256"] == meta.fp32_onnx_sha256
+    assert prov["preprocessing"]["crop"] == 32
+
+
+def test_sensitivity_names_pytorch_modules(int8_result):
+    layers = [r["layer"] for r in int8_result.sensitivity]
+    assert sorted(layers) == sorted(["features.0", "features.3", "features.6", "features.8", "features.10",
+                                     "classifier.0"])
+
+
+def test_int8_passes_int8_parity(int8_result):
+    report = check_parity(int8_result.output, num_images=359)
+    assert report.precision == "int8" and report.passed, report.table()
+
+
+def test_max_drop_keeps_layers_float(digits_onnx, tmp_path):
+    # a negative budget can never be met: every layer is tried in float, most sensitive first
+    res = calibrate(digits_onnx, tmp_path / "q.onnx", num_images=64, eval_images=100, max_drop=-1.0,
+                    echo=lambda *_: None)
+    assert res.chosen.kept_float and res.chosen.kept_float[0] == res.sensitivity[0]["layer"]
+    assert read_onnx_metadata(tmp_path / "q.onnx").extra["calibration"]["kept_float"] == res.chosen.kept_float
+
+
+def test_auto_tries_every_method(digits_onnx, tmp_path, cli):
+    from alexnet_deploy.cli import calibrate_main
+
+    code, out, err = cli(calibrate_main, digits_onnx, "-o", tmp_path / "q.onnx", "--method", "auto",
+                         "--num-images", "128", "--eval-images", "200", "--json", tmp_path / "r.json")
+    assert code == 0, err
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert [t["method"] for t in r["tried"]] == ["minmax", "entropy", "percentile"]
+    assert "chosen:" in out
+
+
+def test_synthetic_data_is_refused(digits_onnx, tmp_path):
+    with pytest.raises(UserInputError, match="--allow-synthetic"):
+        calibrate(digits_onnx, tmp_path / "q.onnx", dataset="synthetic", echo=lambda *_: None)
+    res = calibrate(digits_onnx, tmp_path / "q.onnx", dataset="synthetic", allow_synthetic=True, num_images=32,
+                    echo=lambda *_: None)
+    assert read_onnx_metadata(res.output).extra["calibration"]["dataset"] == "synthetic"
+
+
+def test_already_quantized_and_bad_inputs(int8_result, digits_onnx, digits_fp16_onnx, tmp_path):
+    with pytest.raises(UserInputError, match="already quantized"):
+        calibrate(int8_result.output, tmp_path / "q.onnx", echo=lambda *_: None)
+    with pytest.raises(UserInputError, match="fp16 model"):
+        calibrate(digits_fp16_onnx, tmp_path / "q.onnx", echo=lambda *_: None)
+    with pytest.raises(UserInputError, match="unknown calibration method"):
+        calibrate(digits_onnx, tmp_path / "q.onnx", method="kl", echo=lambda *_: None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError):
+        calibrate(digits_onnx, tmp_path / "q.onnx", dataset=str(tmp_path / "empty"), echo=lambda *_: None)
+    with pytest.raises(UserInputError, match="overwrite"):
+        calibrate(digits_onnx, digits_onnx, echo=lambda *_: None)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_model_without_metadata(tmp_path, digits_onnx):
+    model = onnx.load(str(digits_onnx))
+    del model.metadata_props[:]
+    onnx.save(model, tmp_path / "bare.onnx")
+    with pytest.raises(MetadataError, match="--variant"):
+        calibrate(tmp_path / "bare.onnx", tmp_path / "q.onnx", echo=lambda *_: None)
+    res = calibrate(tmp_path / "bare.onnx", tmp_path / "q.onnx", variant="cifar10", num_images=32,
+                    eval_images=50, echo=lambda *_: None)
+    assert res.output.exists()
+
+
+def test_range_cache_reuse_and_staleness(digits_onnx, tmp_path):
+    cache = tmp_path / "ranges.json"
+    calibrate(digits_onnx, tmp_path / "a.onnx", num_images=64, eval_images=50, cache=cache, echo=lambda *_: None)
+    assert cache.exists() and sidecar(cache).exists()
+    lines = []
+    calibrate(digits_onnx, tmp_path / "b.onnx", num_images=64, eval_images=50, cache=cache, echo=lines.append)
+    assert any("reusing calibration ranges" in line for line in lines)
+    with pytest.raises(UserInputError, match="stale: num_images, data_sha256"):
+        calibrate(digits_onnx, tmp_path / "c.onnx", num_images=32, eval_images=50, cache=cache,
+                  echo=lambda *_: None)
+    assert not (tmp_path / "c.onnx").exists()
+    calibrate(digits_onnx, tmp_path / "c.onnx", num_images=32, eval_images=50, cache=cache, force_cache=True,
+              echo=lambda *_: None)
+
+
+def test_npy_and_balanced_sampling(tmp_path, digits_onnx):
+    meta = read_onnx_metadata(digits_onnx)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "imgs.npy", rng.integers(0, 256, (20, 40, 40, 3), dtype=np.uint8))
+    cal = load_calibration_set(str(tmp_path / "imgs.npy"), meta, 16)
+    assert cal.x.shape == (16, 3, 32, 32)
+    np.save(tmp_path / "bad.npy", np.zeros((4, 5)))
+    with pytest.raises(DatasetError, match="expected preprocessed"):
+        load_calibration_set(str(tmp_path / "bad.npy"), meta, 4)
+    a = load_calibration_set("digits", meta, 100)
+    assert np.bincount(a.labels).tolist() == [10] * 10
+    assert a.fingerprint == load_calibration_set("digits", meta, 100).fingerprint
+
+
+class FakeDevice:
+    allocated = []
+
+    def __init__(self, nbytes):
+        self.nbytes, self.ptr, self.data = nbytes, 0xD000 + len(FakeDevice.allocated), None
+        FakeDevice.allocated.append(self)
+
+    def copy_from_host(self, arr):
+        assert arr.nbytes == self.nbytes
+        self.data = arr.copy()
+
+    def free(self):
+        self.ptr = 0
+
+
+def test_tensorrt_calibration_feeder_and_cache(tmp_path):
+    x = np.arange(10 * 3 * 4 * 4, dtype=np.float32).reshape(10, 3, 4, 4)
+    prov = {"source_onnx_sha256": "abc", "method": "entropy2", "num_images": 10, "data_sha256": "d"}
+    feeder = CalibrationFeeder(x, 4, tmp_path / "calib.cache", prov, device_alloc=FakeDevice)
+    assert feeder.read_calibration_cache() is None
+    ptrs = [feeder.get_batch(["input"]) for _ in range(3)]
+    assert ptrs[0] == ptrs[1] and ptrs[2] is None  # two full batches of 4, the tail of 2 is dropped
+    assert np.array_equal(FakeDevice.allocated[-1].data, x[4:8])
+    feeder.write_calibration_cache(b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n")
+    assert feeder.read_calibration_cache().startswith(b"TRT-")
+    stale = CalibrationFeeder(x, 4, tmp_path / "calib.cache", {**prov, "data_sha256": "other"}, device_alloc=FakeDevice)
+    with pytest.raises(UserInputError, match="stale: data_sha256"):
+        stale.read_calibration_cache()
+
+
+def test_make_calibrator_subclasses_the_documented_base():
+    class FakeTRT:
+        class IInt8EntropyCalibrator2:
+            def __init__(self):
+                pass
+
+        class IInt8MinMaxCalibrator(IInt8EntropyCalibrator2):
+            pass
+
+    feeder = CalibrationFeeder(np.zeros((2, 3, 4, 4), np.float32), 2, "unused.cache", {}, device_alloc=FakeDevice)
+    cal = make_calibrator(FakeTRT, feeder, "minmax")
+    assert isinstance(cal, FakeTRT.IInt8MinMaxCalibrator) and cal.get_batch_size() == 2
+    with pytest.raises(UserInputError, match="unknown TensorRT calibration algorithm"):
+        make_calibrator(FakeTRT, feeder, "percentile")
+
+
+def test_array_reader_static_batch():
+    r = ArrayReader(np.zeros((5, 3, 2, 2), np.float32), "input", static_batch=2)
+    assert [r.get_next()["input"].shape[0] for _ in range(2)] == [2, 2] and r.get_next() is None
