@@ -269,6 +269,79 @@ def calibrate_cmd(model, output, dataset, num_images, eval_images, method, perce
             "sensitivity": result.sensitivity, "provenance": result.provenance}).encode())
 
 
+# --------------------------------------------------------------------------------------------- bench
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserInputError(f"{text!r} is not a comma-separated list of integers, e.g. 1,8,32") from None
+    return values
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("models", nargs=-1, type=click.Path())
+@click.option("--engine", "engines", default="ort", show_default=True,
+              help="Comma-separated: torch, torch-cuda, ort, ort-cuda, ort-trt, trt.")
+@click.option("--batch-sizes", default="1,8,32", show_default=True)
+@click.option("--warmup-ms", type=float, default=200.0, show_default=True)
+@click.option("--duration-s", type=float, default=3.0, show_default=True, help="Measured time per row.")
+@click.option("--iterations", type=int, default=None, help="Measure this many runs per row instead of --duration-s.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (ORT and torch).")
+@click.option("--baseline", default=None, help="Engine the 'x base' column compares with (default: the first).")
+@click.option("--end-to-end-images", "images_dir", type=click.Path(), default=None,
+              help="Also time decoding + preprocessing of the images in this folder.")
+@click.option("--overhead-check", is_flag=True, help="Also time a bare session.run loop (harness overhead).")
+@click.option("--no-roofline", is_flag=True, help="Skip the FLOP count and the CPU peak measurement.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--markdown", "md_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="PNG (needs matplotlib).")
+@click.option("--compare", "compare_path", type=click.Path(dir_okay=False), default=None,
+              help="Baseline JSON of an earlier run: exit 1 when a row regressed.")
+@click.option("--max-regression", default="10%", show_default=True)
+@_handle_errors
+def bench_cmd(models, engines, batch_sizes, warmup_ms, duration_s, iterations, threads, baseline, images_dir,
+              overhead_check, no_roofline, json_path, csv_path, md_path, plot_path, compare_path, max_regression):
+    """Benchmark models on several engines and batch sizes: latency percentiles, throughput, ratios."""
+    _setup_logging()
+    from alexnet_deploy.benchmarks import report
+    from alexnet_deploy.benchmarks.harness import BenchConfig
+    from alexnet_deploy.benchmarks.run import run_bench
+    from alexnet_deploy.fileio import atomic_write_bytes, check_writable
+
+    if not models:
+        raise UserInputError("give at least one model (ONNX, engine or checkpoint)")
+    for p in (json_path, csv_path, md_path, plot_path):
+        if p:
+            check_writable(p)
+    baseline_json = None
+    if compare_path:
+        try:
+            baseline_json = json.loads(Path(compare_path).read_text())
+        except (OSError, ValueError) as exc:
+            raise UserInputError(f"cannot read --compare {compare_path}: {exc}") from None
+    max_reg = report.parse_percent(max_regression)
+    cfg = BenchConfig(_int_list(batch_sizes), warmup_ms, None if iterations else duration_s, iterations)
+    result = run_bench(list(models), [e.strip() for e in engines.split(",") if e.strip()], cfg, threads=threads,
+                       baseline_engine=baseline, images_dir=images_dir, overhead_check=overhead_check,
+                       roofline=not no_roofline, echo=click.echo).to_dict()
+    failures = report.compare(result, baseline_json, max_reg) if baseline_json else []
+    click.echo(report.table(result))
+    if json_path:
+        atomic_write_bytes(json_path, report.to_json(result).encode())
+    if csv_path:
+        atomic_write_bytes(csv_path, report.to_csv(result).encode())
+    if md_path:
+        atomic_write_bytes(md_path, report.to_markdown(result).encode())
+    if plot_path:
+        report.plot(result, plot_path)
+    if failures:
+        for f in failures:
+            click.echo(f"REGRESSION {f}")
+        click.echo(f"error: {len(failures)} row(s) slower than {compare_path} beyond {max_regression} + noise", err=True)
+        sys.exit(1)
+
+
 # ---------------------------------------------------------------------------------------------- demo
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--workdir", type=click.Path(file_okay=False), default="artifacts/demo", show_default=True)
@@ -289,3 +362,4 @@ predict_main = predict_cmd
 parity_main = parity_cmd
 demo_main = demo_cmd
 calibrate_main = calibrate_cmd
+bench_main = bench_cmd

@@ -1,0 +1,142 @@
+"""Benchmark outputs: terminal table, JSON, CSV, Markdown, plot, and the regression comparison."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from alexnet_deploy.benchmarks.stats import regression
+from alexnet_deploy.errors import UserInputError
+
+COLUMNS = [("model", "model"), ("engine", "engine"), ("prec", "precision"), ("batch", "batch"), ("mode", "mode"),
+           ("p50 ms", "p50_ms"), ("p90", "p90_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"), ("mean", "mean_ms"),
+           ("min", "min_ms"), ("max", "max_ms"), ("img/s", "throughput_ips"), ("x base", "vs_baseline"),
+           ("GFLOP/s", "achieved_gflops"), ("% peak", "fraction_of_peak"), ("note", "note")]
+
+
+def _cells(row: dict) -> list[str]:
+    out = []
+    for _, key in COLUMNS:
+        v = row.get(key)
+        if key == "note":
+            notes = []
+            if row.get("skipped"):
+                notes.append("skipped: " + row["skipped"])
+            if row.get("stable") is False:
+                notes.append(f"UNSTABLE (window CV {row['window_cv']:.1%})")
+            if row.get("harness_overhead") is not None:
+                notes.append(f"harness overhead {row['harness_overhead']:+.1%}")
+            if row.get("power"):
+                p = row["power"]
+                notes.append(f"{p['avg_power_w']:.1f} W, {p['images_per_joule']:.1f} img/J")
+            v = "; ".join(notes)
+        elif key == "fraction_of_peak" and v is not None:
+            v = f"{100 * v:.1f}"
+        elif key == "vs_baseline" and v is not None:
+            v = f"{v:.2f}x"
+        elif isinstance(v, float):
+            v = f"{v:.3f}" if key.endswith("_ms") else f"{v:.1f}"
+        out.append("-" if v is None or v == "" else str(v))
+    return out
+
+
+def table(result: dict) -> str:
+    rows = [_cells(r) for r in result["rows"]]
+    head = [h for h, _ in COLUMNS]
+    widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i < 5 or i == len(r) - 1 else c.rjust(w)  # noqa: E731
+                              for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    m = result["machine"]
+    lines = [f"machine: {m.get('cpu')} ({m.get('cores')} cores), threads {m.get('threads') or 'default'}"
+             + (f", GPU {m['gpu']} (driver {m.get('driver')})" if m.get("gpu") else "")
+             + (f", measured CPU peak {result['peak_gflops']:.1f} GFLOP/s" if result.get("peak_gflops") else ""),
+             fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)]
+    single = [r for r in result["rows"] if r.get("batch") == 1 and r.get("p90_ms") is not None]
+    if single:
+        lines.append("single-stream (batch 1) p90: " + ", ".join(f"{r['engine']}/{r['precision']} {r['p90_ms']:.2f} ms" for r in single))
+    offline = {}
+    for r in result["rows"]:
+        if r.get("throughput_ips"):
+            k = (r["model"], r["engine"])
+            offline[k] = max(offline.get(k, 0), r["throughput_ips"])
+    if offline:
+        lines.append("offline (best batch) throughput: " + ", ".join(f"{e} {v:.0f} img/s" for (_, e), v in offline.items()))
+    return "\n".join(lines)
+
+
+def to_json(result: dict) -> str:
+    return json.dumps(result, indent=2)
+
+
+def to_csv(result: dict) -> str:
+    buf = io.StringIO()
+    keys = ["key", "model", "engine", "provider", "precision", "batch", "mode", "p50_ms", "p90_ms", "p95_ms",
+            "p99_ms", "mean_ms", "min_ms", "max_ms", "throughput_ips", "vs_baseline", "window_cv", "stable", "skipped"]
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    for r in result["rows"]:
+        w.writerow(r)
+    return buf.getvalue()
+
+
+def to_markdown(result: dict) -> str:
+    head = [h for h, _ in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in result["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: str) -> None:
+    from alexnet_deploy.deps import require
+
+    matplotlib = require("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    series = {}
+    for r in result["rows"]:
+        if r.get("p50_ms") is None:
+            continue
+        series.setdefault(f"{r['model']} {r['engine']} {r['mode']}", []).append(r)
+    for label, rows in series.items():
+        rows.sort(key=lambda r: r["batch"])
+        b = [r["batch"] for r in rows]
+        ax1.plot(b, [r["p50_ms"] for r in rows], marker="o", label=label)
+        ax2.plot(b, [r["throughput_ips"] for r in rows], marker="o", label=label)
+    for ax, title in ((ax1, "p50 latency (ms)"), (ax2, "throughput (images/s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare(result: dict, baseline: dict, max_regression: float) -> list[str]:
+    """Rows slower than the baseline beyond ``max_regression`` plus noise (one line each)."""
+    if baseline.get("schema") != "alexnet-deploy.bench/1":
+        raise UserInputError("--compare file is not an alexnet-bench JSON (schema alexnet-deploy.bench/1)")
+    base = {r["key"]: r for r in baseline["rows"] if r.get("p50_ms") is not None}
+    failures = []
+    for r in result["rows"]:
+        b = base.get(r.get("key"))
+        if b is None or r.get("p50_ms") is None:
+            continue
+        regressed, ratio, allowed = regression(r, b, max_regression)
+        r["vs_previous"] = ratio
+        if regressed:
+            failures.append(f"{r['key']}: p50 {r['p50_ms']:.3f} ms vs {b['p50_ms']:.3f} ms "
+                            f"({ratio:.2f}x, allowed {allowed:.2f}x)")
+    return failures
+
+
+def parse_percent(text: str) -> float:
+    t = text.strip().rstrip("%")
+    try:
+        v = float(t)
+    except ValueError:
+        raise UserInputError(f"--max-regression {text!r} is not a percentage like 10%") from None
+    return v / 100.0 if text.strip().endswith("%") or v >= 1 else v

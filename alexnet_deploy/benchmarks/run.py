@@ -1,0 +1,165 @@
+"""alexnet-bench: every requested engine and batch size in one process, one table, JSON for machines."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from alexnet_deploy.benchmarks.harness import BenchConfig, Row, bench_bare_ort, bench_images, bench_runner
+from alexnet_deploy.benchmarks.machine import cpu_peak_gflops, machine_info
+from alexnet_deploy.benchmarks.stats import summarize
+from alexnet_deploy.benchmarks.tegrastats import TegraStats
+from alexnet_deploy.benchmarks.tegrastats import summarize as power_summary
+from alexnet_deploy.errors import InferenceError, MissingDependencyError, UserInputError
+from alexnet_deploy.runtime.runners.factory import ENGINES, model_kind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchResult:
+    rows: list[Row] = field(default_factory=list)
+    machine: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    costs: dict = field(default_factory=dict)
+    peak_gflops: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"schema": "alexnet-deploy.bench/1", "machine": self.machine, "config": self.config,
+                "peak_gflops": self.peak_gflops, "costs": self.costs, "rows": [r.as_dict() for r in self.rows]}
+
+
+def _open(model: str, engine: str, threads: int | None):
+    """A runner for ``engine`` on ``model``; torch engines on an ONNX model use its recorded PyTorch source."""
+    from alexnet_deploy.runtime.runners.factory import open_runner
+
+    kind = model_kind(model)
+    if ENGINES[engine][0] == "checkpoint" and kind == "onnx":
+        from alexnet_deploy.parity.run import reference_for
+        from alexnet_deploy.runtime.metadata import read_onnx_metadata
+        from alexnet_deploy.runtime.runners.torch_runner import TorchRunner
+
+        meta = read_onnx_metadata(model)
+        if meta.precision != "fp32":
+            raise UserInputError(f"torch runs the FP32 source; {os.path.basename(model)} is {meta.precision}")
+        return TorchRunner(reference_for(meta), device="cuda" if engine == "torch-cuda" else "cpu", threads=threads)
+    return open_runner(model, engine, threads=threads)
+
+
+def _bench_torch_cuda_device_only(runner, batch: int, cfg: BenchConfig):
+    """CUDA-event timing of the forward pass alone (input already on the GPU)."""
+    import torch
+
+    x = [torch.randn(batch, *runner.metadata.input_shape, device="cuda") for _ in range(4)]
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+    lat: list[float] = []
+    with torch.inference_mode():
+        end = time.perf_counter() + cfg.warmup_ms / 1000
+        while time.perf_counter() < end:
+            runner.model(x[0])
+        torch.cuda.synchronize()
+        stop = time.perf_counter() + (cfg.duration_s or 1e9)
+        i = 0
+        while (cfg.iterations and i < cfg.iterations) or (not cfg.iterations and time.perf_counter() < stop):
+            starts[0].record()
+            runner.model(x[i % 4])
+            starts[1].record()
+            starts[1].synchronize()
+            lat.append(starts[0].elapsed_time(starts[1]))
+            i += 1
+    s = summarize(lat, cfg.windows, cfg.cv_threshold)
+    return s, batch * 1000.0 / s.mean_ms
+
+
+def run_bench(models: list[str], engines: list[str], cfg: BenchConfig, *, threads: int | None = None,
+              baseline_engine: str | None = None, images_dir: str | None = None, overhead_check: bool = False,
+              roofline: bool = True, echo=print) -> BenchResult:
+    cfg.validate()
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        raise UserInputError(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
+    for m in models:
+        if not os.path.isfile(m):
+            raise UserInputError(f"model not found: {m}")
+        model_kind(m)
+    files = None
+    if images_dir:
+        from alexnet_deploy.runtime.preprocess import find_images
+
+        files = find_images([images_dir])
+    result = BenchResult(machine=machine_info(threads),
+                         config={"engines": engines, "batch_sizes": list(cfg.batch_sizes), "warmup_ms": cfg.warmup_ms,
+                                 "duration_s": cfg.duration_s, "iterations": cfg.iterations,
+                                 "threads": threads, "baseline": baseline_engine})
+    if roofline:
+        result.peak_gflops = cpu_peak_gflops()
+    for model in models:
+        name = os.path.basename(model)
+        if roofline and model_kind(model) == "onnx":
+            from alexnet_deploy.benchmarks.cost import model_cost
+
+            result.costs[name] = model_cost(model)
+        for engine in engines:
+            if ENGINES[engine][0] == "engine" and model_kind(model) != "engine":
+                result.rows.append(Row(name, engine, "-", "-", 0, "end-to-end",
+                                       skipped=f"{engine} runs serialized engines; build one with alexnet-export trt"))
+                continue
+            try:
+                runner = _open(model, engine, threads)
+                runner.activate()
+            except (MissingDependencyError, InferenceError) as exc:  # engine not available here: say so
+                result.rows.append(Row(name, engine, "-", "-", 0, "end-to-end", skipped=str(exc)))
+                echo(f"skipped {engine} on {name}: {exc}")
+                continue
+            precision = runner.metadata.precision
+            try:
+                for batch in cfg.batch_sizes:
+                    if runner.max_batch is not None and not (runner.min_batch <= batch <= runner.max_batch):
+                        raise UserInputError(f"batch {batch} is outside what {name} accepts "
+                                             f"({runner.min_batch}..{runner.max_batch}); it was exported with a "
+                                             "static batch: re-export with a dynamic batch or pick --batch-sizes")
+                    with TegraStats() as tegra:
+                        t0 = time.perf_counter()
+                        summary, ips = bench_runner(runner, batch, cfg)
+                        elapsed = time.perf_counter() - t0
+                    row = Row(name, engine, runner.provider, precision, batch, "end-to-end", summary, ips)
+                    if tegra.samples:
+                        row.extra["power"] = power_summary(tegra.samples, int(ips * elapsed), elapsed)
+                    result.rows.append(row)
+                    echo(f"  {name:<28} {engine:<10} b{batch:<4} p50 {summary.p50_ms:8.3f} ms  {ips:9.1f} img/s")
+                    if engine == "torch-cuda":
+                        s, ips_d = _bench_torch_cuda_device_only(runner, batch, cfg)
+                        result.rows.append(Row(name, engine, runner.provider, precision, batch, "device-only", s, ips_d))
+                    if overhead_check and engine.startswith("ort"):
+                        s, ips_b = bench_bare_ort(runner.session, runner.input_spec.name,
+                                                  (batch, *runner.metadata.input_shape), cfg)
+                        row.extra["bare_loop_p50_ms"] = s.p50_ms
+                        row.extra["harness_overhead"] = summary.mean_ms / s.mean_ms - 1.0
+                    if files:
+                        s, ips_i = bench_images(runner, files, batch, cfg)
+                        result.rows.append(Row(name, engine, runner.provider, precision, batch, "images", s, ips_i))
+            finally:
+                runner.deactivate()
+    _add_ratios(result, baseline_engine)
+    return result
+
+
+def _add_ratios(result: BenchResult, baseline_engine: str | None) -> None:
+    """Speed-up of each row over the baseline engine's row at the same batch and mode (FP32 model first)."""
+    measured = [r for r in result.rows if r.summary]
+    if not measured:
+        return
+    base_engine = baseline_engine or measured[0].engine
+    for r in measured:
+        candidates = [b for b in measured if b.engine == base_engine and b.batch == r.batch and b.mode == r.mode]
+        candidates.sort(key=lambda b: (b.precision != "fp32", b.model != r.model))
+        if candidates:
+            base = candidates[0]
+            r.extra["vs_baseline"] = base.summary.mean_ms / r.summary.mean_ms
+            r.extra["baseline_row"] = base.key
+        cost = result.costs.get(r.model)
+        if cost and result.peak_gflops and r.throughput:
+            achieved = cost["flops_per_image"] * r.throughput / 1e9
+            r.extra["achieved_gflops"] = achieved
+            r.extra["fraction_of_peak"] = achieved / result.peak_gflops

@@ -1,0 +1,149 @@
+import json
+import time
+
+import numpy as np
+import pytest
+
+from alexnet_deploy.benchmarks import report
+from alexnet_deploy.benchmarks.harness import BenchConfig, bench_runner, time_loop
+from alexnet_deploy.benchmarks.stats import percentile, regression, summarize
+from alexnet_deploy.benchmarks.tegrastats import parse_line
+from alexnet_deploy.benchmarks.tegrastats import summarize as power_summary
+from alexnet_deploy.errors import UserInputError
+from alexnet_deploy.runtime.metadata import ModelMetadata
+
+
+def test_percentiles_on_known_sequence():
+    lat = list(range(1, 101))  # 1..100 ms
+    assert [percentile(lat, q) for q in (50, 90, 95, 99, 100)] == [50, 90, 95, 99, 100]
+    assert percentile([5.0], 99) == 5.0
+    s = summarize(np.random.default_rng(0).permutation(lat))
+    assert (s.p50_ms, s.p99_ms, s.min_ms, s.max_ms, s.mean_ms) == (50, 99, 1, 100, 50.5)
+
+
+def test_stability_flag():
+    steady = summarize([1.0] * 50 + [1.01] * 50)
+    assert steady.stable and steady.window_cv < 0.01
+    drifting = summarize(list(np.linspace(1, 3, 100)))
+    assert not drifting.stable
+
+
+def test_regression_gate_accounts_for_noise():
+    base = {"p50_ms": 10.0, "window_cv": 0.01}
+    assert regression({"p50_ms": 10.5, "window_cv": 0.01}, base, 0.10)[0] is False
+    assert regression({"p50_ms": 11.5, "window_cv": 0.01}, base, 0.10)[0] is True
+    assert regression({"p50_ms": 11.5, "window_cv": 0.10}, base, 0.10)[0] is False  # noisy run: not proven
+
+
+class SleepRunner:
+    def __init__(self, ms):
+        self.ms, self.seen = ms, set()
+        self.metadata = ModelMetadata.defaults_for("cifar10")
+
+    def infer(self, x):
+        self.seen.add(id(x))
+        time.sleep(self.ms / 1000)
+        return np.zeros((len(x), 10), np.float32)
+
+
+def test_harness_measures_what_it_runs():
+    r = SleepRunner(2.0)
+    s, ips = bench_runner(r, 4, BenchConfig(warmup_ms=0, duration_s=None, iterations=25))
+    assert s.n == 25 and s.min_ms >= 2.0
+    assert ips == pytest.approx(4 * 1000 / s.mean_ms)
+    assert len(r.seen) == 4  # rotating input buffers
+
+
+def test_time_loop_counts_and_warmup():
+    calls = []
+    lat = time_loop(calls.append, BenchConfig(warmup_ms=20, duration_s=None, iterations=7))
+    assert len(lat) == 7 and len(calls) > 7
+
+
+def test_tegrastats_parser_on_recorded_lines():
+    orin = ("11-23-2026 10:00:01 RAM 2448/7772MB (lfb 1x4MB) SWAP 0/3886MB (cached 0MB) CPU [9%@1190,3%@1190,"
+            "1%@1190,0%@1190,off,off] GR3D_FREQ 45% cpu@47.5C soc2@46.1C VDD_IN 4797mW/4797mW "
+            "VDD_CPU_GPU_CV 1053mW/1053mW VDD_SOC 1412mW/1412mW")
+    nano = ("RAM 1636/3964MB (lfb 195x4MB) SWAP 0/1982MB (cached 0MB) CPU [12%@1479,5%@1479,2%@1479,1%@1479] "
+            "EMC_FREQ 0% GR3D_FREQ 0% PLL@25C CPU@27.5C PMIC@50C GPU@26.5C AO@35C thermal@26.75C "
+            "POM_5V_IN 3086/3086 POM_5V_GPU 0/0 POM_5V_CPU 529/529")
+    o = parse_line(orin)
+    assert o["power_mw"] == 4797 and o["gpu_util"] == 45 and o["rails"]["VDD_SOC"] == 1412
+    assert parse_line(nano)["power_mw"] == 3086
+    assert parse_line("RAM 1/2MB") is None
+    p = power_summary([{"power_mw": 5000}, {"power_mw": 7000}], images=600, seconds=2.0)
+    assert p["avg_power_w"] == 6.0 and p["images_per_joule"] == 50.0
+
+
+@pytest.fixture(scope="module")
+def bench_json(digits_onnx, tmp_path_factory):
+    from click.testing import CliRunner
+
+    from alexnet_deploy.cli import bench_main
+
+    d = tmp_path_factory.mktemp("bench")
+    r = CliRunner().invoke(bench_main, [str(digits_onnx), "--engine", "ort,torch,trt", "--batch-sizes", "1,4",
+                                        "--iterations", "20", "--warmup-ms", "10", "--json", str(d / "b.json"),
+                                        "--csv", str(d / "b.csv"), "--markdown", str(d / "b.md"),
+                                        "--plot", str(d / "b.png"), "--overhead-check"])
+    assert r.exit_code == 0, r.output
+    return d, r.output, json.loads((d / "b.json").read_text())
+
+
+def test_bench_outputs_and_schema(bench_json):
+    d, out, data = bench_json
+    assert data["schema"] == "alexnet-deploy.bench/1"
+    assert {"cpu", "cores", "versions"} <= set(data["machine"]) and data["peak_gflops"] > 0
+    measured = [r for r in data["rows"] if not r["skipped"]]
+    assert {(r["engine"], r["batch"]) for r in measured} == {("ort", 1), ("ort", 4), ("torch", 1), ("torch", 4)}
+    for r in measured:
+        assert r["n"] == 20 and r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+        assert r["throughput_ips"] > 0 and r["vs_baseline"] > 0 and r["fraction_of_peak"] > 0
+    assert next(r for r in measured if r["engine"] == "ort")["harness_overhead"] is not None
+    skipped = [r for r in data["rows"] if r["skipped"]]
+    assert skipped and skipped[0]["engine"] == "trt" and "skipped" in out
+    assert data["costs"]["digits.onnx"]["flops_per_image"] == pytest.approx(2 * 14_857_216, rel=0.01)
+    assert (d / "b.csv").read_text().startswith("key,") and (d / "b.md").read_text().startswith("| model")
+    assert (d / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_gate(bench_json, digits_onnx, cli, tmp_path):
+    from alexnet_deploy.cli import bench_main
+
+    d, _, data = bench_json
+    faster = json.loads(json.dumps(data))
+    for r in faster["rows"]:
+        if r.get("p50_ms"):
+            r["p50_ms"] /= 10  # pretend the baseline was 10x faster
+    (tmp_path / "fast.json").write_text(json.dumps(faster))
+    code, out, err = cli(bench_main, digits_onnx, "--engine", "ort", "--batch-sizes", "1", "--iterations", "20",
+                         "--warmup-ms", "10", "--no-roofline", "--compare", tmp_path / "fast.json")
+    assert code == 1 and "REGRESSION" in out and "slower than" in err
+    failures = report.compare(data, data, 0.10)
+    assert failures == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engine", "tflite"], "unknown engine"),
+    (["--duration-s", "0"], "--duration-s must be positive"),
+    (["--batch-sizes", "1,x"], "comma-separated"),
+    (["--max-regression", "lots"], "percentage"),
+])
+def test_bench_bad_input(cli, digits_onnx, args, message):
+    from alexnet_deploy.cli import bench_main
+
+    code, _, err = cli(bench_main, digits_onnx, *args)
+    assert code == 2 and message in err
+
+
+def test_bench_static_batch_and_bad_model(cli, tmp_path):
+    from alexnet_deploy.cli import bench_main
+    from alexnet_deploy.exporter.onnx_export import ExportOptions, export_onnx
+    from alexnet_deploy.models.weights import load_model
+
+    static = export_onnx(load_model("cifar10"), tmp_path / "s.onnx", ExportOptions(batch=1, dataset_samples=0)).path
+    code, _, err = cli(bench_main, static, "--batch-sizes", "1,8", "--iterations", "5", "--no-roofline")
+    assert code == 2 and "batch 8 is outside" in err
+    (tmp_path / "bad.onnx").write_bytes(b"junk")
+    code, out, err = cli(bench_main, tmp_path / "bad.onnx", "--iterations", "5", "--no-roofline")
+    assert code == 2 and "not a readable ONNX model" in err
