@@ -17,6 +17,10 @@ from alexnet_deploy.runtime.runners.factory import ENGINES, model_kind
 log = logging.getLogger(__name__)
 
 
+class _Skip(Exception):
+    """This engine does not apply to this model (a row marked skipped, with the reason)."""
+
+
 @dataclass
 class BenchResult:
     rows: list[Row] = field(default_factory=list)
@@ -42,7 +46,7 @@ def _open(model: str, engine: str, threads: int | None):
 
         meta = read_onnx_metadata(model)
         if meta.precision != "fp32":
-            raise UserInputError(f"torch runs the FP32 source; {os.path.basename(model)} is {meta.precision}")
+            raise _Skip(f"torch runs the FP32 source; {os.path.basename(model)} is {meta.precision}")
         return TorchRunner(reference_for(meta), device="cuda" if engine == "torch-cuda" else "cpu", threads=threads)
     return open_runner(model, engine, threads=threads)
 
@@ -108,7 +112,7 @@ def run_bench(models: list[str], engines: list[str], cfg: BenchConfig, *, thread
             try:
                 runner = _open(model, engine, threads)
                 runner.activate()
-            except (MissingDependencyError, InferenceError) as exc:  # engine not available here: say so
+            except (MissingDependencyError, InferenceError, _Skip) as exc:  # engine not available here: say so
                 result.rows.append(Row(name, engine, "-", "-", 0, "end-to-end", skipped=str(exc)))
                 echo(f"skipped {engine} on {name}: {exc}")
                 continue
