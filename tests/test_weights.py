@@ -16,6 +16,7 @@ def test_checkpoint_roundtrip_pt_and_safetensors(tmp_path):
         sd, sd2 = loaded.model.state_dict(), back.model.state_dict()
         assert all(torch.equal(sd[k], sd2[k]) for k in sd)
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporaries
+    assert (tmp_path / "m.pt").stat().st_mode & 0o044  # readable by others, like a plain open() (umask 022)
 
 
 def test_plain_state_dict_infers_variant_and_classes(tmp_path):
