@@ -93,7 +93,7 @@ def train_cmd(variant, dataset, output, weights, epochs, batch_size, lr, momentu
 # -------------------------------------------------------------------------------------------- export
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def export_group():
-    """Export models: `onnx` (PyTorch -> verified ONNX)."""
+    """Export models: `onnx` (PyTorch -> verified ONNX), `trt` (ONNX -> TensorRT engine + manifest)."""
 
 
 @export_group.command("onnx")
@@ -135,6 +135,40 @@ def export_onnx_cmd(variant, weights, num_classes, seed, output, batch, opset, f
         extras.append("onnxsim could not simplify (kept the original graph)")
     click.echo(f"wrote {result.path} ({result.metadata.precision}, opset {opset}, "
                f"batch {batch or 'dynamic'}, sha256 {result.sha256[:12]})" + (f"; {'; '.join(extras)}" if extras else ""))
+
+
+@export_group.command("trt")
+@click.argument("model", type=click.Path())
+@click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="Engine file (.plan).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--library", default="auto", show_default=True, help="auto | tensorrt | tensorrt_rtx (when both are installed).")
+@click.option("--min-batch", type=click.IntRange(min=1), default=None)
+@click.option("--opt-batch", type=click.IntRange(min=1), default=None)
+@click.option("--max-batch", type=click.IntRange(min=1), default=None)
+@click.option("--workspace-mb", type=click.IntRange(min=16), default=1024, show_default=True)
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="Read and update this timing cache.")
+@click.option("--dla-core", type=click.IntRange(min=0), default=None, help="Jetson DLA core (GPU fallback on).")
+@click.option("--version-compatible", is_flag=True)
+@click.option("--hardware-compatibility", type=click.Choice(["none", "ampere+", "same-cc"]), default="none", show_default=True)
+@click.option("--compute-capability", default=None, help="TensorRT-RTX: target, e.g. sm86 (default: this GPU, or sm86 without one).")
+@click.option("--calib-dataset", default="digits", show_default=True, help="INT8 calibration data (see alexnet-calibrate).")
+@click.option("--calib-images", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--calib-cache", type=click.Path(dir_okay=False), default=None, help="TensorRT <= 10 calibration cache.")
+@click.option("--calib-algorithm", type=click.Choice(["entropy2", "minmax"]), default="entropy2", show_default=True)
+@click.option("--force-cache", is_flag=True, help="Use a calibration cache whose provenance does not match.")
+@click.option("-v", "--verbose", is_flag=True)
+@_handle_errors
+def export_trt_cmd(model, output, precision, library, min_batch, opt_batch, max_batch, workspace_mb, timing_cache,
+                   dla_core, version_compatible, hardware_compatibility, compute_capability, calib_dataset,
+                   calib_images, calib_cache, calib_algorithm, force_cache, verbose):
+    """Build a TensorRT engine (+ manifest) from an exported ONNX model."""
+    _setup_logging(verbose)
+    from alexnet_deploy.exporter.tensorrt import TrtBuildOptions, build_engine
+
+    opts = TrtBuildOptions(precision, library, min_batch, opt_batch, max_batch, workspace_mb, timing_cache, dla_core,
+                           version_compatible, hardware_compatibility, compute_capability, calib_dataset, calib_images,
+                           calib_cache, calib_algorithm, force_cache)
+    build_engine(model, output, opts, echo=click.echo)
 
 
 # ------------------------------------------------------------------------------------------- predict
