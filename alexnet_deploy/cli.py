@@ -171,6 +171,25 @@ def export_trt_cmd(model, output, precision, library, min_batch, opt_batch, max_
     build_engine(model, output, opts, echo=click.echo)
 
 
+@export_group.command("triton")
+@click.argument("model", type=click.Path())
+@click.option("--repo", type=click.Path(file_okay=False), required=True, help="Model repository folder.")
+@click.option("--name", default="alexnet", show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="gpu", show_default=True)
+@click.option("--preferred-batch", default="", help="Comma-separated preferred batch sizes.")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True)
+@_handle_errors
+def export_triton_cmd(model, repo, name, max_batch, instances, kind, preferred_batch, max_queue_delay_us):
+    """Write a Triton Inference Server model repository (config.pbtxt, labels, model in version 1)."""
+    from alexnet_deploy.server.triton import export_triton
+
+    root = export_triton(model, repo, name=name, max_batch=max_batch, instances=instances, kind=kind,
+                         preferred=list(_int_list(preferred_batch)), max_queue_delay_us=max_queue_delay_us)
+    click.echo(f"wrote {root}/config.pbtxt and {root}/1/; serve with: tritonserver --model-repository {repo}")
+
+
 # ------------------------------------------------------------------------------------------- predict
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path())
@@ -333,16 +352,32 @@ def _int_list(text: str) -> tuple[int, ...]:
 @click.option("--compare", "compare_path", type=click.Path(dir_okay=False), default=None,
               help="Baseline JSON of an earlier run: exit 1 when a row regressed.")
 @click.option("--max-regression", default="10%", show_default=True)
+@click.option("--server", default=None, help="Load-test a running v2 server instead (e.g. http://127.0.0.1:8000).")
+@click.option("--concurrency", default="1,4,16", show_default=True, help="With --server: concurrent clients.")
+@click.option("--client-batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --server: images per request.")
 @_handle_errors
 def bench_cmd(models, engines, batch_sizes, warmup_ms, duration_s, iterations, threads, baseline, images_dir,
-              overhead_check, no_roofline, json_path, csv_path, md_path, plot_path, compare_path, max_regression):
-    """Benchmark models on several engines and batch sizes: latency percentiles, throughput, ratios."""
+              overhead_check, no_roofline, json_path, csv_path, md_path, plot_path, compare_path, max_regression,
+              server, concurrency, client_batch):
+    """Benchmark models on several engines and batch sizes: latency percentiles, throughput, ratios.
+
+    With --server URL, drive a running alexnet-serve / Triton / KServe v2 endpoint instead."""
     _setup_logging()
     from alexnet_deploy.benchmarks import report
     from alexnet_deploy.benchmarks.harness import BenchConfig
     from alexnet_deploy.benchmarks.run import run_bench
     from alexnet_deploy.fileio import atomic_write_bytes, check_writable
 
+    if server:
+        from alexnet_deploy.server.loadgen import run_load
+
+        if json_path:
+            check_writable(json_path)
+        result = run_load(server, list(_int_list(concurrency)), duration_s, batch=client_batch, echo=click.echo)
+        if json_path:
+            atomic_write_bytes(json_path, json.dumps(result, indent=2).encode())
+        return
     if not models:
         raise UserInputError("give at least one model (ONNX, engine or checkpoint)")
     for p in (json_path, csv_path, md_path, plot_path):
@@ -376,6 +411,38 @@ def bench_cmd(models, engines, batch_sizes, warmup_ms, duration_s, iterations, t
         sys.exit(1)
 
 
+# --------------------------------------------------------------------------------------------- serve
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path())
+@click.option("--engine", default=None, help="ort (default for .onnx) | ort-cuda | ort-trt | trt | torch.")
+@click.option("--name", default="alexnet", show_default=True, help="Model name in the v2 URLs.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--max-queue-delay-ms", type=click.FloatRange(min=0), default=2.0, show_default=True)
+@click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True, help="Queued images before 503.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.01), default=16.0, show_default=True)
+@click.option("--timeout-s", type=click.FloatRange(min=0.01), default=10.0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--variant", default=None, help="Variant defaults for a model without metadata.")
+@_handle_errors
+def serve_cmd(model, engine, name, host, port, max_batch, max_queue_delay_ms, max_queue, max_body_mb, timeout_s,
+              threads, variant):
+    """Serve a model over the Open Inference Protocol v2 (KServe / Triton compatible) with dynamic batching."""
+    _setup_logging()
+    from alexnet_deploy.deps import require
+
+    for mod in ("fastapi", "uvicorn", "prometheus_client"):
+        require(mod)
+    from alexnet_deploy.runtime.runners.factory import open_runner
+    from alexnet_deploy.server.app import ServeOptions, serve
+
+    runner = open_runner(model, engine, variant=variant, threads=threads)
+    click.echo(f"serving {model} as {name!r} on http://{host}:{port} ({runner.engine}, max batch {max_batch}, "
+               f"queue delay {max_queue_delay_ms} ms)")
+    serve(runner, ServeOptions(name, "1", max_batch, max_queue_delay_ms, max_queue, max_body_mb, timeout_s), host, port)
+
+
 # ---------------------------------------------------------------------------------------------- demo
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--workdir", type=click.Path(file_okay=False), default="artifacts/demo", show_default=True)
@@ -397,3 +464,4 @@ parity_main = parity_cmd
 demo_main = demo_cmd
 calibrate_main = calibrate_cmd
 bench_main = bench_cmd
+serve_main = serve_cmd

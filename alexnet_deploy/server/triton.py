@@ -1,0 +1,95 @@
+"""Write a Triton Inference Server model repository for an exported model (config.pbtxt + version folder),
+so the same v2 clients keep working when users move from alexnet-serve to Triton or KServe."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from alexnet_deploy.errors import UserInputError
+from alexnet_deploy.fileio import atomic_path, atomic_write_bytes
+from alexnet_deploy.runtime.metadata import ModelMetadata
+
+
+def config_pbtxt(name: str, meta: ModelMetadata, platform: str, max_batch: int, instances: int, kind: str,
+                 preferred: list[int], max_queue_delay_us: int, input_name: str, output_name: str) -> str:
+    c, h, w = meta.input_shape
+    lines = [
+        f'name: "{name}"',
+        f'platform: "{platform}"',
+        f"max_batch_size: {max_batch}",
+        "input [",
+        "  {",
+        f'    name: "{input_name}"',
+        "    data_type: TYPE_FP32",
+        f"    dims: [ {c}, {h}, {w} ]",
+        "  }",
+        "]",
+        "output [",
+        "  {",
+        f'    name: "{output_name}"',
+        "    data_type: TYPE_FP32",
+        f"    dims: [ {meta.num_classes} ]",
+        '    label_filename: "labels.txt"',
+        "  }",
+        "]",
+        "dynamic_batching {",
+        *([f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]"] if preferred else []),
+        f"  max_queue_delay_microseconds: {max_queue_delay_us}",
+        "}",
+        "instance_group [",
+        "  {",
+        f"    count: {instances}",
+        f"    kind: {'KIND_GPU' if kind == 'gpu' else 'KIND_CPU'}",
+        "  }",
+        "]",
+        "parameters {",
+        '  key: "alexnet_deploy.variant"',
+        f'  value: {{ string_value: "{meta.variant}" }}',
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def export_triton(model: str | Path, repo: str | Path, *, name: str = "alexnet", max_batch: int = 32,
+                  instances: int = 1, kind: str = "cpu", preferred: list[int] | None = None,
+                  max_queue_delay_us: int = 2000, version: int = 1) -> Path:
+    model, repo = Path(model), Path(repo)
+    if not model.is_file():
+        raise UserInputError(f"model not found: {model}")
+    if max_batch < 1 or instances < 1 or version < 1:
+        raise UserInputError("--max-batch, --instances and the version must be at least 1")
+    if kind not in ("cpu", "gpu"):
+        raise UserInputError("--kind must be cpu or gpu")
+    preferred = sorted(set(preferred or []))
+    if any(p < 1 or p > max_batch for p in preferred):
+        raise UserInputError(f"preferred batch sizes must lie in 1..{max_batch}")
+    suffix = model.suffix.lower()
+    if suffix == ".onnx":
+        from alexnet_deploy.runtime.metadata import read_onnx_metadata
+
+        meta = read_onnx_metadata(model)
+        platform, filename = "onnxruntime_onnx", "model.onnx"
+        in_name, out_name = meta.input_name, meta.output_name
+        if meta.batch is not None:
+            raise UserInputError(f"{model.name} has a static batch of {meta.batch}; Triton's dynamic batching "
+                                 "needs a dynamic-batch export (alexnet-export onnx without --batch)")
+    elif suffix in (".plan", ".engine"):
+        from alexnet_deploy.runtime.trt_library import read_manifest
+
+        manifest = read_manifest(model)
+        meta = ModelMetadata.from_props(manifest["metadata"], str(model))
+        platform, filename = "tensorrt_plan", "model.plan"
+        in_name, out_name = manifest["input"]["name"], manifest["output"]["name"]
+        if max_batch > manifest["build"]["profile"]["max"]:
+            raise UserInputError(f"--max-batch {max_batch} exceeds the engine's profile "
+                                 f"(max {manifest['build']['profile']['max']})")
+    else:
+        raise UserInputError(f"{model.name}: Triton export takes an .onnx model or a .plan engine")
+    root = repo / name
+    (root / str(version)).mkdir(parents=True, exist_ok=True)
+    with atomic_path(root / str(version) / filename) as tmp:
+        shutil.copyfile(model, tmp)
+    atomic_write_bytes(root / "labels.txt", ("\n".join(meta.class_names) + "\n").encode())
+    atomic_write_bytes(root / "config.pbtxt", config_pbtxt(name, meta, platform, max_batch, instances, kind,
+                                                           preferred, max_queue_delay_us, in_name, out_name).encode())
+    return root
