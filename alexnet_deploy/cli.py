@@ -199,8 +199,9 @@ def export_triton_cmd(model, repo, name, max_batch, instances, kind, preferred_b
 @click.option("--variant", default=None, help="Variant defaults for a model without alexnet-deploy metadata.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout instead of a table.")
+@click.option("--rebuild-if-stale", is_flag=True, help="Engines: rebuild from the recorded ONNX when stale.")
 @_handle_errors
-def predict_cmd(model, images, top_k, engine, variant, batch_size, as_json):
+def predict_cmd(model, images, top_k, engine, variant, batch_size, as_json, rebuild_if_stale):
     """Classify images (files or folders) with a checkpoint, an ONNX model or an engine."""
     _setup_logging()
     from tqdm import tqdm
@@ -210,7 +211,7 @@ def predict_cmd(model, images, top_k, engine, variant, batch_size, as_json):
     from alexnet_deploy.runtime.runners.factory import open_runner
 
     files = find_images(images)
-    runner = open_runner(model, engine, variant=variant)
+    runner = open_runner(model, engine, variant=variant, rebuild_if_stale=rebuild_if_stale)
     meta = runner.metadata
     results = []
     with runner:
@@ -248,9 +249,10 @@ def predict_cmd(model, images, top_k, engine, variant, batch_size, as_json):
 @click.option("--tol", multiple=True, metavar="NAME=VALUE", help="Override a gate, e.g. min_top1_agreement=0.98.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--rebuild-if-stale", is_flag=True, help="Engines: rebuild from the recorded ONNX when stale.")
 @_handle_errors
 def parity_cmd(candidate, engine, reference, variant, dataset, num_images, random_samples, precision, tol,
-               json_path, junit_path):
+               json_path, junit_path, rebuild_if_stale):
     """Compare a candidate model with the PyTorch FP32 reference; non-zero exit when a gate fails."""
     _setup_logging()
     from alexnet_deploy.fileio import atomic_write_bytes, check_writable
@@ -262,7 +264,8 @@ def parity_cmd(candidate, engine, reference, variant, dataset, num_images, rando
             check_writable(p)
     report = check_parity(candidate, engine=engine, reference=reference, variant=variant,
                           dataset=None if dataset == "none" else dataset, num_images=num_images,
-                          random_samples=random_samples, precision=precision, **parse_overrides(tol))
+                          random_samples=random_samples, precision=precision,
+                          rebuild_if_stale=rebuild_if_stale, **parse_overrides(tol))
     click.echo(report.table())
     if json_path:
         atomic_write_bytes(json_path, report.to_json().encode())

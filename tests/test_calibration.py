@@ -180,3 +180,14 @@ def test_make_calibrator_subclasses_the_documented_base():
 def test_array_reader_static_batch():
     r = ArrayReader(np.zeros((5, 3, 2, 2), np.float32), "input", static_batch=2)
     assert [r.get_next()["input"].shape[0] for _ in range(2)] == [2, 2] and r.get_next() is None
+
+
+def test_too_small_dataset_is_refused(tmp_path, digits_onnx):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "few" / c).mkdir(parents=True)
+        Image.new("RGB", (40, 40), (10, 200, 30)).save(tmp_path / "few" / c / "x.png")
+    with pytest.raises(DatasetError, match="only 2 images"):
+        calibrate(digits_onnx, tmp_path / "q.onnx", dataset=str(tmp_path / "few"), echo=lambda *_: None)
+    assert not (tmp_path / "q.onnx").exists()

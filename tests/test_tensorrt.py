@@ -165,3 +165,17 @@ def test_engine_execution_matches_onnx(engines, digits_onnx):
         assert np.abs(trt_runner.infer(x) - ort_runner.infer(x)).max() < 1e-3
         with pytest.raises(InferenceError, match="outside"):
             trt_runner.infer(np.zeros((33, 3, 32, 32), np.float32))
+
+
+def test_rebuild_if_stale_rebuilds_from_recorded_onnx(engines, tmp_path):
+    import shutil
+
+    eng = shutil.copy(engines["fp32"].engine, tmp_path / "e.plan")
+    m = json.loads(manifest_path(engines["fp32"].engine).read_text())
+    current = m["library"]["version"]
+    m["library"]["version"] = "0.9.0"
+    manifest_path(eng).write_text(json.dumps(m))
+    runner = open_runner(eng, rebuild_if_stale=True)
+    with pytest.raises(InferenceError, match="no CUDA GPU"):  # rebuilt, then stopped by the missing GPU
+        runner.activate()
+    assert json.loads(manifest_path(eng).read_text())["library"]["version"] == current

@@ -13,7 +13,8 @@ from alexnet_deploy.parity.compare import ParityReport
 
 def check_parity(candidate, *, engine: str | None = None, reference: str | None = None,
                  variant: str | None = None, dataset: str | None = "digits", num_images: int = 360,
-                 random_samples: int = 16, precision: str = "auto", **tolerances) -> ParityReport:
+                 random_samples: int = 16, precision: str = "auto", rebuild_if_stale: bool = False,
+                 **tolerances) -> ParityReport:
     """Run ``candidate`` (ONNX, engine or checkpoint) and its PyTorch FP32 reference; return the report."""
     from alexnet_deploy.parity.run import reference_for, run_parity
     from alexnet_deploy.parity.sets import parity_sets
@@ -21,7 +22,7 @@ def check_parity(candidate, *, engine: str | None = None, reference: str | None 
     from alexnet_deploy.runtime.runners.factory import open_runner
     from alexnet_deploy.runtime.runners.torch_runner import TorchRunner
 
-    runner = open_runner(candidate, engine, variant=variant)
+    runner = open_runner(candidate, engine, variant=variant, rebuild_if_stale=rebuild_if_stale)
     meta = runner.metadata
     prec = meta.precision if precision == "auto" else precision
     tol = tolerances_for(prec, tolerances)

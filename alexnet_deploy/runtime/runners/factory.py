@@ -39,7 +39,7 @@ def default_engine(path) -> str:
 
 
 def open_runner(path: str | os.PathLike, engine: str | None = None, *, variant: str | None = None,
-                threads: int | None = None, **options):
+                threads: int | None = None, rebuild_if_stale: bool = False, **options):
     """A (not yet activated) runner for ``path``; ``variant`` supplies defaults for metadata-less ONNX."""
     if not Path(path).is_file():
         raise ModelLoadError(f"model not found: {path}")
@@ -57,7 +57,7 @@ def open_runner(path: str | os.PathLike, engine: str | None = None, *, variant: 
     if kind == "engine":
         from alexnet_deploy.runtime.runners.tensorrt import TensorRTRunner
 
-        return TensorRTRunner(path, **options)
+        return TensorRTRunner(path, rebuild_if_stale=rebuild_if_stale, **options)
     from alexnet_deploy.models.weights import load_model
     from alexnet_deploy.runtime.runners.torch_runner import TorchRunner
 
