@@ -9,7 +9,6 @@ from alexnet_deploy.benchmarks.harness import BenchConfig, bench_runner, time_lo
 from alexnet_deploy.benchmarks.stats import percentile, regression, summarize
 from alexnet_deploy.benchmarks.tegrastats import parse_line
 from alexnet_deploy.benchmarks.tegrastats import summarize as power_summary
-from alexnet_deploy.errors import UserInputError
 from alexnet_deploy.runtime.metadata import ModelMetadata
 
 

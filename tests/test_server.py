@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from alexnet_deploy.runtime.runners import open_runner
 from alexnet_deploy.server.app import ServeOptions, create_app

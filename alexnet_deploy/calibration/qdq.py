@@ -20,7 +20,7 @@ from alexnet_deploy.calibration.data import ArrayReader, CalibrationSet
 from alexnet_deploy.errors import UserInputError
 from alexnet_deploy.exporter.naming import module_of_node
 from alexnet_deploy.fileio import sha256_file
-from alexnet_deploy.runtime.metadata import ModelMetadata, read_onnx_metadata
+from alexnet_deploy.runtime.metadata import ModelMetadata
 
 
 class Method(str, enum.Enum):
@@ -114,10 +114,6 @@ def provenance(fp32_path: Path, meta: ModelMetadata, cal: CalibrationSet, cfg: Q
         "kept_float": list(cfg.keep_float),
         **cal.provenance(),
     }
-
-
-def read_provenance(path) -> dict | None:
-    return read_onnx_metadata(path).extra.get("calibration")
 
 
 def dump(obj) -> str:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
 from alexnet_deploy.errors import EngineBuildError, UserInputError
 from alexnet_deploy.exporter.naming import module_of_node
-from alexnet_deploy.fileio import atomic_path, atomic_write_bytes, atomic_write_json, check_writable, sha256_file
+from alexnet_deploy.fileio import (atomic_path, atomic_write_bytes, atomic_write_json, check_writable, sha256_bytes,
+                                   sha256_file)
 from alexnet_deploy.runtime.metadata import read_onnx_metadata
 from alexnet_deploy.runtime.trt_library import (MANIFEST_SCHEMA, TrtLibrary, gpu_properties, load_library,
                                                 manifest_path, platform_info)
@@ -212,7 +213,7 @@ def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOption
         timing["saved"] = _save_timing_cache(config, opts.timing_cache)
     manifest = {
         "schema": MANIFEST_SCHEMA,
-        "engine_sha256": _sha(data),
+        "engine_sha256": sha256_bytes(data),
         "engine_bytes": len(data),
         "library": {"name": lib.name, "version": lib.version, "strongly_typed": lib.strongly_typed},
         "gpu": gpu,
@@ -239,12 +240,6 @@ def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOption
         atomic_write_json(manifest_path(output), manifest)
     echo(f"built {output} ({len(data) / 1e6:.1f} MB) in {seconds:.1f} s; manifest {manifest_path(output).name}")
     return BuildResult(output, manifest, seconds, extra_files)
-
-
-def _sha(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
 
 
 def _compute_capability(trt, lib: TrtLibrary, config, opts: TrtBuildOptions, gpu) -> str | None:
@@ -299,10 +294,6 @@ def _attach_calibrator(trt, config, onnx_path: Path, meta, opts: TrtBuildOptions
     feeder = CalibrationFeeder(cal.x, 8, cache, prov, opts.force_cache)
     config.int8_calibrator = make_calibrator(trt, feeder, opts.calib_algorithm)
     return {"cache": str(cache), **{k: prov[k] for k in ("method", "num_images", "data_sha256", "dataset")}}
-
-
-def describe_options(opts: TrtBuildOptions) -> dict:
-    return {k: v for k, v in asdict(opts).items() if v is not None}
 
 
 __all__ = ["TrtBuildOptions", "BuildResult", "build_engine", "PRECISIONS"]

@@ -35,17 +35,6 @@ class TrtLibrary:
         return hasattr(self.module, "IInt8EntropyCalibrator2") and not self.strongly_typed
 
 
-def installed_libraries() -> list[str]:
-    found = []
-    for name in LIBRARIES:
-        try:
-            importlib.import_module(name)
-            found.append(name)
-        except ImportError:
-            pass
-    return found
-
-
 def load_library(choice: str = "auto") -> TrtLibrary:
     if choice not in ("auto", *LIBRARIES, "tensorrt-rtx"):
         raise UserInputError(f"unknown --library {choice!r}; choose auto, tensorrt or tensorrt_rtx")
