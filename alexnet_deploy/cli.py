@@ -35,6 +35,10 @@ def _handle_errors(fn):
         except KeyboardInterrupt:
             click.echo("interrupted; no partial output was kept", err=True)
             sys.exit(130)
+        except OSError as exc:  # disk full, permission denied mid-write, ...: one line, not a traceback
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(2)
     return wrapper
 
 

@@ -89,3 +89,8 @@ def test_train_cli_writes_checkpoint(cli, tmp_path):
     assert code == 0, err
     assert "held-out accuracy" in out
     assert load_model(None, str(tmp_path / "c.safetensors")).variant == "cifar10"
+
+
+def test_unwritable_folder_is_one_line(cli, tmp_path):
+    code, _, err = cli(export_main, "onnx", "--variant", "cifar10", "-o", "/proc/x.onnx")
+    assert code == 2 and "cannot write into /proc" in err and "Traceback" not in err

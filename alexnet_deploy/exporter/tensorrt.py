@@ -118,7 +118,7 @@ def _derived_onnx(onnx_path: Path, meta, opts: TrtBuildOptions, lib: TrtLibrary,
     if opts.precision == meta.precision or not lib.strongly_typed:
         return onnx_path, meta.precision
     if meta.precision != "fp32":
-        raise UserInputError(f"{onnx_path.name} is {meta.precision}; pass the FP32 ONNX to build a {opts.precision} engine")
+        raise UserInputError(f"{onnx_path.name} is {meta.precision}; pass the FP32 ONNX to build an {opts.precision} engine")
     if opts.precision == "fp16":
         from alexnet_deploy.exporter.onnx_export import set_metadata, to_fp16
 
