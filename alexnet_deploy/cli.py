@@ -352,6 +352,7 @@ def _int_list(text: str) -> tuple[int, ...]:
               help="Also time decoding + preprocessing of the images in this folder.")
 @click.option("--overhead-check", is_flag=True, help="Also time a bare session.run loop (harness overhead).")
 @click.option("--no-roofline", is_flag=True, help="Skip the FLOP count and the CPU peak measurement.")
+@click.option("--cuda-graph", is_flag=True, help="trt engine: replay captured CUDA graphs (fixed batch per row).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False), default=None)
@@ -365,8 +366,8 @@ def _int_list(text: str) -> tuple[int, ...]:
               help="With --server: images per request.")
 @_handle_errors
 def bench_cmd(models, engines, batch_sizes, warmup_ms, duration_s, iterations, threads, baseline, images_dir,
-              overhead_check, no_roofline, json_path, csv_path, md_path, plot_path, compare_path, max_regression,
-              server, concurrency, client_batch):
+              overhead_check, no_roofline, cuda_graph, json_path, csv_path, md_path, plot_path, compare_path,
+              max_regression, server, concurrency, client_batch):
     """Benchmark models on several engines and batch sizes: latency percentiles, throughput, ratios.
 
     With --server URL, drive a running alexnet-serve / Triton / KServe v2 endpoint instead."""
@@ -400,7 +401,7 @@ def bench_cmd(models, engines, batch_sizes, warmup_ms, duration_s, iterations, t
     cfg = BenchConfig(_int_list(batch_sizes), warmup_ms, None if iterations else duration_s, iterations)
     result = run_bench(list(models), [e.strip() for e in engines.split(",") if e.strip()], cfg, threads=threads,
                        baseline_engine=baseline, images_dir=images_dir, overhead_check=overhead_check,
-                       roofline=not no_roofline, echo=click.echo).to_dict()
+                       roofline=not no_roofline, cuda_graph=cuda_graph, echo=click.echo).to_dict()
     failures = report.compare(result, baseline_json, max_reg) if baseline_json else []
     click.echo(report.table(result))
     if json_path:

@@ -24,6 +24,8 @@ def _cells(row: dict) -> list[str]:
                 notes.append("skipped: " + row["skipped"])
             if row.get("stable") is False:
                 notes.append(f"UNSTABLE (window CV {row['window_cv']:.1%})")
+            if row.get("compute_ms") is not None:
+                notes.append(f"device: H2D {row['h2d_ms']:.3f} + compute {row['compute_ms']:.3f} + D2H {row['d2h_ms']:.3f} ms")
             if row.get("harness_overhead") is not None:
                 notes.append(f"harness overhead {row['harness_overhead']:+.1%}")
             if row.get("power"):

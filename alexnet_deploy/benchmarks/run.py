@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+
+import numpy as np
 from dataclasses import dataclass, field
 
 from alexnet_deploy.benchmarks.harness import BenchConfig, Row, bench_bare_ort, bench_images, bench_runner
@@ -34,7 +36,7 @@ class BenchResult:
                 "peak_gflops": self.peak_gflops, "costs": self.costs, "rows": [r.as_dict() for r in self.rows]}
 
 
-def _open(model: str, engine: str, threads: int | None):
+def _open(model: str, engine: str, threads: int | None, cuda_graph: bool = False):
     """A runner for ``engine`` on ``model``; torch engines on an ONNX model use its recorded PyTorch source."""
     from alexnet_deploy.runtime.runners.factory import open_runner
 
@@ -48,6 +50,8 @@ def _open(model: str, engine: str, threads: int | None):
         if meta.precision != "fp32":
             raise _Skip(f"torch runs the FP32 source; {os.path.basename(model)} is {meta.precision}")
         return TorchRunner(reference_for(meta), device="cuda" if engine == "torch-cuda" else "cpu", threads=threads)
+    if engine == "trt":
+        return open_runner(model, engine, cuda_graph=cuda_graph)
     return open_runner(model, engine, threads=threads)
 
 
@@ -78,7 +82,7 @@ def _bench_torch_cuda_device_only(runner, batch: int, cfg: BenchConfig):
 
 def run_bench(models: list[str], engines: list[str], cfg: BenchConfig, *, threads: int | None = None,
               baseline_engine: str | None = None, images_dir: str | None = None, overhead_check: bool = False,
-              roofline: bool = True, echo=print) -> BenchResult:
+              roofline: bool = True, cuda_graph: bool = False, echo=print) -> BenchResult:
     cfg.validate()
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
@@ -95,7 +99,7 @@ def run_bench(models: list[str], engines: list[str], cfg: BenchConfig, *, thread
     result = BenchResult(machine=machine_info(threads),
                          config={"engines": engines, "batch_sizes": list(cfg.batch_sizes), "warmup_ms": cfg.warmup_ms,
                                  "duration_s": cfg.duration_s, "iterations": cfg.iterations,
-                                 "threads": threads, "baseline": baseline_engine})
+                                 "threads": threads, "baseline": baseline_engine, "cuda_graph": cuda_graph})
     if roofline:
         result.peak_gflops = cpu_peak_gflops()
     for model in models:
@@ -110,7 +114,7 @@ def run_bench(models: list[str], engines: list[str], cfg: BenchConfig, *, thread
                                        skipped=f"{engine} runs serialized engines; build one with alexnet-export trt"))
                 continue
             try:
-                runner = _open(model, engine, threads)
+                runner = _open(model, engine, threads, cuda_graph)
                 runner.activate()
             except (MissingDependencyError, InferenceError, _Skip) as exc:  # engine not available here: say so
                 result.rows.append(Row(name, engine, "-", "-", 0, "end-to-end", skipped=str(exc)))
@@ -132,6 +136,10 @@ def run_bench(models: list[str], engines: list[str], cfg: BenchConfig, *, thread
                         row.extra["power"] = power_summary(tegra.samples, int(ips * elapsed), elapsed)
                     result.rows.append(row)
                     echo(f"  {name:<28} {engine:<10} b{batch:<4} p50 {summary.p50_ms:8.3f} ms  {ips:9.1f} img/s")
+                    if engine == "trt":  # device-side split of one run, CUDA events
+                        x = np.random.default_rng(0).standard_normal((batch, *runner.metadata.input_shape))
+                        stages = [runner.stage_times(x.astype(np.float32)) for _ in range(20)]
+                        row.extra.update({k: float(np.median([s[k] for s in stages])) for k in stages[0]})
                     if engine == "torch-cuda":
                         s, ips_d = _bench_torch_cuda_device_only(runner, batch, cfg)
                         result.rows.append(Row(name, engine, runner.provider, precision, batch, "device-only", s, ips_d))

@@ -54,6 +54,25 @@ class Stream:
             self.handle = None
 
 
+class EventSet:
+    """``n`` CUDA events recorded on a stream; ``elapsed_ms`` gives the n-1 intervals between them."""
+
+    def __init__(self, n: int):
+        self.events = [check(cudart().cudaEventCreate()) for _ in range(n)]
+
+    def record(self, i: int, stream: Stream) -> None:
+        check(cudart().cudaEventRecord(self.events[i], stream.handle))
+
+    def elapsed_ms(self) -> list[float]:
+        rt = cudart()
+        return [float(check(rt.cudaEventElapsedTime(a, b))) for a, b in zip(self.events, self.events[1:])]
+
+    def destroy(self) -> None:
+        for e in self.events:
+            check(cudart().cudaEventDestroy(e))
+        self.events = []
+
+
 class DeviceBuffer:
     """Device memory of ``nbytes``; copies to and from numpy arrays (pinned or not)."""
 

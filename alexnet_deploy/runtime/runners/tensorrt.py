@@ -116,12 +116,34 @@ class TensorRTRunner(Runner):
         self._stream.synchronize()
         return self._host_out[:n].astype(np.float32, copy=True)
 
-    def _enqueue(self, n: int) -> None:
+    def _enqueue(self, n: int, events=None) -> None:
         stream = int(self._stream.handle)
+        record = (lambda i: events.record(i, self._stream)) if events else (lambda i: None)
+        record(0)
         self._d_in.copy_from_host(self._host_in[:n], self._stream)
+        record(1)
         if not self._context.execute_async_v3(stream):
             raise InferenceError("TensorRT execute_async_v3 failed")
+        record(2)
         self._d_out.copy_to_host(self._host_out[:n], self._stream)
+        record(3)
+
+    def stage_times(self, x: np.ndarray) -> dict:
+        """One inference timed by CUDA events: H2D, compute and D2H in ms (device-side)."""
+        from alexnet_deploy.runtime.cuda import EventSet
+
+        x = self.check_inputs(x)
+        n = len(x)
+        self._host_in[:n] = x
+        self._context.set_input_shape(self._in, tuple(x.shape))
+        events = EventSet(4)
+        try:
+            self._enqueue(n, events)
+            self._stream.synchronize()
+            h2d, compute, d2h = events.elapsed_ms()
+        finally:
+            events.destroy()
+        return {"h2d_ms": h2d, "compute_ms": compute, "d2h_ms": d2h}
 
     def _launch_graph(self, n: int) -> None:
         """Capture H2D + execute + D2H once per batch size, then replay the graph."""
