@@ -32,6 +32,14 @@ def _handle_errors(fn):
                 msg = head
             click.echo(f"error: {msg}", err=True)
             sys.exit(exc.exit_code)
+        except ModuleNotFoundError as exc:  # an optional dependency imported at a module's top
+            from alexnet_deploy.deps import missing_module_error
+
+            err = missing_module_error(exc)
+            if err is None:
+                raise
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted; no partial output was kept", err=True)
             sys.exit(130)

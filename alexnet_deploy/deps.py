@@ -8,13 +8,13 @@ from alexnet_deploy.errors import MissingDependencyError
 
 # module -> (pip requirement, what it is for)
 OPTIONAL = {
-    "torch": ("torch torchvision", "PyTorch models, training and the reference runner"),
-    "torchvision": ("torchvision", "torchvision's AlexNet and its weights"),
-    "onnx": ("onnx", "reading and writing ONNX models"),
+    "torch": ("'alexnet-deploy[export]'", "PyTorch models, training, export and the reference runner"),
+    "torchvision": ("'alexnet-deploy[export]'", "torchvision's AlexNet and its weights"),
+    "onnx": ("'alexnet-deploy[export]'", "reading and writing ONNX models"),
     "onnxruntime": ("onnxruntime  (or onnxruntime-gpu for CUDA/TensorRT)", "ONNX Runtime inference"),
-    "onnxsim": ("onnxsim", "ONNX simplification"),
-    "safetensors": ("safetensors", ".safetensors weights"),
-    "sklearn": ("scikit-learn", "the embedded digits dataset"),
+    "onnxsim": ("'alexnet-deploy[export]'", "ONNX simplification"),
+    "safetensors": ("'alexnet-deploy[export]'", ".safetensors weights"),
+    "sklearn": ("'alexnet-deploy[export]'", "the embedded digits dataset"),
     "tqdm": ("tqdm", "progress bars"),
     "tensorrt": ("tensorrt", "TensorRT engines"),
     "tensorrt_rtx": ("tensorrt-rtx", "TensorRT-RTX engines"),
@@ -36,6 +36,15 @@ def require(module: str, purpose: str | None = None) -> ModuleType:
             raise  # the module is there but one of *its* imports is broken: show the real error
         pip, default_purpose = OPTIONAL.get(top, (top, ""))
         raise MissingDependencyError(module, pip, purpose or default_purpose) from None
+
+
+def missing_module_error(exc: ModuleNotFoundError) -> MissingDependencyError | None:
+    """The one-line error for an ImportError of an optional dependency (None for anything else)."""
+    top = (exc.name or "").split(".")[0]
+    if top not in OPTIONAL:
+        return None
+    pip, purpose = OPTIONAL[top]
+    return MissingDependencyError(top, pip, purpose)
 
 
 def available(module: str) -> bool:

@@ -17,7 +17,7 @@ def _run_blocked(code: str) -> subprocess.CompletedProcess:
         class Block:
             def find_spec(self, name, path=None, target=None):
                 if name.split(".")[0] in {HEAVY!r}:
-                    raise ImportError("blocked: " + name)
+                    raise ModuleNotFoundError("No module named " + repr(name), name=name)
         sys.meta_path.insert(0, Block())
     """)
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True)
@@ -50,7 +50,8 @@ def test_missing_dependency_is_one_line():
         except MissingDependencyError as e:
             print(e)
     """)
-    assert out.stdout.strip() == "onnxsim is not installed (needed for ONNX simplification); install it with: pip install onnxsim"
+    assert out.stdout.strip() == ("onnxsim is not installed (needed for ONNX simplification); "
+                                  "install it with: pip install 'alexnet-deploy[export]'")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -94,3 +95,16 @@ def test_train_cli_writes_checkpoint(cli, tmp_path):
 def test_unwritable_folder_is_one_line(cli, tmp_path):
     code, _, err = cli(export_main, "onnx", "--variant", "cifar10", "-o", "/proc/x.onnx")
     assert code == 2 and "cannot write into /proc" in err and "Traceback" not in err
+
+
+def test_missing_torch_in_a_command_is_one_line(tmp_path):
+    out = _run_blocked(f"""
+        from click.testing import CliRunner
+        from alexnet_deploy.cli import export_main
+        r = CliRunner().invoke(export_main, ["onnx", "--variant", "cifar10", "-o", {str(tmp_path / "m.onnx")!r}])
+        print(r.exit_code, r.stderr.strip())
+    """)
+    assert out.returncode == 0, out.stderr
+    code, _, message = out.stdout.strip().partition(" ")
+    assert code == "2" and "is not installed" in message and "alexnet-deploy[export]" in message
+    assert "Traceback" not in out.stdout
