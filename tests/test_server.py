@@ -206,7 +206,8 @@ def test_queue_full_and_graceful_drain(digits_onnx):
         with pytest.raises(QueueFull):
             await b.submit(np.zeros((2, 3, 32, 32), np.float32))
         await b.drain()  # graceful: what was accepted still completes
-        assert first.done() and second.done() and first.result().shape == (1, 10)
+        r1, r2 = await asyncio.wait_for(asyncio.gather(first, second), timeout=1)
+        assert r1.shape == r2.shape == (1, 10)
         with pytest.raises(QueueFull, match="shutting down"):
             await b.submit(x)
 
@@ -233,3 +234,16 @@ def test_triton_repository(digits_onnx, tmp_path, cli):
     code, _, err = cli(export_main, "triton", digits_onnx, "--repo", tmp_path / "r2", "--preferred-batch", "64",
                        "--max-batch", "8")
     assert code == 2 and "preferred batch sizes" in err
+
+
+def test_request_timeout_is_504_and_server_recovers(digits_onnx):
+    runner = SlowRunner(open_runner(digits_onnx), 0.0)
+    with Server(runner, ServeOptions(timeout_s=0.2, warmup=True)) as s:
+        runner.delay_s = 0.6
+        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                                       "data": [0.0] * 3072}]}).encode()
+        r = httpx.post(f"{s.url}/v2/models/alexnet/infer", content=body, timeout=10)
+        assert r.status_code == 504 and "did not finish" in r.json()["error"]
+        runner.delay_s = 0.0
+        time.sleep(0.7)
+        assert httpx.post(f"{s.url}/v2/models/alexnet/infer", content=body, timeout=10).status_code == 200
