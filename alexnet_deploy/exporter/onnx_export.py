@@ -9,14 +9,13 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
 from alexnet_deploy.errors import ExportError, ParityError, UserInputError
 from alexnet_deploy.fileio import atomic_path, check_writable, sha256_bytes
 from alexnet_deploy.models.weights import LoadedModel
-from alexnet_deploy.parity.compare import ParityReport, compare_outputs
+from alexnet_deploy.parity.compare import ParityReport
 from alexnet_deploy.parity.tolerances import tolerances_for
 from alexnet_deploy.runtime.metadata import ModelMetadata
 
@@ -129,38 +128,20 @@ def _toposort(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
-def reference_inputs(loaded: LoadedModel, opts: ExportOptions, seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
-    """Input sets for the parity check: seeded normal noise and real digits images (labelled when the
-    model was trained on digits)."""
-    shape = (3, loaded.preprocessing.crop, loaded.preprocessing.crop)
-    n_rand = opts.batch or opts.random_samples
-    sets = [("random", np.random.default_rng(seed).standard_normal((n_rand, *shape)).astype(np.float32), None)]
-    if opts.dataset_samples:
-        from alexnet_deploy.data.datasets import balanced_subset, load_digits
-
-        held = balanced_subset(load_digits("heldout"), opts.dataset_samples if not opts.batch else opts.batch)
-        labels = held.labels if list(loaded.class_names) == held.class_names else None
-        sets.append(("digits:heldout", held.arrays(loaded.preprocessing), labels))
-    return sets
-
-
-def parity_check(onnx_bytes_or_path, loaded: LoadedModel, metadata: ModelMetadata, opts: ExportOptions,
+def parity_check(onnx_path, loaded: LoadedModel, metadata: ModelMetadata, opts: ExportOptions,
                  name: str) -> ParityReport:
+    """The exported file on ONNX Runtime CPU vs the PyTorch model, on seeded noise and real digits."""
+    from alexnet_deploy.parity.run import run_parity
+    from alexnet_deploy.parity.sets import parity_sets
     from alexnet_deploy.runtime.runners.ort import OrtRunner
+    from alexnet_deploy.runtime.runners.torch_runner import TorchRunner
 
     tol = tolerances_for(metadata.precision, opts.tolerance_overrides)
-    report = ParityReport(name, f"PyTorch FP32 ({loaded.source})", metadata.precision, tol)
-    runner = OrtRunner(onnx_bytes_or_path, metadata)
-    with runner, torch.inference_mode():
-        for set_name, x, labels in reference_inputs(loaded, opts):
-            ref_parts, cand_parts = [], []
-            step = opts.batch or 32
-            for i in range(0, len(x), step):
-                xb = x[i: i + step]
-                ref_parts.append(loaded.model(torch.from_numpy(xb)).numpy())
-                cand_parts.append(runner.infer(xb))
-            report.sets.append(compare_outputs(set_name, np.concatenate(ref_parts), np.concatenate(cand_parts),
-                                               tol, labels, metadata.output_kind))
+    sets = parity_sets(metadata, "digits" if opts.dataset_samples else None, opts.dataset_samples,
+                       opts.random_samples)
+    with OrtRunner(onnx_path, metadata) as candidate, TorchRunner(loaded) as reference:
+        report = run_parity(candidate, reference, sets, tol, metadata.precision)
+    report.candidate, report.reference = name, f"PyTorch FP32 ({loaded.source})"
     return report
 
 
