@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from alexnet_deploy.errors import AlexnetDeployError, UserInputError
 
@@ -231,9 +230,7 @@ def predict_cmd(model, images, top_k, engine, variant, batch_size, as_json, rebu
         for i in tqdm(range(0, len(files), step), disable=len(files) <= step, desc="predict", file=sys.stderr):
             chunk = files[i: i + step]
             x = preprocess_batch([load_image(f) for f in chunk], meta.preprocessing)
-            if runner.min_batch > len(chunk):  # static-batch model: pad the last batch
-                x = x[np.r_[np.arange(len(chunk)), np.full(runner.min_batch - len(chunk), len(chunk) - 1)]]
-            probs = to_probabilities(runner.infer(x)[: len(chunk)], meta.output_kind)
+            probs = to_probabilities(runner.infer_batches(x, step), meta.output_kind)
             results += [{"image": f, "top": t} for f, t in zip(chunk, topk(probs, top_k, meta.class_names))]
     if as_json:
         click.echo(json.dumps({"model": str(model), "engine": runner.describe(), "results": results}, indent=2))

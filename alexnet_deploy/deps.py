@@ -47,9 +47,3 @@ def missing_module_error(exc: ModuleNotFoundError) -> MissingDependencyError | N
     return MissingDependencyError(top, pip, purpose)
 
 
-def available(module: str) -> bool:
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True

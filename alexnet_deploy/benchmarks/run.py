@@ -144,7 +144,7 @@ def run_bench(models: list[str], engines: list[str], cfg: BenchConfig, *, thread
                         s, ips_d = _bench_torch_cuda_device_only(runner, batch, cfg)
                         result.rows.append(Row(name, engine, runner.provider, precision, batch, "device-only", s, ips_d))
                     if overhead_check and engine.startswith("ort"):
-                        s, ips_b = bench_bare_ort(runner.session, runner.input_spec.name,
+                        s, _ = bench_bare_ort(runner.session, runner.input_spec.name,
                                                   (batch, *runner.metadata.input_shape), cfg)
                         row.extra["bare_loop_p50_ms"] = s.p50_ms
                         row.extra["harness_overhead"] = summary.mean_ms / s.mean_ms - 1.0

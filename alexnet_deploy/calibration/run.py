@@ -1,6 +1,7 @@
 """alexnet-calibrate: FP32 ONNX -> QDQ INT8 ONNX with accuracy first (methods, sensitivity, --max-drop)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -62,10 +63,7 @@ class _Evaluator:
         self.labels = held.labels if held.labels is not None and held.class_names == meta.class_names else None
 
     def _run(self, runner) -> np.ndarray:
-        step = self.meta.batch or 64
-        x = self.held.x
-        n = len(x) - len(x) % step if self.meta.batch else len(x)
-        return np.concatenate([runner.infer(x[i: i + step]) for i in range(0, n, step)])
+        return runner.infer_batches(self.held.x, 64)
 
     def __call__(self, int8_path: Path, method: str, kept: list[str]) -> Evaluation:
         from alexnet_deploy.runtime.runners.ort import OrtRunner
@@ -76,7 +74,7 @@ class _Evaluator:
         err = float(np.abs(out - self.ref).mean() / max(np.abs(self.ref).mean(), 1e-12))
         if self.labels is None:
             return Evaluation(method, kept, None, None, agree, err)
-        y = self.labels[: len(out)]
+        y = self.labels
         return Evaluation(method, kept, 100 * float(np.mean(self.ref.argmax(1) == y)),
                           100 * float(np.mean(out.argmax(1) == y)), agree, err)
 
@@ -152,11 +150,10 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
             if ev.drop > max_drop:
                 echo(f"warning: even with {len(kept)} layers in float the drop is {ev.drop:.2f} > {max_drop} points")
         prov = provenance(model, meta, cal, cfg)
-        out_meta = read_onnx_metadata(model, variant)
-        out_meta.precision = "int8"
-        out_meta.fp32_onnx_sha256 = prov["source_onnx_sha256"]
-        out_meta.extra = {**out_meta.extra, "calibration": prov,
-                          "int8_evaluation": ev.row() | {"dataset": held.name, "images": int(len(held.x))}}
+        out_meta = dataclasses.replace(
+            meta, precision="int8", fp32_onnx_sha256=prov["source_onnx_sha256"],
+            extra={**meta.extra, "calibration": prov,
+                   "int8_evaluation": ev.row() | {"dataset": held.name, "images": int(len(held.x))}})
         q = onnx.load(str(path))
         set_metadata(q, out_meta)
         with atomic_path(output) as final:

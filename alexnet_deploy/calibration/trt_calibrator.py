@@ -36,7 +36,6 @@ class CalibrationFeeder:
         self._alloc = device_alloc
         self._buffer = None
         self._i = 0
-        self.batches_fed = 0
 
     def get_batch_size(self) -> int:
         return self.batch_size
@@ -52,7 +51,6 @@ class CalibrationFeeder:
         batch = self.x[self._i: self._i + self.batch_size]
         self._buffer.copy_from_host(batch)
         self._i += self.batch_size
-        self.batches_fed += 1
         return [self._buffer.ptr] * len(names)  # AlexNet has one input
 
     def read_calibration_cache(self) -> bytes | None:

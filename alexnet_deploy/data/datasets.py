@@ -5,6 +5,7 @@ the model's own preprocessing turns it into arrays, so every stage sees the same
 """
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from dataclasses import dataclass
@@ -74,8 +75,8 @@ def _select(ds: ImageDataset, split: str) -> ImageDataset:
     return ds.subset(train if split == "train" else held, f"{ds.name}:{split}")
 
 
-def load_digits(split: str = "all") -> ImageDataset:
-    """scikit-learn's 1,797 handwritten digits (8x8, 16 grey levels) as 8-bit grayscale PIL images."""
+@functools.lru_cache(maxsize=1)
+def _all_digits() -> ImageDataset:
     from alexnet_deploy.deps import require
 
     datasets = require("sklearn.datasets", "the embedded digits dataset")
@@ -83,8 +84,13 @@ def load_digits(split: str = "all") -> ImageDataset:
     images = [
         Image.fromarray((img * (255.0 / 16.0)).round().astype(np.uint8), mode="L") for img in bunch.images
     ]
-    ds = ImageDataset(DIGITS, images, bunch.target.astype(np.int64), [str(i) for i in range(10)], "sklearn-digits")
-    return _select(ds, split)
+    return ImageDataset(DIGITS, images, bunch.target.astype(np.int64), [str(i) for i in range(10)], "sklearn-digits")
+
+
+def load_digits(split: str = "all") -> ImageDataset:
+    """scikit-learn's 1,797 handwritten digits (8x8, 16 grey levels) as 8-bit grayscale PIL images
+    (read once per process; the splits share the images)."""
+    return _select(_all_digits(), split)
 
 
 def _unpickle(path: Path) -> dict:

@@ -7,6 +7,7 @@ One ``--precision`` switch for the user; the path taken depends on the library:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -124,8 +125,7 @@ def _derived_onnx(onnx_path: Path, meta, opts: TrtBuildOptions, lib: TrtLibrary,
 
         out = engine.with_name(engine.stem + ".fp16.onnx")
         model = to_fp16(onnx.load(str(onnx_path)))
-        meta.precision, meta.fp32_onnx_sha256 = "fp16", sha256_file(onnx_path)
-        set_metadata(model, meta)
+        set_metadata(model, dataclasses.replace(meta, precision="fp16", fp32_onnx_sha256=sha256_file(onnx_path)))
         with atomic_path(out) as tmp:
             onnx.save(model, str(tmp))
         echo(f"made FP16 ONNX {out.name} for the strongly typed {lib.name} builder")
@@ -180,8 +180,9 @@ def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOption
                 path = "qdq-explicit-int8"
             else:
                 path, calib_info = "implicit-int8-calibrator", _attach_calibrator(trt, config, build_onnx, meta, opts, output)
+    built_meta = meta if build_onnx == onnx_path else read_onnx_metadata(build_onnx)
     if opts.precision == "int8" and onnx_precision == "int8":
-        calib_info = read_onnx_metadata(build_onnx).extra.get("calibration") or {}
+        calib_info = built_meta.extra.get("calibration") or {}
     gpu = gpu_properties()
     cc_target = _compute_capability(trt, lib, config, opts, gpu)
     if opts.dla_core is not None:
@@ -233,7 +234,7 @@ def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOption
                   "hardware_compatibility": opts.hardware_compatibility, "timing_cache": timing,
                   "calibration": calib_info, "seconds": round(seconds, 3)},
         "platform": platform_info(),
-        "metadata": read_onnx_metadata(build_onnx).to_props(),
+        "metadata": built_meta.to_props(),
     }
     with atomic_path(output) as tmp:
         tmp.write_bytes(data)

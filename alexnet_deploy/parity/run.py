@@ -4,8 +4,6 @@ from __future__ import annotations
 import os
 import re
 
-import numpy as np
-
 from alexnet_deploy.errors import ModelLoadError
 from alexnet_deploy.parity.compare import ParityReport, compare_outputs
 from alexnet_deploy.parity.tolerances import Tolerances
@@ -41,24 +39,12 @@ def reference_for(meta: ModelMetadata, reference: str | None = None):
     return loaded
 
 
-def run_parity(candidate, reference_runner, sets, tol: Tolerances, precision: str, batch_size: int = 32,
-               progress: bool = False) -> ParityReport:
+def run_parity(candidate, reference_runner, sets, tol: Tolerances, precision: str,
+               batch_size: int = 32) -> ParityReport:
     """``sets``: iterable of (name, inputs (N,3,H,W) float32, labels or None)."""
     report = ParityReport(candidate.describe(), reference_runner.describe(), precision, tol)
-    step = batch_size
-    if candidate.max_batch is not None:
-        step = min(step, candidate.max_batch)
     for name, x, labels in sets:
-        ref, cand = [], []
-        for i in range(0, len(x), step):
-            xb = x[i: i + step]
-            if candidate.max_batch is not None and candidate.min_batch == candidate.max_batch and len(xb) < step:
-                xb = np.concatenate([xb, np.repeat(xb[-1:], step - len(xb), 0)])  # static batch: pad
-                ref.append(reference_runner.infer(xb)[: len(x) - i])
-                cand.append(candidate.infer(xb)[: len(x) - i])
-                continue
-            ref.append(reference_runner.infer(xb))
-            cand.append(candidate.infer(xb))
-        report.sets.append(compare_outputs(name, np.concatenate(ref), np.concatenate(cand), tol, labels,
-                                           candidate.metadata.output_kind))
+        ref = reference_runner.infer_batches(x, batch_size)
+        cand = candidate.infer_batches(x, batch_size)
+        report.sets.append(compare_outputs(name, ref, cand, tol, labels, candidate.metadata.output_kind))
     return report

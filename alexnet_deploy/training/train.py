@@ -108,7 +108,7 @@ def train(loaded: LoadedModel, train_set: ImageDataset, heldout: ImageDataset, c
                          time.perf_counter() - start)
     loaded.info.update(
         heldout_accuracy=result.heldout_accuracy, dataset=train_set.name, epochs=cfg.epochs,
-        train_config=vars(cfg) | {}, heldout_size=len(heldout),
+        train_config=dict(vars(cfg)), heldout_size=len(heldout),
     )
     loaded.class_names = list(train_set.class_names)
     if output is not None:

@@ -55,6 +55,19 @@ class Runner:
         x = self.check_inputs(inputs)
         return np.asarray(self.infer_impl(x), dtype=np.float32)
 
+    def infer_batches(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Any number of images: chunks within the model's batch range, a short last chunk padded for
+        static-batch models (the padding rows are dropped from the result)."""
+        step = min(batch_size, self.max_batch) if self.max_batch else batch_size
+        outs = []
+        for i in range(0, len(x), step):
+            xb = x[i: i + step]
+            n = len(xb)
+            if n < self.min_batch:
+                xb = np.concatenate([xb, np.repeat(xb[-1:], self.min_batch - n, axis=0)])
+            outs.append(self.infer(xb)[:n])
+        return np.concatenate(outs) if outs else np.zeros((0, self.metadata.num_classes), np.float32)
+
     def check_inputs(self, inputs) -> np.ndarray:
         spec = self.input_spec
         if isinstance(inputs, dict):
