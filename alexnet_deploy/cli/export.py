@@ -1,0 +1,110 @@
+"""`alexnet-export` command."""
+from __future__ import annotations
+
+import click
+
+from alexnet_deploy.cli.common import (
+    _handle_errors,
+    _int_list,
+    _setup_logging,
+    _weights_options,
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def export_group():
+    """Export models: `onnx` (PyTorch -> verified ONNX), `trt` (ONNX -> TensorRT engine + manifest)."""
+
+
+@export_group.command("onnx")
+@_weights_options
+@click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="ONNX file to write.")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Static batch size (default: dynamic).")
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--fp16", is_flag=True, help="FP16 weights and compute; inputs/outputs stay float32.")
+@click.option("--softmax", is_flag=True, help="End in softmax (plain variant only).")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxsim.")
+@click.option("--no-check", is_flag=True, help="Skip the parity check against PyTorch (not recommended).")
+@click.option("--tol", multiple=True, metavar="NAME=VALUE", help="Override a parity tolerance, e.g. max_abs=1e-2.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the parity report as JSON.")
+@click.option("-v", "--verbose", is_flag=True)
+@_handle_errors
+def export_onnx_cmd(variant, weights, num_classes, seed, output, batch, opset, fp16, softmax, no_simplify,
+                    no_check, tol, json_path, verbose):
+    """Export a variant + weights to a simplified ONNX model with metadata, checked against PyTorch."""
+    _setup_logging(verbose)
+    from alexnet_deploy.exporter.onnx_export import ExportOptions, export_onnx
+    from alexnet_deploy.fileio import atomic_write_bytes, check_writable
+    from alexnet_deploy.models.weights import load_model
+    from alexnet_deploy.parity.tolerances import parse_overrides
+
+    check_writable(output)
+    overrides = parse_overrides(tol)
+    loaded = load_model(variant, weights, num_classes=num_classes, seed=seed, softmax=softmax)
+    opts = ExportOptions(opset=opset, batch=batch, fp16=fp16, simplify=not no_simplify, check=not no_check,
+                         tolerance_overrides=overrides)
+    result = export_onnx(loaded, output, opts)
+    if result.report is not None:
+        click.echo(result.report.table())
+        if json_path:
+            atomic_write_bytes(json_path, result.report.to_json().encode())
+    extras = []
+    if result.folded_batchnorms:
+        extras.append(f"folded BatchNorm {', '.join(result.folded_batchnorms)}")
+    if not result.simplified and opts.simplify:
+        extras.append("onnxsim could not simplify (kept the original graph)")
+    click.echo(f"wrote {result.path} ({result.metadata.precision}, opset {opset}, "
+               f"batch {batch or 'dynamic'}, sha256 {result.sha256[:12]})" + (f"; {'; '.join(extras)}" if extras else ""))
+
+
+@export_group.command("trt")
+@click.argument("model", type=click.Path())
+@click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="Engine file (.plan).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--library", default="auto", show_default=True, help="auto | tensorrt | tensorrt_rtx (when both are installed).")
+@click.option("--min-batch", type=click.IntRange(min=1), default=None)
+@click.option("--opt-batch", type=click.IntRange(min=1), default=None)
+@click.option("--max-batch", type=click.IntRange(min=1), default=None)
+@click.option("--workspace-mb", type=click.IntRange(min=16), default=1024, show_default=True)
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="Read and update this timing cache.")
+@click.option("--dla-core", type=click.IntRange(min=0), default=None, help="Jetson DLA core (GPU fallback on).")
+@click.option("--version-compatible", is_flag=True)
+@click.option("--hardware-compatibility", type=click.Choice(["none", "ampere+", "same-cc"]), default="none", show_default=True)
+@click.option("--compute-capability", default=None, help="TensorRT-RTX: target, e.g. sm86 (default: this GPU, or sm86 without one).")
+@click.option("--calib-dataset", default="digits", show_default=True, help="INT8 calibration data (see alexnet-calibrate).")
+@click.option("--calib-images", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--calib-cache", type=click.Path(dir_okay=False), default=None, help="TensorRT <= 10 calibration cache.")
+@click.option("--calib-algorithm", type=click.Choice(["entropy2", "minmax"]), default="entropy2", show_default=True)
+@click.option("--force-cache", is_flag=True, help="Use a calibration cache whose provenance does not match.")
+@click.option("-v", "--verbose", is_flag=True)
+@_handle_errors
+def export_trt_cmd(model, output, precision, library, min_batch, opt_batch, max_batch, workspace_mb, timing_cache,
+                   dla_core, version_compatible, hardware_compatibility, compute_capability, calib_dataset,
+                   calib_images, calib_cache, calib_algorithm, force_cache, verbose):
+    """Build a TensorRT engine (+ manifest) from an exported ONNX model."""
+    _setup_logging(verbose)
+    from alexnet_deploy.exporter.tensorrt import TrtBuildOptions, build_engine
+
+    opts = TrtBuildOptions(precision, library, min_batch, opt_batch, max_batch, workspace_mb, timing_cache, dla_core,
+                           version_compatible, hardware_compatibility, compute_capability, calib_dataset, calib_images,
+                           calib_cache, calib_algorithm, force_cache)
+    build_engine(model, output, opts, echo=click.echo)
+
+
+@export_group.command("triton")
+@click.argument("model", type=click.Path())
+@click.option("--repo", type=click.Path(file_okay=False), required=True, help="Model repository folder.")
+@click.option("--name", default="alexnet", show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="gpu", show_default=True)
+@click.option("--preferred-batch", default="", help="Comma-separated preferred batch sizes.")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True)
+@_handle_errors
+def export_triton_cmd(model, repo, name, max_batch, instances, kind, preferred_batch, max_queue_delay_us):
+    """Write a Triton Inference Server model repository (config.pbtxt, labels, model in version 1)."""
+    from alexnet_deploy.server.triton import export_triton
+
+    root = export_triton(model, repo, name=name, max_batch=max_batch, instances=instances, kind=kind,
+                         preferred=list(_int_list(preferred_batch)), max_queue_delay_us=max_queue_delay_us)
+    click.echo(f"wrote {root}/config.pbtxt and {root}/1/; serve with: tritonserver --model-repository {repo}")

@@ -1,0 +1,55 @@
+"""`alexnet-parity` command."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from alexnet_deploy.cli.common import (
+    _handle_errors,
+    _setup_logging,
+)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("candidate", type=click.Path())
+@click.option("--engine", default=None, help="Engine for CANDIDATE (default: from its suffix).")
+@click.option("--reference", default=None,
+              help="PyTorch FP32 reference weights (default: the weights recorded in the candidate's metadata).")
+@click.option("--variant", default=None, help="Variant defaults for a candidate without metadata.")
+@click.option("--dataset", default="digits", show_default=True,
+              help="Labelled set: digits | CIFAR-10 folder | ImageFolder tree | none.")
+@click.option("--num-images", type=click.IntRange(min=1), default=360, show_default=True,
+              help="Images from the held-out split (class-balanced, deterministic).")
+@click.option("--random-samples", type=click.IntRange(min=0), default=16, show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
+              help="Which default gates apply (auto: the candidate's precision).")
+@click.option("--tol", multiple=True, metavar="NAME=VALUE", help="Override a gate, e.g. min_top1_agreement=0.98.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--rebuild-if-stale", is_flag=True, help="Engines: rebuild from the recorded ONNX when stale.")
+@_handle_errors
+def parity_cmd(candidate, engine, reference, variant, dataset, num_images, random_samples, precision, tol,
+               json_path, junit_path, rebuild_if_stale):
+    """Compare a candidate model with the PyTorch FP32 reference; non-zero exit when a gate fails."""
+    _setup_logging()
+    from alexnet_deploy.fileio import atomic_write_bytes, check_writable
+    from alexnet_deploy.parity.api import check_parity
+    from alexnet_deploy.parity.tolerances import parse_overrides
+
+    for p in (json_path, junit_path):
+        if p:
+            check_writable(p)
+    report = check_parity(candidate, engine=engine, reference=reference, variant=variant,
+                          dataset=None if dataset == "none" else dataset, num_images=num_images,
+                          random_samples=random_samples, precision=precision,
+                          rebuild_if_stale=rebuild_if_stale, **parse_overrides(tol))
+    click.echo(report.table())
+    if json_path:
+        atomic_write_bytes(json_path, report.to_json().encode())
+    if junit_path:
+        atomic_write_bytes(junit_path, report.to_junit().encode())
+    if not report.passed:
+        click.echo(f"error: parity gate failed ({len(report.failures)} failing metric(s))", err=True)
+        sys.exit(1)
+    click.echo("parity: PASS")
