@@ -5,7 +5,9 @@ images to within 1e-6 (a test checks it against torchvision itself).
 """
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -40,18 +42,51 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file fully (so truncation is found here), as RGB."""
+# Pixel limit checked from the image header before any pixel is decoded (server uploads, predict, datasets).
+# 50 MP is ~15x a 12 MP phone photo and far beyond what a 224-pixel model needs; a 12000x12000 PNG of 140 KB
+# would otherwise inflate to 432 MB of RGB (more during decoding). Override with --max-pixels.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+class ImageTooLargeError(UserInputError):
+    """An image's header declares more pixels than the configured limit (a decompression bomb or a huge scan)."""
+
+
+def load_image(source: str | os.PathLike | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               draft_size: tuple[int, int] | None = None, name: str | None = None) -> Image.Image:
+    """Open an image file (or encoded bytes) fully, so truncation is found here, as RGB.
+
+    The pixel count is read from the header and checked against ``max_pixels`` *before* decoding, so a small
+    file that declares a huge canvas costs nothing. ``draft_size`` lets JPEG decode at a reduced scale (DCT
+    scaling: no larger than needed for that size), which saves memory and time for camera-sized uploads; it
+    changes pixels slightly, so callers that need parity with the PyTorch reference leave it None.
+    """
+    label = name or ("image" if isinstance(source, (bytes, bytearray, memoryview)) else os.fsdecode(source))
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img_cm = Image.open(fp)  # Pillow itself refuses > 2 x Image.MAX_IMAGE_PIXELS (~179 MP)
+        with img_cm as img:
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageTooLargeError(
+                    f"{label} is {w}x{h} = {w * h / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:g} MP "
+                    "(raise it with --max-pixels if the image is genuine)")
+            if draft_size is not None and img.format == "JPEG":
+                img.draft("RGB", draft_size)
             img.load()
             return to_rgb(img)
     except FileNotFoundError:
-        raise UserInputError(f"image not found: {path}") from None
+        raise UserInputError(f"image not found: {label}") from None
+    except IsADirectoryError:
+        raise UserInputError(f"{label} is a folder, not an image") from None
     except UnidentifiedImageError:
-        raise UserInputError(f"{path} is not an image Pillow can read (expected JPEG, PNG, BMP, ...)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise UserInputError(f"{path} is truncated or corrupt: {exc}") from None
+        raise UserInputError(f"{label} is not an image Pillow can read (expected JPEG, PNG, BMP, ...)") from None
+    except (Image.DecompressionBombError, MemoryError):
+        raise ImageTooLargeError(f"{label} is too large to decode (a decompression bomb?)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise UserInputError(f"{label} is truncated or corrupt: {exc}") from None
 
 
 def resize_shorter(img: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
