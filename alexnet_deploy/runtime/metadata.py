@@ -25,6 +25,9 @@ class ModelMetadata:
     batch: int | None = None  # None: dynamic batch
     precision: str = "fp32"  # fp32 | fp16 | int8
     io_dtype: str = "float32"
+    # What the graph's input expects: "float-nchw" (normalized float, the default), or raw pixels with the
+    # normalization inside the graph ("uint8-nhwc", "float-0-255"); see runtime.preprocess.model_batch.
+    input_format: str = "float-nchw"
     opset: int | None = None
     source_weights: str = ""
     source_sha256: str = ""

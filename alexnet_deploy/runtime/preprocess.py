@@ -126,6 +126,18 @@ def preprocess_batch(images: Sequence[Image.Image], prep: Preprocessing) -> np.n
     return np.stack([preprocess_image(img, prep) for img in images])
 
 
+def model_batch(images: Sequence[Image.Image], meta) -> np.ndarray:
+    """PIL images -> the array a model's input takes, as its metadata (``ModelMetadata``) says.
+
+    The one entry point every consumer of a model uses (predict, stream, serve, parity, bench), so a model
+    whose input format differs (raw pixels with normalization in the graph) is fed correctly everywhere.
+    """
+    fmt = getattr(meta, "input_format", "float-nchw")
+    if fmt == "float-nchw":
+        return preprocess_batch(images, meta.preprocessing)
+    raise UserInputError(f"model input format {fmt!r} is not supported by this version of alexnet-deploy")
+
+
 def find_images(paths: Iterable[str | os.PathLike]) -> list[str]:
     """Expand folders (recursively, sorted) into image files; files are kept as given."""
     out: list[str] = []
