@@ -110,32 +110,91 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def preprocess_image(img: Image.Image, prep: Preprocessing) -> np.ndarray:
-    """One PIL image -> float32 array (3, crop, crop)."""
-    img = center_crop(resize_shorter(to_rgb(img), prep.resize, prep.interpolation), prep.crop)
-    x = np.asarray(img, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
+# How a frame becomes the model's input size: "default" is the model's own Resize(shorter side) -> CenterCrop;
+# "stretch" resizes the whole frame to crop x crop, ignoring the aspect ratio, as DeepStream's nvinfer
+# (maintain-aspect-ratio=0) and jetson-inference's imageNet do.
+RESIZE_MODES = ("default", "stretch")
+# The graph input a model takes (ModelMetadata.input_format): normalized float NCHW (the default), or raw RGB
+# pixels at the input size with scale/normalize (and layout) as explicit nodes in the graph.
+INPUT_FORMATS = ("float-nchw", "uint8-nhwc", "float-0-255")
+
+
+def stretch(img: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
+    """The whole image resized to size x size (aspect ratio not kept, nothing cropped)."""
+    return img if img.size == (size, size) else img.resize((size, size), _INTERPOLATION[interpolation])
+
+
+def model_pixels(img: Image.Image, prep: Preprocessing, resize: str = "default") -> np.ndarray:
+    """One PIL image -> uint8 RGB pixels (crop, crop, 3) at the model's input size."""
+    img = to_rgb(img)
+    if resize == "default":
+        img = center_crop(resize_shorter(img, prep.resize, prep.interpolation), prep.crop)
+    elif resize == "stretch":
+        img = stretch(img, prep.crop, prep.interpolation)
+    else:
+        raise UserInputError(f"unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def normalize_pixels(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """uint8 RGB pixels (..., H, W, 3) -> normalized float32 (..., 3, H, W): ToTensor() then Normalize()."""
+    x = np.asarray(pixels, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
     mean = np.asarray(prep.mean, dtype=np.float32)
     std = np.asarray(prep.std, dtype=np.float32)
-    return ((x - mean) / std).transpose(2, 0, 1).copy()
+    return np.moveaxis((x - mean) / std, -1, -3).copy()
 
 
-def preprocess_batch(images: Sequence[Image.Image], prep: Preprocessing) -> np.ndarray:
+def pixels_as_input(pixels: np.ndarray, input_format: str, prep: Preprocessing) -> np.ndarray:
+    """uint8 RGB pixels (N, H, W, 3) -> what a graph with ``input_format`` takes."""
+    if input_format == "float-nchw":
+        return normalize_pixels(pixels, prep)
+    if input_format == "uint8-nhwc":
+        return np.ascontiguousarray(pixels, dtype=np.uint8)
+    if input_format == "float-0-255":
+        return np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8).transpose(0, 3, 1, 2), dtype=np.float32)
+    raise UserInputError(f"model input format {input_format!r} is not supported by this version of alexnet-deploy "
+                         f"(known: {', '.join(INPUT_FORMATS)})")
+
+
+def preprocess_image(img: Image.Image, prep: Preprocessing, resize: str = "default") -> np.ndarray:
+    """One PIL image -> float32 array (3, crop, crop)."""
+    return normalize_pixels(model_pixels(img, prep, resize), prep)
+
+
+def preprocess_batch(images: Sequence[Image.Image], prep: Preprocessing, resize: str = "default") -> np.ndarray:
     """PIL images -> float32 array (N, 3, crop, crop)."""
     if not images:
         return np.zeros((0, 3, prep.crop, prep.crop), dtype=np.float32)
-    return np.stack([preprocess_image(img, prep) for img in images])
+    return np.stack([preprocess_image(img, prep, resize) for img in images])
 
 
-def model_batch(images: Sequence[Image.Image], meta) -> np.ndarray:
+def model_batch(images: Sequence[Image.Image], meta, resize: str = "default") -> np.ndarray:
     """PIL images -> the array a model's input takes, as its metadata (``ModelMetadata``) says.
 
-    The one entry point every consumer of a model uses (predict, stream, serve, parity, bench), so a model
-    whose input format differs (raw pixels with normalization in the graph) is fed correctly everywhere.
+    The one entry point every consumer of a model uses (predict, stream, serve, parity, bench, calibration),
+    so a model whose input format differs (raw pixels with normalization in the graph) is fed correctly
+    everywhere: normalized float32 (N, 3, H, W) for "float-nchw", uint8 (N, H, W, 3) for "uint8-nhwc",
+    float32 0..255 (N, 3, H, W) for "float-0-255". ``resize="stretch"`` resizes without the center crop.
     """
     fmt = getattr(meta, "input_format", "float-nchw")
+    prep = meta.preprocessing
     if fmt == "float-nchw":
-        return preprocess_batch(images, meta.preprocessing)
-    raise UserInputError(f"model input format {fmt!r} is not supported by this version of alexnet-deploy")
+        return preprocess_batch(images, prep, resize)
+    c = prep.crop
+    pixels = (np.stack([model_pixels(img, prep, resize) for img in images]) if len(images)
+              else np.zeros((0, c, c, 3), dtype=np.uint8))
+    return pixels_as_input(pixels, fmt, prep)
+
+
+def random_model_input(meta, n: int, seed: int = 0) -> np.ndarray:
+    """Seeded random input for a model's graph: standard normal for normalized float inputs (what the model sees
+    after Normalize), uniform random pixels for raw-pixel inputs."""
+    rng = np.random.default_rng(seed)
+    fmt = getattr(meta, "input_format", "float-nchw")
+    if fmt == "float-nchw":
+        return rng.standard_normal((n, *meta.input_shape)).astype(np.float32)
+    c = meta.preprocessing.crop
+    return pixels_as_input(rng.integers(0, 256, (n, c, c, 3), dtype=np.uint8), fmt, meta.preprocessing)
 
 
 def find_images(paths: Iterable[str | os.PathLike]) -> list[str]:
