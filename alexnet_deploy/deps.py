@@ -10,11 +10,11 @@ from alexnet_deploy.errors import MissingDependencyError
 OPTIONAL = {
     "torch": ("'alexnet-deploy[export]'", "PyTorch models, training, export and the reference runner"),
     "torchvision": ("'alexnet-deploy[export]'", "torchvision's AlexNet and its weights"),
-    "onnx": ("'alexnet-deploy[export]'", "reading and writing ONNX models"),
+    "onnx": ("'alexnet-deploy[build]'  (or [export] to export from PyTorch)", "reading and writing ONNX models"),
     "onnxruntime": ("onnxruntime  (or onnxruntime-gpu for CUDA/TensorRT)", "ONNX Runtime inference"),
     "onnxsim": ("'alexnet-deploy[export]'", "ONNX simplification"),
     "safetensors": ("'alexnet-deploy[export]'", ".safetensors weights"),
-    "sklearn": ("'alexnet-deploy[export]'", "the embedded digits dataset"),
+    "sklearn": ("scikit-learn  (part of alexnet-deploy[export])", "the embedded digits dataset"),
     "tqdm": ("tqdm", "progress bars"),
     "tensorrt": ("tensorrt", "TensorRT engines"),
     "tensorrt_rtx": ("tensorrt-rtx", "TensorRT-RTX engines"),

@@ -15,9 +15,8 @@ from alexnet_deploy.calibration.data import CalibrationSet, load_calibration_set
 from alexnet_deploy.calibration.qdq import (Method, QuantConfig, is_quantized, provenance, quantize, temp_dir,
                                             weighted_layers)
 from alexnet_deploy.errors import UserInputError
-from alexnet_deploy.exporter.onnx_export import set_metadata
 from alexnet_deploy.fileio import atomic_path, check_writable, sha256_file
-from alexnet_deploy.runtime.metadata import read_onnx_metadata
+from alexnet_deploy.runtime.metadata import read_onnx_metadata, set_metadata
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,12 @@ import onnx
 import torch
 
 from alexnet_deploy.errors import ExportError, ParityError, UserInputError
+from alexnet_deploy.exporter.fp16 import to_fp16  # re-exported; torch-free for alexnet-export trt
 from alexnet_deploy.fileio import atomic_path, check_writable, sha256_bytes
 from alexnet_deploy.models.weights import LoadedModel
 from alexnet_deploy.parity.compare import ParityReport
 from alexnet_deploy.parity.tolerances import tolerances_for
-from alexnet_deploy.runtime.metadata import ModelMetadata
+from alexnet_deploy.runtime.metadata import ModelMetadata, set_metadata  # set_metadata: re-exported
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 17
@@ -102,32 +103,6 @@ def _simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     return simplified, True
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """FP16 weights and compute; graph inputs and outputs stay float32 (Cast nodes at the edges), so
-    callers feed and read the same arrays as for the FP32 model. TensorRT 11 / TensorRT-RTX (strongly
-    typed) build FP16 engines from this graph."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
-    _toposort(converted.graph)  # the converter appends its input Casts at the end of the node list
-    return converted
-
-
-def _toposort(graph: onnx.GraphProto) -> None:
-    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        progress = [n for n in pending if all(i in ready for i in n.input)]
-        if not progress:
-            raise ExportError("the FP16 graph has a cycle or a dangling input; export FP32 instead")
-        for n in progress:
-            ordered.append(n)
-            ready.update(n.output)
-        pending = [n for n in pending if n not in progress]
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
 def parity_check(onnx_path, loaded: LoadedModel, metadata: ModelMetadata, opts: ExportOptions,
                  name: str) -> ParityReport:
     """The exported file on ONNX Runtime CPU vs the PyTorch model, on seeded noise and real digits."""
@@ -195,14 +170,3 @@ def export_onnx(loaded: LoadedModel, output: str | Path, opts: ExportOptions | N
                 raise ParityError(
                     f"exported model disagrees with PyTorch; {output} was not written:\n{report.table()}", report)
     return ExportResult(output, metadata, report, folded, simplified, sha256_bytes(data))
-
-
-def set_metadata(proto: onnx.ModelProto, metadata: ModelMetadata) -> None:
-    """Replace our keys in ``metadata_props`` (others are kept)."""
-    from alexnet_deploy.runtime.metadata import PREFIX
-
-    keep = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith(PREFIX)]
-    del proto.metadata_props[:]
-    for k, v in keep + list(metadata.to_props().items()):
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v

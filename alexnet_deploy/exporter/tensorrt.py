@@ -121,7 +121,8 @@ def _derived_onnx(onnx_path: Path, meta, opts: TrtBuildOptions, lib: TrtLibrary,
     if meta.precision != "fp32":
         raise UserInputError(f"{onnx_path.name} is {meta.precision}; pass the FP32 ONNX to build an {opts.precision} engine")
     if opts.precision == "fp16":
-        from alexnet_deploy.exporter.onnx_export import set_metadata, to_fp16
+        from alexnet_deploy.exporter.fp16 import to_fp16
+        from alexnet_deploy.runtime.metadata import set_metadata
 
         out = engine.with_name(engine.stem + ".fp16.onnx")
         model = to_fp16(onnx.load(str(onnx_path)))

@@ -88,6 +88,15 @@ def read_onnx_metadata(path, variant: str | None = None) -> ModelMetadata:
         return ModelMetadata.defaults_for(variant)
 
 
+def set_metadata(proto, metadata: ModelMetadata) -> None:
+    """Replace our keys in an ``onnx.ModelProto``'s ``metadata_props`` (others are kept)."""
+    keep = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith(PREFIX)]
+    del proto.metadata_props[:]
+    for k, v in keep + list(metadata.to_props().items()):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
 def onnx_props(path) -> dict[str, str]:
     """``metadata_props`` of an ONNX file without loading its weights into a session when onnx is present."""
     from alexnet_deploy.errors import ModelLoadError
