@@ -1,0 +1,144 @@
+"""What `alexnet-deploy` runs: options, the ordered steps, and content-hash cache keys.
+
+A step's cache key is the sha256 of its name, the sha256 of every file it reads (the checkpoint, an upstream
+artifact's model), the options that change its output and the versions of the libraries that make it. Keys
+never use timestamps: a changed option changes only the keys of the steps it feeds, so only those rerun.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alexnet_deploy.errors import UserInputError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+TARGETS = ("onnx", "trt", "triton")
+ONNX_ENGINES = ("ort", "ort-cuda", "ort-trt")
+TORCH_ENGINES = ("torch", "torch-cuda")
+ENGINES = (*TORCH_ENGINES, *ONNX_ENGINES, "trt")
+REFERENCE = "pytorch"  # the checkpoint itself: the reference row (engine torch)
+KEY_SCHEMA = "alexnet-deploy.deploy-step/1"  # bump to invalidate every cached step
+
+
+@dataclass
+class DeployOptions:
+    weights: Path
+    out: Path
+    dataset: str
+    variant: str | None = None
+    precisions: tuple[str, ...] = PRECISIONS
+    targets: tuple[str, ...] = TARGETS
+    engines: tuple[str, ...] | None = None  # None: torch + ort + what this machine has (ort-cuda, ort-trt, trt)
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    bench_duration_s: float | None = 2.0
+    bench_iterations: int | None = None
+    bench_warmup_ms: float = 200.0
+    parity_images: int = 1000
+    random_samples: int = 16
+    tolerances: dict = field(default_factory=dict)
+    calib_images: int = 512
+    calib_method: str = "minmax"
+    sensitivity: bool = True
+    max_drop: float | None = None
+    trt_library: str = "auto"
+    compute_capability: str | None = None
+    workspace_mb: int = 1024
+    triton_kind: str = "gpu"
+    force: bool = False
+
+    def validate(self) -> None:
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad or not self.precisions:
+            raise UserInputError(f"unknown --precisions {','.join(bad) or '(none)'}; choose from {','.join(PRECISIONS)}")
+        bad = [t for t in self.targets if t not in TARGETS]
+        if bad or not self.targets:
+            raise UserInputError(f"unknown --targets {','.join(bad) or '(none)'}; choose from {','.join(TARGETS)}")
+        if self.engines is not None:
+            bad = [e for e in self.engines if e not in ENGINES]
+            if bad or not self.engines:
+                raise UserInputError(f"unknown --engines {','.join(bad) or '(none)'}; choose from auto or "
+                                     f"{','.join(ENGINES)}")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise UserInputError("--batch-sizes must be positive integers, e.g. 1,8,32")
+        if self.bench_iterations is None and (self.bench_duration_s is None or self.bench_duration_s <= 0):
+            raise UserInputError("--bench-duration-s must be positive (or give --bench-iterations N)")
+        if self.bench_iterations is not None and self.bench_iterations < 1:
+            raise UserInputError("--bench-iterations must be at least 1")
+        for name in ("parity_images", "calib_images"):
+            if getattr(self, name) < 1:
+                raise UserInputError(f"--{name.replace('_', '-')} must be at least 1")
+
+    @property
+    def max_batch(self) -> int:
+        return max(self.batch_sizes)
+
+    @property
+    def built_precisions(self) -> tuple[str, ...]:
+        """INT8 is calibrated from the FP32 export, so FP32 is built whenever INT8 is asked for."""
+        wanted = set(self.precisions) | ({"fp32"} if "int8" in self.precisions else set())
+        return tuple(p for p in PRECISIONS if p in wanted)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # unique, e.g. "export fp32", "parity onnx-int8 ort"
+    kind: str  # export | calibrate | trt | triton | parity | bench
+    artifact: str  # the folder the step writes (export/calibrate/trt/triton) or reads (parity/bench)
+    precision: str | None = None
+    engine: str | None = None
+    needs: tuple[str, ...] = ()  # artifact folders it reads
+
+
+def onnx_artifact(precision: str) -> str:
+    return f"onnx-{precision}"
+
+
+def trt_artifact(precision: str) -> str:
+    return f"trt-{precision}"
+
+
+def engines_for(artifact: str, engines: tuple[str, ...]) -> tuple[str, ...]:
+    if artifact == REFERENCE:
+        return tuple(e for e in engines if e in TORCH_ENGINES)
+    if artifact.startswith("onnx-"):
+        return tuple(e for e in engines if e in ONNX_ENGINES)
+    if artifact.startswith("trt-"):
+        return tuple(e for e in engines if e == "trt")
+    return ()
+
+
+def plan_steps(opts: DeployOptions, engines: tuple[str, ...]) -> list[Step]:
+    """The steps in the order they run (every step after the ones it needs)."""
+    steps: list[Step] = []
+    models: list[str] = []
+    for p in opts.built_precisions:
+        a = onnx_artifact(p)
+        if p == "int8":
+            steps.append(Step("calibrate int8", "calibrate", a, p, needs=(onnx_artifact("fp32"),)))
+        else:
+            steps.append(Step(f"export {p}", "export", a, p))
+        models.append(a)
+    if "trt" in opts.targets:
+        for p in opts.built_precisions:
+            a = trt_artifact(p)
+            steps.append(Step(f"trt {p}", "trt", a, p, needs=(onnx_artifact(p),)))
+            models.append(a)
+    if "triton" in opts.targets:
+        steps.append(Step("triton", "triton", "triton", needs=tuple(onnx_artifact(p) for p in opts.built_precisions)))
+    for a in models:
+        prec = a.split("-", 1)[1]
+        for e in engines_for(a, engines):
+            steps.append(Step(f"parity {a} {e}", "parity", a, prec, e, needs=(a,)))
+    for a in [*models, REFERENCE]:
+        if engines_for(a, engines):
+            steps.append(Step(f"bench {a}", "bench", a, "fp32" if a == REFERENCE else a.split("-", 1)[1],
+                              needs=() if a == REFERENCE else (a,)))
+    return steps
+
+
+def cache_key(step: Step, parts: dict) -> str:
+    """sha256 of the step's identity and ``parts`` (input sha256s, options, versions) as canonical JSON."""
+    blob = json.dumps({"schema": KEY_SCHEMA, "step": step.name, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
