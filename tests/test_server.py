@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from alexnet_deploy.runtime.runners import open_runner
-from alexnet_deploy.server.app import ServeOptions, create_app
+from alexnet_deploy.server.app import ServeOptions, create_app, server_config
 from alexnet_deploy.server.batcher import DynamicBatcher, QueueFull
 
 
@@ -44,8 +44,9 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(runner, options)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    timeout_graceful_shutdown=10))
+        self.server = uvicorn.Server(server_config(self.app, options, log_level="warning", host="127.0.0.1",
+                                                   port=self.port))
+        self.server.config.timeout_graceful_shutdown = 10
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -68,7 +69,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(digits_onnx):
     runner = SlowRunner(open_runner(digits_onnx), 0.0)
-    with Server(runner, ServeOptions(max_batch=16, max_queue_delay_ms=20, max_body_mb=1)) as s:
+    with Server(runner, ServeOptions(max_batch=16, max_queue_delay_ms=20, max_body_mb=1, max_pixels=200_000)) as s:
         s.runner = runner
         yield s
 
@@ -247,3 +248,183 @@ def test_request_timeout_is_504_and_server_recovers(digits_onnx):
         runner.delay_s = 0.0
         time.sleep(0.7)
         assert httpx.post(f"{s.url}/v2/models/alexnet/infer", content=body, timeout=10).status_code == 200
+
+
+def _strict(raw: bytes):
+    def reject(name):
+        raise ValueError(f"non-JSON constant {name}")
+
+    return json.loads(raw, parse_constant=reject)
+
+
+def _infer(server, payload, headers=None):
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return httpx.post(f"{server.url}/v2/models/alexnet/infer", content=body, headers=headers or {}, timeout=30)
+
+
+_OK = {"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0.0] * 3072}
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({"inputs": [{**_OK, "shape": [True, 3, 32, 32]}]}, "inputs[0].shape"),
+    ({"inputs": [_OK], "parameters": "x"}, "parameters must be a JSON object"),
+    ({"inputs": [{**_OK, "parameters": "x"}]}, "inputs[0].parameters"),
+    ({"inputs": [{**_OK, "shape": [2**40, 2**40, 2**40, 1]}]}, "inputs[0].shape"),
+    ({"inputs": [{**_OK, "shape": [2**62, 2**62, 0, 1], "data": []}]}, "inputs[0].shape"),
+    ({"inputs": [_OK, _OK]}, "inputs[1].name"),
+    ({"inputs": [_OK], "outputs": [{"name": "probabilities"}]}, "outputs[0].name"),
+    ({"inputs": [_OK], "outputs": "logits"}, "outputs must be a list"),
+    ({"inputs": [_OK], "outputs": [{"name": "logits", "parameters": {"binary_data": "yes"}}]}, "binary_data"),
+    ({"inputs": [{**_OK, "datatype": ["FP32"]}]}, "inputs[0].datatype"),
+    ({"inputs": [{**_OK, "data": [[1.0, 2.0], [3.0]]}]}, "inputs[0].data"),
+    ({"inputs": [{**_OK, "data": [10**400] + [0.0] * 3071}]}, "inputs[0].data"),
+    ({"inputs": [_OK], "id": {"x": 1}}, "id must be"),
+    (b'{"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [NaN]}]}', "NaN"),
+    (b'{"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [Infinity]}]}', "Infinity"),
+    (json.dumps({"inputs": [{**_OK, "data": ["X"] + [0.0] * 3071}]}).replace('"X"', "1e400").encode(), "NaN or infinite"),
+    ({"inputs": [{**_OK, "data": [float("nan")] + [0.0] * 3071}]}, "NaN"),
+])
+def test_malformed_fields_are_400_naming_the_field(server, payload, field):
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()  # json.dumps writes NaN as NaN
+    r = _infer(server, body)
+    assert r.status_code == 400, r.text
+    message = _strict(r.content)["error"]
+    assert field in message, message
+    assert "object at 0x" not in r.text and "Error" not in message and "Traceback" not in r.text
+
+
+def test_binary_malformed_and_non_finite(server):
+    def binary(x, size=None, dtype="FP32"):
+        head = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": dtype,
+                                       "parameters": {"binary_data_size": x.nbytes if size is None else size}}]}).encode()
+        return _infer(server, head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))})
+
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    r = binary(x, size=float(x.nbytes))
+    assert r.status_code == 400 and "binary_data_size must be a non-negative integer" in r.json()["error"]
+    x[0, 0, 0, 0] = np.nan
+    r = binary(x)
+    assert r.status_code == 400 and "NaN or infinite" in r.json()["error"]
+    x[0, 0, 0, 0] = np.inf
+    assert binary(x).status_code == 400
+    r = _infer(server, {"inputs": [_OK], "parameters": {"binary_data_output": 1}})
+    assert r.status_code == 400 and "binary_data_output" in r.json()["error"]
+    r = _infer(server, b'{"inputs": [' * 50_000)
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
+
+
+def test_huge_finite_inputs_give_strict_json(server):
+    """3e38 is finite in FP32 but may overflow in the model: the body is strict JSON either way."""
+    r = _infer(server, {"inputs": [{**_OK, "data": [3e38] * 3072}]})
+    body = _strict(r.content)  # never NaN / Infinity in a body
+    assert r.status_code == 200 or (r.status_code == 400 and "binary_data" in body["error"])
+    head = json.dumps({"inputs": [{**_OK, "data": [3e38] * 3072}],
+                       "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+    r = _infer(server, head)
+    assert r.status_code == 200  # raw IEEE values may be anything
+
+
+def test_unknown_output_is_rejected_before_inference(server):
+    before = len(server.runner.batches)
+    r = _infer(server, {"inputs": [_OK], "outputs": [{"name": "nope"}]})
+    assert r.status_code == 400 and "unknown output 'nope'" in r.json()["error"]
+    assert len(server.runner.batches) == before
+
+
+def test_metrics_labels_come_from_fixed_sets(server):
+    import random
+
+    rng = random.Random(0)
+    names = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(20)) for _ in range(300)]
+    with httpx.Client(base_url=server.url) as client:
+        size_before = len(client.get("/metrics").content)
+        for i, n in enumerate(names):
+            r = client.get(f"/v2/models/{n}" if i % 3 else f"/{n}/{n}/x")
+            assert r.status_code == 404 and "error" in r.json()
+            client.post(f"/v2/models/{n}/versions/{n}/infer", content=b"{}")
+        metrics = client.get("/metrics").text
+    assert not any(n in metrics for n in names)
+    assert 'alexnet_requests_total{endpoint="metadata",status="404"}' in metrics
+    assert 'alexnet_requests_total{endpoint="unmatched",status="404"}' in metrics
+    assert len(metrics) < size_before + 8_000  # new (route, status) pairs only, not one per name
+
+
+def test_no_pages_that_need_the_internet(server):
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        r = httpx.get(f"{server.url}{path}")
+        assert r.status_code == 404 and "error" in r.json() and "cdn" not in r.text.lower()
+
+
+def test_pixel_limit_is_checked_before_decoding(server):
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    for w, h in ((20000, 20000), (12000, 12000), (600, 600)):  # the server's limit is 0.2 MP
+        bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b""))
+        r = httpx.post(f"{server.url}/models/alexnet/classify", content=bomb, timeout=30)
+        assert r.status_code == 413, r.text
+        assert "MP" in r.json()["error"] and "--max-pixels" in r.json()["error"]
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 400), (10, 200, 30)).save(buf, format="JPEG")
+    r = httpx.post(f"{server.url}/models/alexnet/classify", content=buf.getvalue(), timeout=30)
+    assert r.status_code == 200 and len(r.json()["top"]) == 5
+    r = httpx.post(f"{server.url}/models/alexnet/classify?top_k=0", content=buf.getvalue())
+    assert r.status_code == 400 and "top_k" in r.json()["error"]
+
+
+def test_not_ready_and_busy_are_json_503_with_retry_after(digits_onnx):
+    runner = SlowRunner(open_runner(digits_onnx), 0.0)
+    with Server(runner, ServeOptions(max_queue=1, max_batch=1, max_queue_delay_ms=0)) as s:
+        runner.delay_s = 0.5
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(lambda _: _infer(s, {"inputs": [_OK]}), range(4)))
+        busy = [r for r in responses if r.status_code == 503]
+        assert busy and all(r.headers.get("retry-after") and "busy" in r.json()["error"] for r in busy)
+        runner.delay_s = 0.0
+
+
+def test_repository_index_and_bench_model_name_and_warmup(digits_onnx, cli, tmp_path):
+    from alexnet_deploy.cli import bench_main
+
+    runner = SlowRunner(open_runner(digits_onnx), 0.0)
+    with Server(runner, ServeOptions(name="other")) as s:
+        assert httpx.post(f"{s.url}/v2/repository/index").json() == [{"name": "other", "version": "1", "state": "READY"}]
+        before = len(runner.batches)
+        code, out, err = cli(bench_main, "--server", s.url, "--concurrency", "2", "--duration-s", "0.5",
+                             "--warmup-ms", "500", "--json", tmp_path / "load.json")
+        assert code == 0, err
+        result = json.loads((tmp_path / "load.json").read_text())
+        assert result["model"] == "other" and result["warmup_ms"] == 500
+        row = result["rows"][0]
+        served = sum(runner.batches[before:])
+        assert served > row["requests"] + row["errors"]  # warm-up requests ran and were not counted
+        code, _, err = cli(bench_main, "--server", s.url, "--model-name", "alexnet", "--duration-s", "0.2")
+        assert code == 2 and "404" in err and "unknown model 'alexnet'" in err
+
+
+def test_triton_names_kind_and_messages(digits_onnx, tmp_path, cli, monkeypatch):
+    import onnx
+
+    from alexnet_deploy.cli import export_main
+
+    for bad in ("../../escaped", "a/b", "..", ".hidden", ""):
+        code, _, err = cli(export_main, "triton", digits_onnx, "--repo", tmp_path / "repo", "--name", bad)
+        assert code == 2 and "Triton model name" in err, err
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "repo").exists()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible: the default instance kind is CPU
+    code, out, err = cli(export_main, "triton", digits_onnx, "--repo", tmp_path / "repo", "--name", "digits-v1.2")
+    assert code == 0, err
+    assert "KIND_CPU" in (tmp_path / "repo" / "digits-v1.2" / "config.pbtxt").read_text() and "cpu instances" in out
+    code, out, err = cli(export_main, "triton", digits_onnx, "--repo", tmp_path / "repo", "--kind", "gpu")
+    assert code == 0 and "KIND_GPU" in (tmp_path / "repo" / "alexnet" / "config.pbtxt").read_text()
+    bare = onnx.load(str(digits_onnx))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    code, _, err = cli(export_main, "triton", tmp_path / "bare.onnx", "--repo", tmp_path / "r3")
+    assert code == 2 and "alexnet-export onnx" in err and "--variant" not in err

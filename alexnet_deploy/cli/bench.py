@@ -41,10 +41,12 @@ from alexnet_deploy.errors import UserInputError
 @click.option("--concurrency", default="1,4,16", show_default=True, help="With --server: concurrent clients.")
 @click.option("--client-batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --server: images per request.")
+@click.option("--model-name", default=None,
+              help="With --server: the model to load-test (default: the only model the server lists).")
 @_handle_errors
 def bench_cmd(models, engines, batch_sizes, warmup_ms, duration_s, iterations, threads, baseline, images_dir,
               overhead_check, no_roofline, cuda_graph, json_path, csv_path, md_path, plot_path, compare_path,
-              max_regression, server, concurrency, client_batch):
+              max_regression, server, concurrency, client_batch, model_name):
     """Benchmark models on several engines and batch sizes: latency percentiles, throughput, ratios.
 
     With --server URL, drive a running alexnet-serve / Triton / KServe v2 endpoint instead."""
@@ -59,7 +61,8 @@ def bench_cmd(models, engines, batch_sizes, warmup_ms, duration_s, iterations, t
 
         if json_path:
             check_writable(json_path)
-        result = run_load(server, list(_int_list(concurrency)), duration_s, batch=client_batch, echo=click.echo)
+        result = run_load(server, list(_int_list(concurrency)), duration_s, model=model_name, batch=client_batch,
+                          warmup_ms=warmup_ms, echo=click.echo)
         if json_path:
             atomic_write_bytes(json_path, json.dumps(result, indent=2).encode())
         return

@@ -97,7 +97,8 @@ def export_trt_cmd(model, output, precision, library, min_batch, opt_batch, max_
 @click.option("--name", default="alexnet", show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="gpu", show_default=True)
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="Instance group kind (default: gpu for a .plan, else gpu only if this host shows an NVIDIA GPU).")
 @click.option("--preferred-batch", default="", help="Comma-separated preferred batch sizes.")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True)
 @_handle_errors
@@ -107,4 +108,6 @@ def export_triton_cmd(model, repo, name, max_batch, instances, kind, preferred_b
 
     root = export_triton(model, repo, name=name, max_batch=max_batch, instances=instances, kind=kind,
                          preferred=list(_int_list(preferred_batch)), max_queue_delay_us=max_queue_delay_us)
-    click.echo(f"wrote {root}/config.pbtxt and {root}/1/; serve with: tritonserver --model-repository {repo}")
+    kind = "gpu" if "KIND_GPU" in (root / "config.pbtxt").read_text() else "cpu"
+    click.echo(f"wrote {root}/config.pbtxt ({kind} instances) and {root}/1/; serve with: "
+               f"tritonserver --model-repository {repo}")

@@ -7,6 +7,7 @@ from alexnet_deploy.cli.common import (
     _handle_errors,
     _setup_logging,
 )
+from alexnet_deploy.runtime.preprocess import DEFAULT_MAX_PIXELS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,12 +20,23 @@ from alexnet_deploy.cli.common import (
 @click.option("--max-queue-delay-ms", type=click.FloatRange(min=0), default=2.0, show_default=True)
 @click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True, help="Queued images before 503.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.01), default=16.0, show_default=True)
-@click.option("--timeout-s", type=click.FloatRange(min=0.01), default=10.0, show_default=True)
+@click.option("--timeout-s", type=click.FloatRange(min=0.01), default=10.0, show_default=True,
+              help="Inference deadline per request (504).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Largest image (width x height, read from its header before decoding) /classify accepts (413).")
+@click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Open connections before new ones may only ask for /v2/health/* (503 otherwise).")
+@click.option("--header-timeout-s", type=click.FloatRange(min=0.01), default=10.0, show_default=True,
+              help="Deadline for a request's head (slow clients get 408 and are disconnected).")
+@click.option("--body-timeout-s", type=click.FloatRange(min=0.01), default=30.0, show_default=True,
+              help="Deadline for a request's body once its head arrived (408).")
+@click.option("--decode-workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Threads that parse request JSON and decode images (off the event loop).")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--variant", default=None, help="Variant defaults for a model without metadata.")
 @_handle_errors
 def serve_cmd(model, engine, name, host, port, max_batch, max_queue_delay_ms, max_queue, max_body_mb, timeout_s,
-              threads, variant):
+              max_pixels, max_connections, header_timeout_s, body_timeout_s, decode_workers, threads, variant):
     """Serve a model over the Open Inference Protocol v2 (KServe / Triton compatible) with dynamic batching."""
     _setup_logging()
     from alexnet_deploy.deps import require
@@ -32,9 +44,16 @@ def serve_cmd(model, engine, name, host, port, max_batch, max_queue_delay_ms, ma
     for mod in ("fastapi", "uvicorn", "prometheus_client"):
         require(mod)
     from alexnet_deploy.runtime.runners.factory import open_runner
-    from alexnet_deploy.server.app import ServeOptions, serve
+    from alexnet_deploy.server.app import ServeOptions, bind_socket, serve
 
-    runner = open_runner(model, engine, variant=variant, threads=threads)
-    click.echo(f"serving {model} as {name!r} on http://{host}:{port} ({runner.engine}, max batch {max_batch}, "
-               f"queue delay {max_queue_delay_ms} ms)")
-    serve(runner, ServeOptions(name, "1", max_batch, max_queue_delay_ms, max_queue, max_body_mb, timeout_s), host, port)
+    sock = bind_socket(host, port)  # before loading the model: a busy port is a one-line error at once
+    try:
+        runner = open_runner(model, engine, variant=variant, threads=threads)
+        click.echo(f"serving {model} as {name!r} on http://{host}:{port} ({runner.engine}, max batch {max_batch}, "
+                   f"queue delay {max_queue_delay_ms} ms)")
+        opts = ServeOptions(name, "1", max_batch, max_queue_delay_ms, max_queue, max_body_mb, timeout_s,
+                            max_pixels=max_pixels, max_connections=max_connections, header_timeout_s=header_timeout_s,
+                            body_timeout_s=body_timeout_s, decode_workers=decode_workers)
+        serve(runner, opts, host, port, sock=sock)
+    finally:
+        sock.close()

@@ -1,25 +1,37 @@
 """The HTTP server (FastAPI + uvicorn; this module is imported only by alexnet-serve): Open Inference Protocol v2 REST, an image convenience endpoint,
-Prometheus metrics, dynamic batching, limits, warm-up before ready and graceful shutdown."""
+Prometheus metrics, dynamic batching, limits, warm-up before ready and graceful shutdown.
+
+Nothing slow runs on the event loop: request JSON is parsed and images are decoded in a small worker pool
+(pixel count checked from the header first), inference runs on the batcher's thread, so health and ready
+answer while uploads are decoded. Every error is a JSON ``{"error": ...}`` naming what is wrong; every 503
+carries ``Retry-After``. Connection-level limits (request deadlines, connection cap) are in ``connections``."""
 from __future__ import annotations
 
 import asyncio
-import io
-import time
+import logging
+import re
+import socket
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from alexnet_deploy import __version__
-from alexnet_deploy.errors import AlexnetDeployError
+from alexnet_deploy.errors import AlexnetDeployError, UserInputError
+from alexnet_deploy.runtime.preprocess import DEFAULT_MAX_PIXELS
 from alexnet_deploy.server.batcher import DynamicBatcher, QueueFull
-from alexnet_deploy.server.protocol import HEADER_LENGTH, ProtocolError, build_infer_response, parse_infer_request
+from alexnet_deploy.server.connections import ConnectionLimits
+from alexnet_deploy.server.metrics import Metrics, MetricsMiddleware
+from alexnet_deploy.server.protocol import HEADER_LENGTH, ProtocolError, build_infer_response, check_outputs, parse_infer_request
 
 PLATFORMS = {"ort": "onnxruntime_onnx", "trt": "tensorrt_plan", "torch": "pytorch_libtorch"}
+log = logging.getLogger("alexnet_deploy.server")
 
 
 @dataclass
@@ -32,41 +44,44 @@ class ServeOptions:
     max_body_mb: float = 16.0
     timeout_s: float = 10.0
     warmup: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_connections: int = 256
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    decode_workers: int = 2
+    jpeg_draft: bool = True  # decode large JPEG uploads at a reduced DCT scale (no smaller than the resize)
+    retry_after_s: int = 1
+
+    def limits(self) -> ConnectionLimits:
+        return ConnectionLimits(max_connections=self.max_connections, health_reserve=max(16, self.max_connections // 4),
+                                header_timeout_s=self.header_timeout_s, body_timeout_s=self.body_timeout_s,
+                                retry_after_s=self.retry_after_s)
 
 
-class Metrics:
-    def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+_REPR = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>")
 
-        self.registry = CollectorRegistry()
-        self.requests = Counter("alexnet_requests", "Requests by endpoint and status", ["endpoint", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("alexnet_request_latency_seconds", "Request latency", ["endpoint"],
-                                 registry=self.registry,
-                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
-        self.queue = Histogram("alexnet_queue_seconds", "Time a request waited for its batch", registry=self.registry,
-                               buckets=(.0001, .0005, .001, .002, .005, .01, .025, .05, .1, .25, 1))
-        self.batch = Histogram("alexnet_batch_size", "Images per executed batch", registry=self.registry,
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 
-    def on_batch(self, images: int, waits: list[float]) -> None:
-        self.batch.observe(images)
-        for w in waits:
-            self.queue.observe(w)
+def _clean(message: str) -> str:
+    """No object reprs, no unencodable characters, no novel-length echoes of the request in an error body."""
+    message = _REPR.sub("the upload", message).encode("utf-8", "replace").decode("utf-8")
+    return message if len(message) <= 500 else message[:500] + "..."
 
 
 def create_app(runner, options: ServeOptions | None = None):
     opts = options or ServeOptions()
     meta = runner.metadata
     metrics = Metrics()
-    state = {"ready": False, "batcher": None}
+    state = {"ready": False, "batcher": None, "pool": None}
     c, h, w = meta.input_shape
     max_batch = min(opts.max_batch, runner.max_batch or opts.max_batch) if runner.max_batch else opts.max_batch
+    body_limit = int(opts.max_body_mb * 1024 * 1024)
+    retry = {"retry-after": str(opts.retry_after_s)}
 
     @asynccontextmanager
     async def lifespan(app):
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, runner.activate)
+        state["pool"] = ThreadPoolExecutor(max_workers=max(1, opts.decode_workers), thread_name_prefix="decode")
         batcher = DynamicBatcher(runner, max_batch, opts.max_queue_delay_ms, opts.max_queue, metrics.on_batch)
         state["batcher"] = batcher
         batcher.start()
@@ -79,14 +94,19 @@ def create_app(runner, options: ServeOptions | None = None):
         finally:
             state["ready"] = False
             await batcher.drain()
+            state["pool"].shutdown(wait=False, cancel_futures=True)
             runner.deactivate()
 
-    app = FastAPI(title="alexnet-deploy", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="alexnet-deploy", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.metrics = metrics
 
-    def error(status: int, message: str, endpoint: str):
-        metrics.requests.labels(endpoint, str(status)).inc()
-        return JSONResponse({"error": message}, status_code=status)
+    def error(status: int, message: str, headers: dict | None = None, close: bool = False) -> Response:
+        headers = dict(headers or {})
+        if status == 503:
+            headers.update(retry)
+        if close:  # the body may be unread: this connection cannot carry another request
+            headers["connection"] = "close"
+        return JSONResponse({"error": _clean(message)}, status_code=status, headers=headers)
 
     def check_model(name: str, version: str | None):
         if name != opts.name:
@@ -95,16 +115,34 @@ def create_app(runner, options: ServeOptions | None = None):
             raise ProtocolError(f"model {name!r} has no version {version!r} (only {opts.version!r})", 404)
 
     async def read_body(request: Request) -> bytes:
-        limit = int(opts.max_body_mb * 1024 * 1024)
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise ProtocolError(f"request body of {declared} bytes exceeds the {limit}-byte limit", 413)
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ProtocolError(f"request body exceeds the {limit}-byte limit", 413)
-        return body
+        if declared and declared.isdigit() and int(declared) > body_limit:
+            raise ProtocolError(f"request body of {declared} bytes exceeds the {body_limit}-byte limit (--max-body-mb)", 413, True)
+        body = bytearray()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + opts.body_timeout_s
+        chunks = request.stream().__aiter__()
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
+                try:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), remaining)
+                except StopAsyncIteration:
+                    break
+                body += chunk
+                if len(body) > body_limit:
+                    raise ProtocolError(f"request body exceeds the {body_limit}-byte limit (--max-body-mb)", 413, True)
+        except asyncio.TimeoutError:
+            raise ProtocolError(f"the request body did not arrive within {opts.body_timeout_s:g} s", 408, True) from None
+        except ClientDisconnect:
+            raise ProtocolError("the client disconnected while sending the body", 400, True) from None
+        return bytes(body)
+
+    async def offload(fn, *args):
+        """CPU work (JSON parsing, image decoding) in the worker pool, never on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(state["pool"], fn, *args)
 
     async def run(x: np.ndarray) -> np.ndarray:
         if not state["ready"]:
@@ -128,23 +166,55 @@ def create_app(runner, options: ServeOptions | None = None):
                        "max_batch_size": max_batch, "engine": runner.engine},
     }
 
+    def prepare_infer(body: bytes, header_length: str | None):
+        req = parse_infer_request(body, header_length)
+        if set(req.inputs) != {meta.input_name}:
+            raise ProtocolError(f"inputs: this model takes one input named {meta.input_name!r}, "
+                                f"got {', '.join(repr(n) for n in req.inputs)}")
+        x = req.inputs[meta.input_name]
+        if x.dtype != np.float32:
+            raise ProtocolError(f"inputs[0].datatype: input {meta.input_name!r} must be FP32, got {x.dtype}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w) or x.shape[0] < 1:
+            raise ProtocolError(f"inputs[0].shape: input {meta.input_name!r} must have shape [N, {c}, {h}, {w}], "
+                                f"got {list(x.shape)}")
+        if not np.isfinite(x).all():
+            raise ProtocolError(f"inputs[0].data: input {meta.input_name!r} holds NaN or infinite values")
+        check_outputs(req, [meta.output_name])
+        return req, x
+
+    def decode(body: bytes) -> np.ndarray:
+        from alexnet_deploy.runtime.preprocess import ImageTooLargeError, load_image, model_batch
+
+        draft = (meta.preprocessing.resize, meta.preprocessing.resize) if opts.jpeg_draft else None
+        try:
+            img = load_image(body, max_pixels=opts.max_pixels, draft_size=draft, name="the upload")
+        except ImageTooLargeError as exc:
+            message = str(exc).replace("--max-pixels", "alexnet-serve --max-pixels")
+            if "--max-pixels" not in message:
+                message += f"; this server takes images up to {opts.max_pixels / 1e6:g} MP (alexnet-serve --max-pixels)"
+            raise ProtocolError(message, 413) from None
+        except UserInputError as exc:
+            raise ProtocolError(str(exc)) from None
+        return model_batch([img], meta)
+
     @app.exception_handler(ProtocolError)
     async def protocol_error(request: Request, exc: ProtocolError):
-        return error(exc.status, str(exc), request.url.path.rsplit("/", 1)[-1] or "/")
+        return error(exc.status, str(exc), close=exc.close)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return error(400, f"invalid request: {where}: {first.get('msg', 'bad value')}", "validation")
+        return error(400, f"invalid request: {where}: {first.get('msg', 'bad value')}")
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
-        return error(500, f"internal error: {type(exc).__name__}: {exc}", "internal")
+        log.exception("internal error on %s %s", request.method, request.scope.get("route", "unmatched route"))
+        return error(500, "internal error; the server log has the details")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return error(exc.status_code, str(exc.detail), "http")
+        return error(exc.status_code, str(exc.detail), exc.headers)
 
     @app.get("/v2/health/live")
     async def live():
@@ -152,11 +222,17 @@ def create_app(runner, options: ServeOptions | None = None):
 
     @app.get("/v2/health/ready")
     async def ready():
-        return JSONResponse({"ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+        if state["ready"]:
+            return {"ready": True}
+        return JSONResponse({"ready": False, "error": "the model is not ready"}, status_code=503, headers=retry)
 
     @app.get("/v2")
     async def server_metadata():
-        return {"name": "alexnet-deploy", "version": __version__, "extensions": ["binary_tensor_data"]}
+        return {"name": "alexnet-deploy", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
+
+    @app.post("/v2/repository/index")
+    async def repository_index():
+        return [{"name": opts.name, "version": opts.version, "state": "READY" if state["ready"] else "UNAVAILABLE"}]
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
@@ -168,35 +244,24 @@ def create_app(runner, options: ServeOptions | None = None):
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None):
         check_model(name, version)
-        return JSONResponse({"name": name, "ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+        if state["ready"]:
+            return {"name": name, "ready": True}
+        return JSONResponse({"name": name, "ready": False, "error": "the model is not ready"}, status_code=503,
+                            headers=retry)
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None):
-        t0 = time.perf_counter()
         check_model(name, version)
-        req = parse_infer_request(await read_body(request), request.headers.get(HEADER_LENGTH))
-        if set(req.inputs) != {meta.input_name}:
-            raise ProtocolError(f"this model takes one input named {meta.input_name!r}, got {sorted(req.inputs)}")
-        x = req.inputs[meta.input_name]
-        if x.dtype != np.float32:
-            raise ProtocolError(f"input {meta.input_name!r} must be FP32, got {x.dtype}")
-        if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w) or x.shape[0] < 1:
-            raise ProtocolError(f"input {meta.input_name!r} must have shape [N, {c}, {h}, {w}], got {list(x.shape)}")
+        req, x = await offload(prepare_infer, await read_body(request), request.headers.get(HEADER_LENGTH))
         out = await run(x)
         body, headers = build_infer_response(name, opts.version, req, {meta.output_name: out})
-        metrics.requests.labels("infer", "200").inc()
-        metrics.latency.labels("infer").observe(time.perf_counter() - t0)
         return Response(body, headers=headers, media_type=headers["content-type"])
 
     @app.post("/models/{name}/classify")
-    async def classify(name: str, request: Request, top_k: int = 5):
-        from PIL import Image, UnidentifiedImageError
-
+    async def classify(name: str, request: Request, top_k: int = Query(5, ge=1)):
         from alexnet_deploy.runtime.postprocess import to_probabilities, topk
-        from alexnet_deploy.runtime.preprocess import preprocess_batch, to_rgb
 
-        t0 = time.perf_counter()
         check_model(name, None)
         body = await read_body(request)
         ctype = request.headers.get("content-type", "")
@@ -211,36 +276,56 @@ def create_app(runner, options: ServeOptions | None = None):
                 form = await MultiPartParser(request.headers, chunks()).parse()
             except MultiPartException as exc:
                 raise ProtocolError(f"malformed multipart upload: {exc}") from None
-            files = [v for v in form.values() if hasattr(v, "read")]
-            if not files:
-                raise ProtocolError("multipart upload without a file field (send the image as 'image')")
-            body = await files[0].read()
+            try:
+                files = [v for v in form.values() if hasattr(v, "read")]
+                if not files:
+                    raise ProtocolError("multipart upload without a file field (send the image as 'image')")
+                body = await files[0].read()
+            finally:
+                await form.close()
         if not body:
             raise ProtocolError("empty upload; send image bytes or a multipart 'image' file")
-        try:
-            with Image.open(io.BytesIO(body)) as img:
-                img.load()
-                img = to_rgb(img)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise ProtocolError(f"the upload is not a readable image: {exc}") from None
-        out = await run(preprocess_batch([img], meta.preprocessing))
+        out = await run(await offload(decode, body))
         probs = to_probabilities(out, meta.output_kind)
-        metrics.requests.labels("classify", "200").inc()
-        metrics.latency.labels("classify").observe(time.perf_counter() - t0)
+        if not np.isfinite(probs).all():
+            raise ProtocolError("the model's output for this image is not finite", 500)
         return {"model_name": name, "top": topk(probs, top_k, meta.class_names)[0]}
 
     @app.get("/metrics")
     async def prometheus():
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST
 
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    route_names = frozenset(getattr(r, "name", "") for r in app.routes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, route_names=route_names)
     return app
 
 
-def serve(runner, options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads: a busy port is one line, not a uvicorn log."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise UserInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                             "(is another server running there? choose another --port)") from None
+
+
+def server_config(app, options: ServeOptions, log_level: str = "info", **kwargs):
+    """uvicorn settings with the connection guard (request deadlines, connection cap, JSON protocol errors)."""
     import uvicorn
 
-    config = uvicorn.Config(create_app(runner, options), host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=30, limit_concurrency=options.max_queue * 4)
-    uvicorn.Server(config).run()
+    from alexnet_deploy.server.connections import guarded_protocol
+
+    return uvicorn.Config(app, http=guarded_protocol(options.limits()), log_level=log_level,
+                          timeout_graceful_shutdown=30, timeout_keep_alive=5,
+                          h11_max_incomplete_event_size=16 * 1024, **kwargs)
+
+
+def serve(runner, options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          sock: socket.socket | None = None) -> None:
+    import uvicorn
+
+    sock = sock or bind_socket(host, port)
+    uvicorn.Server(server_config(create_app(runner, options), options, log_level)).run(sockets=[sock])

@@ -29,38 +29,74 @@ def _request_body(input_name: str, shape: list[int], output_name: str, seed: int
     return head + x.tobytes(), {HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"}
 
 
-def run_load(url: str, concurrency_levels: list[int], duration_s: float, model: str | None = None,
-             batch: int = 1, echo=print) -> dict:
+def _get_json(host: str, port: int, method: str, path: str, url: str) -> tuple[int, object]:
     import http.client
 
-    if duration_s <= 0 or not concurrency_levels or min(concurrency_levels) < 1:
-        raise UserInputError("--duration-s must be positive and --concurrency a list of positive integers")
-    host, port, prefix = _target(url)
     conn = http.client.HTTPConnection(host, port, timeout=30)
     try:
-        conn.request("GET", f"{prefix}/v2/models/{model}" if model else f"{prefix}/v2/models/alexnet")
+        conn.request(method, path, body=b"{}" if method == "POST" else None,
+                     headers={"Content-Type": "application/json"} if method == "POST" else {})
         resp = conn.getresponse()
-        meta = json.loads(resp.read() or b"{}")
+        raw = resp.read()
     except OSError as exc:
         raise UserInputError(f"cannot reach {url}: {exc}") from None
     finally:
         conn.close()
-    if resp.status != 200:
-        raise UserInputError(f"{url} answered {resp.status} for the model metadata: {meta.get('error', meta)}")
-    name = meta["name"]
-    inp, out = meta["inputs"][0], meta["outputs"][0]
-    shape = [batch, *inp["shape"][1:]]
+    try:
+        return resp.status, json.loads(raw or b"{}")
+    except ValueError:
+        return resp.status, {}
+
+
+def served_model(url: str) -> str:
+    """The one model a v2 server lists (Triton's repository index, which alexnet-serve also answers)."""
+    host, port, prefix = _target(url)
+    status, index = _get_json(host, port, "POST", f"{prefix}/v2/repository/index", url)
+    if status != 200 or not isinstance(index, list):
+        raise UserInputError(f"{url} does not list its models (POST /v2/repository/index answered {status}); "
+                             "name the model with --model-name")
+    names = sorted({m.get("name") for m in index if isinstance(m, dict) and isinstance(m.get("name"), str)})
+    if len(names) != 1:
+        listed = ", ".join(names) if names else "none"
+        raise UserInputError(f"{url} serves {len(names)} models ({listed}); choose one with --model-name")
+    return names[0]
+
+
+def run_load(url: str, concurrency_levels: list[int], duration_s: float, model: str | None = None,
+             batch: int = 1, warmup_ms: float = 0.0, echo=print) -> dict:
+    """``model`` None: the only model the server lists. Each concurrency level first runs its clients for
+    ``warmup_ms`` (requests not counted), like the offline benchmark's warm-up."""
+    import http.client
+
+    if duration_s <= 0 or not concurrency_levels or min(concurrency_levels) < 1:
+        raise UserInputError("--duration-s must be positive and --concurrency a list of positive integers")
+    if warmup_ms < 0:
+        raise UserInputError("--warmup-ms must not be negative")
+    host, port, prefix = _target(url)
+    model = model or served_model(url)
+    status, meta = _get_json(host, port, "GET", f"{prefix}/v2/models/{urllib.parse.quote(model, safe='')}", url)
+    if status != 200 or not isinstance(meta, dict):
+        err = meta.get("error", meta) if isinstance(meta, dict) else meta
+        raise UserInputError(f"{url} answered {status} for the metadata of model {model!r}: {err}")
+    try:
+        name = urllib.parse.quote(str(meta["name"]), safe="")
+        inp, out = meta["inputs"][0], meta["outputs"][0]
+        shape = [batch, *inp["shape"][1:]]
+    except (KeyError, IndexError, TypeError):
+        raise UserInputError(f"{url}: the metadata of model {model!r} lacks inputs/outputs with shapes") from None
     rows = []
     for conc in concurrency_levels:
         lat: list[float] = []
+        ends: list[float] = []
         errors = [0]
         lock = threading.Lock()
-        stop = time.perf_counter() + duration_s
+        measure_from = time.perf_counter() + warmup_ms / 1000.0
+        stop = measure_from + duration_s
 
         def client(seed: int):
             body, headers = _request_body(inp["name"], shape, out["name"], seed)
             c = http.client.HTTPConnection(host, port, timeout=30)
-            mine = []
+            mine, last = [], 0.0
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
                 try:
@@ -72,22 +108,25 @@ def run_load(url: str, concurrency_levels: list[int], duration_s: float, model: 
                     ok = False
                     c.close()
                     c = http.client.HTTPConnection(host, port, timeout=30)
+                if t0 < measure_from:  # warm-up: not counted
+                    continue
                 if ok:
-                    mine.append((time.perf_counter() - t0) * 1000)
+                    last = time.perf_counter()
+                    mine.append((last - t0) * 1000)
                 else:
                     with lock:
                         errors[0] += 1
             c.close()
             with lock:
                 lat.extend(mine)
+                ends.append(last)
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(conc)]
-        t_start = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        elapsed = time.perf_counter() - t_start
+        elapsed = max(max(ends, default=stop) - measure_from, 1e-9)
         if not lat:
             raise UserInputError(f"no request to {url} succeeded at concurrency {conc} ({errors[0]} errors)")
         s = summarize(lat)
@@ -97,4 +136,4 @@ def run_load(url: str, concurrency_levels: list[int], duration_s: float, model: 
         echo(f"  concurrency {conc:3d}: {row['throughput_ips']:8.1f} img/s  p50 {s.p50_ms:7.2f} ms  "
              f"p99 {s.p99_ms:7.2f} ms  errors {errors[0]}")
     return {"schema": "alexnet-deploy.loadgen/1", "server": url, "model": name, "duration_s": duration_s,
-            "rows": rows}
+            "warmup_ms": warmup_ms, "rows": rows}

@@ -2,10 +2,14 @@
 
 A request body is JSON, or, with the ``Inference-Header-Content-Length: N`` header, N bytes of JSON
 followed by the raw bytes of each input that declares ``parameters.binary_data_size`` (Triton's binary
-tensor data extension, which standard v2 clients use by default)."""
+tensor data extension, which standard v2 clients use by default).
+
+Every field is checked for its JSON type before use, so a malformed request is a 400 that names the field
+(``inputs[0].shape``), never an exception from numpy; responses are strict JSON (no NaN / Infinity)."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,27 +21,35 @@ DATATYPES = {
     "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
 }
 NP_TO_V2 = {np.dtype(v): k for k, v in DATATYPES.items()}
+MAX_ELEMENTS = 2**31  # no tensor in a request may declare more elements than this (checked before allocating)
 
 
 class ProtocolError(Exception):
     """Becomes a 4xx response ``{"error": message}``."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, close: bool = False):
         super().__init__(message)
         self.status = status
+        self.close = close  # the body may be unread: answer with "connection: close"
 
 
 @dataclass
 class InferRequest:
     id: str | None
     inputs: dict[str, np.ndarray]
-    outputs: list[dict]  # requested outputs (name, parameters)
+    outputs: list[dict]  # requested outputs: {"name": str, "parameters": dict}
     binary_outputs_default: bool
 
 
-def _json(data: bytes) -> dict:
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json(data: bytes | memoryview) -> dict:
     try:
-        obj = json.loads(data)
+        obj = json.loads(bytes(data), parse_constant=_reject_constant)
+    except RecursionError:
+        raise ProtocolError("malformed JSON request: nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"malformed JSON request: {exc}") from None
     if not isinstance(obj, dict):
@@ -45,84 +57,151 @@ def _json(data: bytes) -> dict:
     return obj
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escape ("\\ud800"): strict JSON parsers reject it on the way back
+        return False
+    return True
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _params(obj: dict, where: str) -> dict:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(f"{where}parameters must be a JSON object")
+    return params
+
+
+def _flag(params: dict, key: str, where: str, default: bool) -> bool:
+    v = params.get(key, default)
+    if not isinstance(v, bool):
+        raise ProtocolError(f"{where}parameters.{key} must be true or false")
+    return v
+
+
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise ProtocolError(f"{HEADER_LENGTH} {header_length!r} is not an integer") from None
+        if not header_length.strip().isdigit():
+            raise ProtocolError(f"the {HEADER_LENGTH} header must be a non-negative integer")
+        n = int(header_length)
         if not 0 < n <= len(body):
             raise ProtocolError(f"{HEADER_LENGTH} {n} does not fit the {len(body)}-byte body")
-        head, binary = _json(body[:n]), memoryview(body)[n:]
+        head, binary = _json(memoryview(body)[:n]), memoryview(body)[n:]
     else:
         head, binary = _json(body), memoryview(b"")
+    request_id = head.get("id")
+    if request_id is not None and (not isinstance(request_id, str) or not _utf8(request_id)):
+        raise ProtocolError("id must be a (valid Unicode) string")
+    params = _params(head, "")
     inputs_json = head.get("inputs")
     if not isinstance(inputs_json, list) or not inputs_json:
         raise ProtocolError("the request needs a non-empty 'inputs' list")
     offset, inputs = 0, {}
-    for spec in inputs_json:
+    for i, spec in enumerate(inputs_json):
+        where = f"inputs[{i}]."
         if not isinstance(spec, dict):
-            raise ProtocolError("each input must be an object with name, shape, datatype and data")
+            raise ProtocolError(f"inputs[{i}] must be an object with name, shape, datatype and data")
         name, shape, dtype = spec.get("name"), spec.get("shape"), spec.get("datatype")
-        if not isinstance(name, str) or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise ProtocolError(f"input {name!r}: needs a string 'name' and a 'shape' list of non-negative integers")
-        if dtype not in DATATYPES:
-            raise ProtocolError(f"input {name!r}: unknown datatype {dtype!r} (v2 types: {', '.join(DATATYPES)})")
+        if not isinstance(name, str) or not name:
+            raise ProtocolError(f"{where}name must be a non-empty string")
+        if name in inputs:
+            raise ProtocolError(f"{where}name: input {name!r} appears more than once")
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise ProtocolError(f"{where}shape must be a list of non-negative integers")
+        if not isinstance(dtype, str) or dtype not in DATATYPES:
+            raise ProtocolError(f"{where}datatype: unknown datatype (the v2 types are {', '.join(DATATYPES)})")
         np_dtype = np.dtype(DATATYPES[dtype])
-        count = int(np.prod(shape)) if shape else 1
-        size = (spec.get("parameters") or {}).get("binary_data_size")
+        count = math.prod(shape)  # Python integers: no int64 overflow
+        if count > MAX_ELEMENTS or any(d > MAX_ELEMENTS for d in shape):
+            raise ProtocolError(f"{where}shape {shape} declares {count} elements (limit {MAX_ELEMENTS})")
+        size = _params(spec, where).get("binary_data_size")
         if size is not None:
+            if not _is_int(size) or size < 0:
+                raise ProtocolError(f"{where}parameters.binary_data_size must be a non-negative integer")
             if count * np_dtype.itemsize != size:
-                raise ProtocolError(f"input {name!r}: binary_data_size {size} does not match shape {shape} "
+                raise ProtocolError(f"{where}parameters.binary_data_size {size} does not match shape {shape} "
                                     f"of {dtype} ({count * np_dtype.itemsize} bytes)")
             if offset + size > len(binary):
-                raise ProtocolError(f"input {name!r}: the body holds {len(binary) - offset} binary bytes, "
-                                    f"{size} declared")
+                raise ProtocolError(f"{where}parameters.binary_data_size: the body holds "
+                                    f"{len(binary) - offset} binary bytes, {size} declared")
             arr = np.frombuffer(binary[offset: offset + size], dtype=np_dtype).reshape(shape)
             offset += size
         else:
             if "data" not in spec:
-                raise ProtocolError(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+                raise ProtocolError(f"{where}data: input {name!r} has neither 'data' nor parameters.binary_data_size")
+            data = spec["data"]
+            if not isinstance(data, list):
+                raise ProtocolError(f"{where}data must be a list of numbers")
             try:
-                arr = np.asarray(spec["data"], dtype=np_dtype)
-            except (TypeError, ValueError) as exc:
-                raise ProtocolError(f"input {name!r}: data is not {dtype}: {exc}") from None
+                arr = np.asarray(data, dtype=np_dtype)
+            except (TypeError, ValueError, OverflowError):
+                raise ProtocolError(f"{where}data: the values are not all {dtype} numbers "
+                                    "(or the nested lists are ragged)") from None
             if arr.size != count:
-                raise ProtocolError(f"input {name!r}: {arr.size} values for shape {shape} ({count} expected)")
+                raise ProtocolError(f"{where}data: {arr.size} values for shape {shape} ({count} expected)")
             arr = arr.reshape(shape)
         inputs[name] = arr
     if offset != len(binary):
         raise ProtocolError(f"{len(binary) - offset} binary bytes after the declared inputs")
-    params = head.get("parameters") or {}
-    outputs = head.get("outputs") or []
-    if not isinstance(outputs, list):
-        raise ProtocolError("'outputs' must be a list")
-    return InferRequest(head.get("id"), inputs, outputs, bool(params.get("binary_data_output", False)))
+    outputs_json = head.get("outputs")
+    if outputs_json is None:
+        outputs_json = []
+    if not isinstance(outputs_json, list):
+        raise ProtocolError("outputs must be a list")
+    binary_default = _flag(params, "binary_data_output", "", False)
+    outputs, seen = [], set()
+    for i, spec in enumerate(outputs_json):
+        where = f"outputs[{i}]."
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ProtocolError(f"{where}name: each requested output must be an object with a string 'name'")
+        if spec["name"] in seen:
+            raise ProtocolError(f"{where}name: output {spec['name']!r} is requested more than once")
+        seen.add(spec["name"])
+        out_params = _params(spec, where)
+        _flag(out_params, "binary_data", where, binary_default)
+        outputs.append({"name": spec["name"], "parameters": out_params})
+    return InferRequest(request_id, inputs, outputs, binary_default)
+
+
+def check_outputs(req: InferRequest, available: list[str]) -> None:
+    """Reject a request for an output the model does not have (before running inference)."""
+    for i, spec in enumerate(req.outputs):
+        if spec["name"] not in available:
+            raise ProtocolError(f"outputs[{i}].name: unknown output {spec['name']!r}; this model has "
+                                f"{', '.join(repr(n) for n in available)}")
 
 
 def build_infer_response(model: str, version: str, req: InferRequest, outputs: dict[str, np.ndarray]
                          ) -> tuple[bytes, dict[str, str]]:
-    """-> (body, headers). Outputs asked with ``parameters.binary_data`` go in the binary section."""
-    wanted = req.outputs or [{"name": n} for n in outputs]
+    """-> (body, headers). Outputs asked with ``parameters.binary_data`` go in the binary section (raw IEEE
+    values, NaN included); a non-finite value asked for as JSON is an error, as JSON has no NaN."""
+    check_outputs(req, list(outputs))
+    wanted = req.outputs or [{"name": n, "parameters": {}} for n in outputs]
     head = {"model_name": model, "model_version": version, "outputs": []}
     if req.id is not None:
         head["id"] = req.id
     blobs = []
     for spec in wanted:
-        name = spec.get("name") if isinstance(spec, dict) else None
-        if name not in outputs:
-            raise ProtocolError(f"unknown output {name!r}; this model has {', '.join(outputs)}")
+        name = spec["name"]
         arr = np.ascontiguousarray(outputs[name])
         entry = {"name": name, "shape": list(arr.shape), "datatype": NP_TO_V2[arr.dtype]}
-        binary = (spec.get("parameters") or {}).get("binary_data", req.binary_outputs_default)
-        if binary:
+        if spec["parameters"].get("binary_data", req.binary_outputs_default):
             blob = arr.tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise ProtocolError(f"output {name!r} holds NaN or infinite values, which JSON cannot carry "
+                                    "(are the inputs in the model's range?); ask for it with binary_data")
             entry["data"] = arr.ravel().tolist()
         head["outputs"].append(entry)
-    head_bytes = json.dumps(head).encode()
+    head_bytes = json.dumps(head, allow_nan=False).encode()
     if not blobs:
         return head_bytes, {"content-type": "application/json"}
     return head_bytes + b"".join(blobs), {"content-type": "application/octet-stream",

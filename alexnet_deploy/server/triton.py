@@ -2,12 +2,42 @@
 so the same v2 clients keep working when users move from alexnet-serve to Triton or KServe."""
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
-from alexnet_deploy.errors import UserInputError
+from alexnet_deploy.errors import MetadataError, UserInputError
 from alexnet_deploy.fileio import atomic_path, atomic_write_bytes
 from alexnet_deploy.runtime.metadata import ModelMetadata
+
+
+# A Triton model name is a folder of the repository: one path component, no "." / "..", nothing hidden.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_model_name(name: str) -> str:
+    if not _NAME.fullmatch(name) or name in (".", ".."):
+        raise UserInputError(f"--name {name!r}: a Triton model name is one folder name of letters, digits, "
+                             "'_', '-' and '.', starting with a letter or digit (e.g. alexnet)")
+    return name
+
+
+def host_kind() -> str:
+    """'gpu' when this host shows an NVIDIA GPU (nvidia-smi lists one and CUDA_VISIBLE_DEVICES does not hide
+    it), else 'cpu': a KIND_GPU instance group makes tritonserver refuse the model on a CPU-only host."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
+        return "cpu"
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return "cpu"
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "cpu"
+    return "gpu" if out.returncode == 0 and "GPU " in out.stdout else "cpu"
 
 
 def config_pbtxt(name: str, meta: ModelMetadata, platform: str, max_batch: int, instances: int, kind: str,
@@ -51,14 +81,16 @@ def config_pbtxt(name: str, meta: ModelMetadata, platform: str, max_batch: int, 
 
 
 def export_triton(model: str | Path, repo: str | Path, *, name: str = "alexnet", max_batch: int = 32,
-                  instances: int = 1, kind: str = "cpu", preferred: list[int] | None = None,
+                  instances: int = 1, kind: str | None = None, preferred: list[int] | None = None,
                   max_queue_delay_us: int = 2000, version: int = 1) -> Path:
+    """``kind`` None: GPU for a TensorRT plan, else what this host has (``host_kind``)."""
     model, repo = Path(model), Path(repo)
+    check_model_name(name)
     if not model.is_file():
         raise UserInputError(f"model not found: {model}")
     if max_batch < 1 or instances < 1 or version < 1:
         raise UserInputError("--max-batch, --instances and the version must be at least 1")
-    if kind not in ("cpu", "gpu"):
+    if kind not in (None, "cpu", "gpu"):
         raise UserInputError("--kind must be cpu or gpu")
     preferred = sorted(set(preferred or []))
     if any(p < 1 or p > max_batch for p in preferred):
@@ -67,7 +99,11 @@ def export_triton(model: str | Path, repo: str | Path, *, name: str = "alexnet",
     if suffix == ".onnx":
         from alexnet_deploy.runtime.metadata import read_onnx_metadata
 
-        meta = read_onnx_metadata(model)
+        try:
+            meta = read_onnx_metadata(model)
+        except MetadataError:
+            raise UserInputError(f"{model.name} has no alexnet-deploy metadata (class names, input size), which the "
+                                 "Triton config needs; export it with alexnet-export onnx") from None
         platform, filename = "onnxruntime_onnx", "model.onnx"
         in_name, out_name = meta.input_name, meta.output_name
         if meta.batch is not None:
@@ -85,6 +121,11 @@ def export_triton(model: str | Path, repo: str | Path, *, name: str = "alexnet",
                                  f"(max {manifest['build']['profile']['max']})")
     else:
         raise UserInputError(f"{model.name}: Triton export takes an .onnx model or a .plan engine")
+    if platform == "tensorrt_plan":
+        if kind == "cpu":
+            raise UserInputError("a TensorRT plan runs on a GPU only; leave out --kind or give --kind gpu")
+        kind = "gpu"
+    kind = kind or host_kind()
     root = repo / name
     (root / str(version)).mkdir(parents=True, exist_ok=True)
     with atomic_path(root / str(version) / filename) as tmp:

@@ -1,0 +1,136 @@
+"""Connection-level limits uvicorn lacks: a deadline for receiving each request, a connection cap that keeps
+room for health checks, and JSON instead of plain-text protocol errors.
+
+uvicorn's only timer is ``timeout_keep_alive`` (idle time *between* requests), and any received byte cancels
+it, so a client that sends its request head or body one byte a second holds a connection for ever (slow
+loris). ASGI middleware cannot see a request before its head is complete, so this lives in the HTTP protocol
+class: a subclass of uvicorn's h11 protocol, passed as ``uvicorn.Config(http=...)``.
+
+- **Header deadline**: from the connection's start (or the first byte after a keep-alive pause) to a complete
+  request head: ``header_timeout_s``; on expiry a 408 JSON response and the connection is closed.
+- **Body deadline**: from the head to the end of the body: ``body_timeout_s`` plus a grace second (the
+  application's own body timeout answers 408 first; this closes whatever still trickles, e.g. a body sent
+  to an endpoint that never reads it).
+- **Connection cap**: beyond ``max_connections`` open connections, a connection may only ask for
+  ``/v2/health/*`` (anything else gets 503 JSON with Retry-After); beyond ``max_connections +
+  health_reserve`` it is answered 503 and closed at once.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+HEALTH_PREFIX = "/v2/health/"
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int = 256
+    health_reserve: int = 64
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    retry_after_s: int = 1
+
+
+def json_response_bytes(status: int, reason: str, message: str, retry_after: int | None = None) -> bytes:
+    """A complete HTTP/1.1 response ``{"error": message}`` that closes the connection."""
+    body = json.dumps({"error": message}).encode()
+    head = [f"HTTP/1.1 {status} {reason}", "content-type: application/json", f"content-length: {len(body)}",
+            "connection: close"]
+    if retry_after is not None:
+        head.append(f"retry-after: {retry_after}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def health_only(app, retry_after: int):
+    """An ASGI app that passes ``/v2/health/*`` to ``app`` and answers 503 to anything else."""
+
+    async def guarded(scope, receive, send):
+        if scope["type"] != "http" or scope["path"].startswith(HEALTH_PREFIX):
+            return await app(scope, receive, send)
+        body = json.dumps({"error": "server busy: too many open connections; retry later"}).encode()
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"retry-after", str(retry_after).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    return guarded
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type:
+    """The uvicorn protocol class enforcing ``limits`` (one class per server)."""
+
+    class GuardedH11Protocol(H11Protocol):
+        _limits = limits
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._deadline = None
+            open_now = len(self.connections)  # includes this one
+            lim = self._limits
+            if open_now > lim.max_connections + lim.health_reserve:
+                transport.write(json_response_bytes(503, "Service Unavailable",
+                                                    "server busy: too many open connections; retry later",
+                                                    lim.retry_after_s))
+                transport.close()
+                return
+            if open_now > lim.max_connections:
+                self.app = health_only(self.app, lim.retry_after_s)
+            self._arm(lim.header_timeout_s, self._header_timeout)
+
+        def _arm(self, seconds: float, callback) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, callback)
+
+        def _disarm(self) -> None:
+            if getattr(self, "_deadline", None) is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _header_timeout(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            if self.conn.their_state is h11.IDLE:  # still waiting for (the rest of) a request head
+                self.transport.write(json_response_bytes(
+                    408, "Request Timeout", f"the request head did not arrive within {self._limits.header_timeout_s:g} s"))
+            self.transport.close()
+
+        def _body_timeout(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                self.transport.close()  # the application sees a disconnect
+
+        def _track(self) -> None:
+            state = self.conn.their_state
+            if state is h11.SEND_BODY:
+                if getattr(self, "_phase", None) is not self.cycle:  # once per request
+                    self._phase = self.cycle
+                    self._arm(self._limits.body_timeout_s + 1.0, self._body_timeout)
+            elif state is not h11.IDLE:  # DONE / MUST_CLOSE / ERROR / CLOSED: the request is fully received
+                self._disarm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._deadline is None and self.conn.their_state is h11.IDLE:
+                self._arm(self._limits.header_timeout_s, self._header_timeout)  # a new request after keep-alive
+            super().data_received(data)
+            if not self.transport.is_closing():
+                self._track()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._track()  # a pipelined request may have started from buffered bytes
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:  # malformed HTTP: JSON like every other error
+            self.transport.write(json_response_bytes(400, "Bad Request", "malformed HTTP request"))
+            self.transport.close()
+
+    return GuardedH11Protocol
