@@ -17,7 +17,7 @@ from alexnet_deploy.runtime.metadata import read_onnx_metadata
 @pytest.fixture(scope="module")
 def int8_result(digits_onnx, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "digits-int8.onnx"
-    return calibrate(digits_onnx, out, num_images=512, method="minmax", sensitivity=True, echo=lambda *_: None)
+    return calibrate(digits_onnx, out, method="minmax", sensitivity=True, echo=lambda *_: None)
 
 
 def test_qdq_model_accuracy_and_provenance(int8_result, digits_onnx):
@@ -26,13 +26,16 @@ def test_qdq_model_accuracy_and_provenance(int8_result, digits_onnx):
     model = onnx.load(str(int8_result.output))
     assert is_quantized(model)
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QuantizeLinear") >= 6
+    assert ops.count("QuantizeLinear") == 6  # one per weighted layer's activation input (weights are INT8 + DQ)
     # biases stay float: no INT32 initializer feeds a DequantizeLinear (TensorRT rejects those)
     int32 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT32}
     assert not any(n.input[0] in int32 for n in model.graph.node if n.op_type == "DequantizeLinear")
     meta = read_onnx_metadata(int8_result.output)
     prov = meta.extra["calibration"]
-    assert meta.precision == "int8" and prov["num_images"] == 512 and prov["method"] == "minmax"
+    assert meta.precision == "int8" and prov["num_images"] == 500 and prov["method"] == "minmax"
+    assert prov["parameters"]["placement"] == "tensorrt" and prov["requested_images"] == 500
+    ev_meta = meta.extra["int8_evaluation"]
+    assert 0 < ev_meta["logit_max_abs_error"] < 1.0 and ev_meta["logit_cosine"] > 0.999
     assert len(prov["data_sha256"]) == 64 and prov["dataset"] == "digits:train"
     assert prov["source_onnx_sha256"] == meta.fp32_onnx_sha256
     assert prov["preprocessing"]["crop"] == 32
@@ -191,3 +194,103 @@ def test_too_small_dataset_is_refused(tmp_path, digits_onnx):
     with pytest.raises(DatasetError, match="only 2 images"):
         calibrate(digits_onnx, tmp_path / "q.onnx", dataset=str(tmp_path / "few"), echo=lambda *_: None)
     assert not (tmp_path / "q.onnx").exists()
+
+
+# --- ranges (TensorRT's calibrators) and Q/DQ placement ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def auto_result(digits_onnx, tmp_path_factory):
+    out = tmp_path_factory.mktemp("auto") / "auto.onnx"
+    return calibrate(digits_onnx, out, method="auto", num_images=200, percentile=99.99, echo=lambda *_: None)
+
+
+def _activation_scales(path) -> dict[str, float]:
+    """Input tensor -> scale of every activation QuantizeLinear in a QDQ model."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_three_methods_give_different_ranges_and_auto_picks_by_accuracy(auto_result):
+    r = auto_result
+    assert set(r.ranges) == {"minmax", "entropy", "percentile"}
+    tensors = list(r.ranges["minmax"])
+    assert len(tensors) == 6  # the activation input of each Conv/Gemm
+    for method in ("entropy", "percentile"):
+        clipped = [t for t in tensors if r.ranges[method][t] < r.ranges["minmax"][t] * 0.99]
+        assert len(clipped) >= 4, (method, r.ranges)
+        assert all(r.ranges[method][t] <= r.ranges["minmax"][t] * (1 + 1e-6) for t in tensors)
+    assert r.ranges["entropy"] != r.ranges["percentile"]
+    # the written model's scales are the chosen method's ranges over the symmetric INT8 grid
+    scales = _activation_scales(r.output)
+    chosen = r.ranges[r.chosen.method]
+    for t, scale in scales.items():
+        assert scale == pytest.approx(chosen[t] / 127.5, rel=1e-3) or scale == pytest.approx(chosen[t] / 127, rel=1e-3)
+    # auto: the best held-out accuracy wins (ties: agreement, then output error)
+    key = [(e.drop, -e.agreement, e.error) for e in r.tried]
+    assert [e.method for e in r.tried] == ["minmax", "entropy", "percentile"]
+    assert (r.chosen.drop, -r.chosen.agreement, r.chosen.error) == min(key)
+    assert r.chosen.fp32_accuracy is not None and r.chosen.drop <= 0.6
+
+
+def test_entropy_search_clips_long_tails_and_keeps_short_ones():
+    from alexnet_deploy.calibration.ranges import FINE_BINS, entropy_amax, percentile_amax
+
+    rng = np.random.default_rng(0)
+
+    def hist(v):
+        amax = float(np.abs(v).max())
+        h = np.bincount(np.minimum((np.abs(v) * FINE_BINS / amax).astype(int), FINE_BINS - 1), minlength=FINE_BINS)
+        return h, amax
+
+    h, amax = hist(rng.laplace(size=200_000))  # long tail: the KL search clips well inside max |x|
+    t = entropy_amax(h, amax)
+    assert 0.2 * amax < t < 0.8 * amax
+    h, amax = hist(rng.uniform(-1, 1, 200_000))  # no tail: clipping only loses information
+    assert entropy_amax(h, amax) > 0.95 * amax
+    # the fine histogram separates percentiles that a 2048-bin one would merge
+    h, amax = hist(rng.standard_normal(2_000_000))
+    p4, p5 = percentile_amax(h, amax, 99.99), percentile_amax(h, amax, 99.999)
+    assert p4 < p5 < amax and (p5 - p4) > 2 * amax / 2048
+
+
+def test_tensorrt_placement_has_qdq_only_ahead_of_weighted_layers(int8_result, digits_onnx, tmp_path):
+    from alexnet_deploy.calibration.placement import plan_qdq
+
+    model = onnx.load(str(int8_result.output))
+    consumers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    assert all(producer[o.name].op_type not in ("DequantizeLinear", "QuantizeLinear") for o in model.graph.output)
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear":
+            assert {c.op_type for c in consumers[n.output[0]]} <= {"Conv", "Gemm", "MatMul"}, n.name
+    weighted = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    assert len(weighted) == 6
+    for n in weighted:  # activation and weight both come through a DequantizeLinear
+        assert producer[n.input[0]].op_type == "DequantizeLinear" and producer[n.input[1]].op_type == "DequantizeLinear"
+    assert int8_result.qdq_nodes == {"QuantizeLinear": 6, "DequantizeLinear": 12}
+    plan = plan_qdq(onnx.load(str(digits_onnx)))
+    assert len(plan.activations) == 6 and len(plan.weights) == 6 and plan.placement.value == "tensorrt"
+    # "all" (ONNX Runtime's default) quantizes every tensor, the logits included
+    res = calibrate(digits_onnx, tmp_path / "all.onnx", placement="all", num_images=64, eval_images=100,
+                    echo=lambda *_: None)
+    assert res.qdq_nodes["QuantizeLinear"] > 10
+    every = onnx.load(str(res.output))
+    assert {n.op_type for n in every.graph.node if n.output[0] == every.graph.output[0].name} == {"DequantizeLinear"}
+    with pytest.raises(UserInputError, match="unknown Q/DQ placement"):
+        calibrate(digits_onnx, tmp_path / "x.onnx", placement="everywhere", echo=lambda *_: None)
+
+
+def test_older_onnxruntime_path_inserts_the_same_nodes(digits_onnx, tmp_path, monkeypatch):
+    from alexnet_deploy.calibration import qdq
+
+    a = calibrate(digits_onnx, tmp_path / "a.onnx", num_images=64, eval_images=50, echo=lambda *_: None)
+    monkeypatch.setattr(qdq, "_takes_range_cache", lambda: False)
+    b = calibrate(digits_onnx, tmp_path / "b.onnx", num_images=64, eval_images=50, echo=lambda *_: None)
+    assert a.qdq_nodes == b.qdq_nodes and _activation_scales(a.output) == _activation_scales(b.output)

@@ -1,11 +1,16 @@
 """Explicit INT8: a QDQ ONNX model made with onnxruntime.quantization that ONNX Runtime runs and TensorRT's
 ONNX parser accepts (per-channel symmetric INT8 weights, symmetric INT8 activations, biases left in float:
-ORT's default INT32 bias behind DequantizeLinear is rejected by TensorRT)."""
+ORT's default INT32 bias behind DequantizeLinear is rejected by TensorRT).
+
+Where the Q/DQ pairs go is decided by :mod:`.placement` (TensorRT's placement by default); the activation
+ranges come from :mod:`.ranges` (TensorRT's entropy search, fine-histogram percentiles, min/max) and reach
+ONNX Runtime as its TensorsData, so ONNX Runtime only inserts the nodes.
+"""
 from __future__ import annotations
 
+import contextlib
 import enum
 import inspect
-import contextlib
 import io
 import json
 import logging
@@ -16,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from alexnet_deploy.calibration.data import ArrayReader, CalibrationSet
+from alexnet_deploy.calibration.data import CalibrationSet
+from alexnet_deploy.calibration.placement import Placement, QdqPlan, layer_names, plan_qdq
+from alexnet_deploy.calibration.ranges import Histograms, collect_histograms, tensors_data, thresholds
+from alexnet_deploy.fileio import atomic_write_json, sha256_file
 from alexnet_deploy.errors import UserInputError
-from alexnet_deploy.exporter.naming import module_of_node
-from alexnet_deploy.fileio import sha256_file
 from alexnet_deploy.runtime.metadata import ModelMetadata
 
 
@@ -42,9 +48,13 @@ class QuantConfig:
     percentile: float = 99.999
     per_channel: bool = True
     keep_float: list[str] = field(default_factory=list)  # PyTorch module names kept in float
+    placement: Placement = Placement.TENSORRT
 
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
+# onnxruntime extra_options common to every placement: symmetric INT8 (TensorRT needs zero points of 0), float
+# biases (TensorRT rejects an INT32 bias behind DequantizeLinear)
+BASE_EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
 
 
 def is_quantized(model: onnx.ModelProto) -> bool:
@@ -53,64 +63,102 @@ def is_quantized(model: onnx.ModelProto) -> bool:
 
 def weighted_layers(model: onnx.ModelProto) -> dict[str, str]:
     """PyTorch module name -> ONNX node name of every Conv/Gemm/MatMul (the layers INT8 quantizes)."""
-    out = {}
-    for n in model.graph.node:
-        if n.op_type in ("Conv", "Gemm", "MatMul"):
-            out[module_of_node(n.name) or n.name] = n.name
-    return out
+    return layer_names(model)
 
 
-def _ort_method(method: Method):
-    from onnxruntime.quantization import CalibrationMethod
+def measure(fp32_path: Path, cal: CalibrationSet, meta: ModelMetadata, placement: Placement = Placement.ALL) -> Histograms:
+    """|x| histograms of the tensors ``placement`` quantizes (``all`` covers both placements)."""
+    model = onnx.load(str(fp32_path))
+    plan = plan_qdq(model, placement)
+    return collect_histograms(model, cal.x, meta.input_name, plan.activations, static_batch=meta.batch)
 
-    return {Method.MINMAX: CalibrationMethod.MinMax, Method.ENTROPY: CalibrationMethod.Entropy,
-            Method.PERCENTILE: CalibrationMethod.Percentile}[method]
+
+def ranges_for(hist: Histograms, cfg: QuantConfig) -> dict[str, float]:
+    return thresholds(hist, cfg.method.value, cfg.percentile)
 
 
-def quantize(fp32_path: Path, out_path: Path, cal: CalibrationSet, cfg: QuantConfig, meta: ModelMetadata,
-             range_cache: Path | None = None) -> None:
-    """Write a QDQ INT8 model to ``out_path`` (the caller makes it atomic and adds metadata)."""
+def save_ranges(path: Path, amax: dict[str, float], cfg: QuantConfig) -> None:
+    atomic_write_json(path, {"method": cfg.method.value, "amax": {t: float(a) for t, a in amax.items()}})
+
+
+def load_ranges(path: Path) -> dict[str, float]:
+    try:
+        data = json.loads(Path(path).read_text())
+        return {str(t): float(a) for t, a in data["amax"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserInputError(f"calibration cache {path} is not a range file written by alexnet-calibrate: {exc}") from None
+
+
+def quantize(fp32_path: Path, out_path: Path, amax: dict[str, float], cfg: QuantConfig,
+             plan: QdqPlan | None = None) -> QdqPlan:
+    """Write a QDQ INT8 model to ``out_path`` with activation ranges [-amax, amax] (the caller makes it
+    atomic and adds metadata). Returns the plan that placed the Q/DQ pairs."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(fp32_path))
-    layers = weighted_layers(model)
-    unknown = [m for m in cfg.keep_float if m not in layers]
-    if unknown:
-        raise UserInputError(f"cannot keep {unknown} in float: not a quantizable layer (have {', '.join(layers)})")
-    extra = {
-        "ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-        "CalibTensorRangeSymmetric": True,
-    }
-    if cfg.method is Method.PERCENTILE:
-        extra["CalibPercentile"] = cfg.percentile
-    kwargs = {}
-    if range_cache is not None and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
-        kwargs["calibration_cache_path"] = str(range_cache)  # ranges computed once, reused per layer set
-    reader = ArrayReader(cal.x, meta.input_name, static_batch=meta.batch)
+    plan = plan or plan_qdq(model, cfg.placement, cfg.keep_float)
+    missing = [t for t in plan.activations if t not in amax]
+    if missing:
+        raise UserInputError(f"the calibration ranges lack {len(missing)} tensors the model needs "
+                             f"({', '.join(missing[:3])}...); recalibrate without the cache")
+    extra = {**BASE_EXTRA_OPTIONS, **plan.extra_options}
+    data = tensors_data({t: amax[t] for t in plan.activations}, cfg.method.value)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # ORT logs advice on the root logger for every call
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # and prints histogram chatter on stdout
-            quantize_static(
-                str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                nodes_to_exclude=[layers[m] for m in cfg.keep_float], calibrate_method=_ort_method(cfg.method),
-                extra_options=extra, **kwargs,
-            )
+        with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory(prefix=".alexnet-q.",
+                                                                                    dir=Path(out_path).parent) as tmp:
+            kwargs = dict(quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, activation_type=QuantType.QInt8,
+                          weight_type=QuantType.QInt8, calibrate_method=data.calibration_method, extra_options=extra,
+                          **plan.ort_kwargs())
+            if _takes_range_cache():
+                from onnxruntime.quantization.calibrate import save_tensors_data
+
+                cache = Path(tmp) / "ranges.json"  # newer onnxruntime takes precomputed ranges as a cache
+                save_tensors_data(data, cache)
+                quantize_static(str(fp32_path), str(out_path), None, calibration_cache_path=str(cache), **kwargs)
+            else:
+                _quantize_direct(fp32_path, out_path, data, cfg, plan, extra)
     finally:
         root.setLevel(level)
+    return plan
+
+
+def _takes_range_cache() -> bool:
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def _quantize_direct(fp32_path: Path, out_path: Path, data, cfg: QuantConfig, plan: QdqPlan, extra: dict) -> None:
+    """onnxruntime < 1.24 (no calibration cache): the steps quantize_static runs after calibrating."""
+    from onnxruntime.quantization import QDQQuantizer, QuantType
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+    model = load_model_with_shape_infer(Path(fp32_path))
+    q = QDQQuantizer(model, cfg.per_channel, False, QuantType.QInt8, QuantType.QInt8, data, None, plan.excluded,
+                     plan.op_types, extra)
+    q.quantize_model()
+    q.model.save_model_to_file(str(out_path), False)
 
 
 def provenance(fp32_path: Path, meta: ModelMetadata, cal: CalibrationSet, cfg: QuantConfig) -> dict:
+    from alexnet_deploy.calibration.ranges import ENTROPY_BINS, FINE_BINS, QUANTIZED_BINS
+
+    params = {"percentile": cfg.percentile if cfg.method is Method.PERCENTILE else None,
+              "per_channel": cfg.per_channel, "activations": "int8 symmetric",
+              "weights": "int8 symmetric per-channel" if cfg.per_channel else "int8 symmetric",
+              "bias": "float", "placement": cfg.placement.value}
+    if cfg.method is Method.ENTROPY:
+        params["histogram"] = {"bins": ENTROPY_BINS, "quantized_bins": QUANTIZED_BINS, "divergence": "KL"}
+    elif cfg.method is Method.PERCENTILE:
+        params["histogram"] = {"bins": FINE_BINS}
     return {
         "source_onnx_sha256": sha256_file(fp32_path),
         "preprocessing": meta.preprocessing.to_dict(),
         "method": cfg.method.value,
-        "parameters": {"percentile": cfg.percentile if cfg.method is Method.PERCENTILE else None,
-                       "per_channel": cfg.per_channel, "activations": "int8 symmetric",
-                       "weights": "int8 symmetric per-channel" if cfg.per_channel else "int8 symmetric",
-                       "bias": "float"},
+        "parameters": params,
         "kept_float": list(cfg.keep_float),
         **cal.provenance(),
     }

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,8 +11,9 @@ import onnx
 
 from alexnet_deploy.calibration.cache import check_cache, write_sidecar
 from alexnet_deploy.calibration.data import CalibrationSet, load_calibration_set
-from alexnet_deploy.calibration.qdq import (Method, QuantConfig, is_quantized, provenance, quantize, temp_dir,
-                                            weighted_layers)
+from alexnet_deploy.calibration.placement import Placement, count_qdq
+from alexnet_deploy.calibration.qdq import (Method, QuantConfig, is_quantized, load_ranges, measure, provenance,
+                                            quantize, ranges_for, save_ranges, temp_dir, weighted_layers)
 from alexnet_deploy.errors import UserInputError
 from alexnet_deploy.fileio import atomic_path, check_writable, sha256_file
 from alexnet_deploy.runtime.metadata import read_onnx_metadata, set_metadata
@@ -29,6 +29,8 @@ class Evaluation:
     int8_accuracy: float | None
     agreement: float  # top-1 agreement with FP32, fraction
     error: float = 0.0  # mean |int8 - fp32| / mean |fp32| over the outputs (continuous, breaks ties)
+    logit_max_abs_error: float = 0.0  # max |int8 - fp32| over every held-out logit
+    logit_cosine: float = 1.0  # mean over images of the cosine between INT8 and FP32 logits
 
     @property
     def drop(self) -> float:
@@ -38,9 +40,13 @@ class Evaluation:
         return self.fp32_accuracy - self.int8_accuracy
 
     def row(self) -> dict:
-        return {"method": self.method, "kept_float": self.kept_float, "fp32_accuracy": self.fp32_accuracy,
-                "int8_accuracy": self.int8_accuracy, "drop_points": self.drop, "top1_agreement": self.agreement,
-                "relative_output_error": self.error}
+        # units in the names: *_pct in percent (points for the drop), agreement and error as fractions
+        return {"method": self.method, "kept_float": self.kept_float, "fp32_accuracy_pct": self.fp32_accuracy,
+                "int8_accuracy_pct": self.int8_accuracy, "drop_pct": self.drop,
+                "drop_measure": "accuracy" if self.fp32_accuracy is not None else "top1_disagreement",
+                "top1_agreement": self.agreement,
+                "relative_output_error": self.error, "logit_max_abs_error": self.logit_max_abs_error,
+                "logit_cosine": self.logit_cosine}
 
 
 @dataclass
@@ -50,6 +56,8 @@ class CalibrationResult:
     tried: list[Evaluation] = field(default_factory=list)
     sensitivity: list[dict] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    ranges: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> tensor -> amax
+    qdq_nodes: dict[str, int] = field(default_factory=dict)  # Q/DQ node counts of the written model
 
 
 class _Evaluator:
@@ -70,19 +78,28 @@ class _Evaluator:
         with OrtRunner(int8_path, self.meta) as r:
             out = self._run(r)
         agree = float(np.mean(out.argmax(1) == self.ref.argmax(1)))
-        err = float(np.abs(out - self.ref).mean() / max(np.abs(self.ref).mean(), 1e-12))
+        diff = np.abs(out - self.ref)
+        err = float(diff.mean() / max(np.abs(self.ref).mean(), 1e-12))
+        norms = np.linalg.norm(out, axis=1) * np.linalg.norm(self.ref, axis=1)
+        cosine = float(np.mean(np.sum(out * self.ref, axis=1) / np.maximum(norms, 1e-12)))
+        logits = {"logit_max_abs_error": float(diff.max()) if diff.size else 0.0, "logit_cosine": cosine}
         if self.labels is None:
-            return Evaluation(method, kept, None, None, agree, err)
+            return Evaluation(method, kept, None, None, agree, err, **logits)
         y = self.labels
         return Evaluation(method, kept, 100 * float(np.mean(self.ref.argmax(1) == y)),
-                          100 * float(np.mean(out.argmax(1) == y)), agree, err)
+                          100 * float(np.mean(out.argmax(1) == y)), agree, err, **logits)
 
 
-def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits", num_images: int = 512,
+DEFAULT_NUM_IMAGES = 500  # MLPerf's calibration-set size, class-balanced
+
+
+def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits", num_images: int = DEFAULT_NUM_IMAGES,
               eval_images: int = 1000, method: str = "minmax", percentile: float = 99.999,
               max_drop: float | None = None, sensitivity: bool = False, allow_synthetic: bool = False,
               variant: str | None = None, cache: str | Path | None = None, force_cache: bool = False,
-              echo=print) -> CalibrationResult:
+              placement: str = "tensorrt", echo=print) -> CalibrationResult:
+    """FP32 ONNX -> QDQ INT8 ONNX. ``placement``: tensorrt (Q/DQ on the inputs of Conv/Gemm/MatMul only,
+    logits float) | all (every tensor, ONNX Runtime's default); see :mod:`.placement`."""
     model, output = Path(model), check_writable(output)
     if output.resolve() == model.resolve():
         raise UserInputError("the INT8 output would overwrite the FP32 model; choose another --output")
@@ -96,7 +113,11 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
     if percentile <= 0 or percentile > 100:
         raise UserInputError(f"--percentile must be in (0, 100], got {percentile}")
     methods = list(Method) if method == "auto" else [Method.parse(method)]
+    place = Placement.parse(placement)
     cal = load_calibration_set(dataset, meta, num_images, "train", allow_synthetic)
+    if len(cal.x) < num_images:
+        echo(f"note: {cal.name} has {len(cal.x)} calibration images, fewer than the {num_images} asked for; "
+             "the count is recorded in the provenance")
     held = cal if cal.name == "synthetic" else load_calibration_set(dataset, meta, eval_images, "heldout",
                                                                     allow_synthetic)
     echo(f"calibrating {model.name} on {cal.name}: {len(cal.x)} images (sha256 {cal.fingerprint[:12]}); "
@@ -104,23 +125,33 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
     evaluate = _Evaluator(model, meta, held)
     layers = list(weighted_layers(proto))
     result_tried: list[Evaluation] = []
+    amax: dict[str, dict[str, float]] = {}  # method -> tensor -> symmetric range
+    hist = []  # histograms, measured once for every method (lazily: a reused cache needs none)
+
+    def ranges(cfg: QuantConfig) -> dict[str, float]:
+        if cfg.method.value not in amax:
+            if not hist:
+                hist.append(measure(model, cal, meta, place))
+            amax[cfg.method.value] = ranges_for(hist[0], cfg)
+        return amax[cfg.method.value]
+
     with temp_dir(output.parent) as tmp:
         tmp = Path(tmp)
 
         def build(cfg: QuantConfig, tag: str) -> tuple[Path, Evaluation]:
             path = tmp / f"{tag}.onnx"
-            quantize(model, path, cal, cfg, meta, range_cache=tmp / f"ranges-{cfg.method.value}.json")
+            quantize(model, path, ranges(cfg), cfg)
             return path, evaluate(path, cfg.method.value, list(cfg.keep_float))
 
-        if cache is not None:  # user-kept ORT range cache, checked against provenance
-            cfg0 = QuantConfig(methods[0], percentile)
+        if cache is not None:  # user-kept range cache, checked against provenance
+            cfg0 = QuantConfig(methods[0], percentile, placement=place)
             want = provenance(model, meta, cal, cfg0)
             if check_cache(Path(cache), want, force_cache):
-                shutil.copy(cache, tmp / f"ranges-{cfg0.method.value}.json")
+                amax[cfg0.method.value] = load_ranges(Path(cache))
                 echo(f"reusing calibration ranges from {cache}")
         best: tuple[Path, Evaluation, QuantConfig] | None = None
         for m in methods:
-            cfg = QuantConfig(m, percentile)
+            cfg = QuantConfig(m, percentile, placement=place)
             path, ev = build(cfg, m.value)
             result_tried.append(ev)
             echo(f"  {m.value:<10} drop {ev.drop:+.2f} pts, top-1 agreement {ev.agreement:.2%}, "
@@ -132,7 +163,8 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
         if sensitivity or (max_drop is not None and ev.drop > max_drop):
             echo(f"per-layer sensitivity ({cfg.method.value}): keeping one layer in float at a time")
             for layer in layers:
-                _, e = build(QuantConfig(cfg.method, percentile, keep_float=[layer]), f"sens-{layer}")
+                _, e = build(QuantConfig(cfg.method, percentile, keep_float=[layer], placement=place),
+                             f"sens-{layer}")
                 sens_rows.append({"layer": layer, "drop_with_layer_float": e.drop,
                                   "gain_points": ev.drop - e.drop, "top1_agreement": e.agreement,
                                   "error_reduction": ev.error - e.error, "output_error": e.error})
@@ -141,29 +173,30 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
             kept: list[str] = []
             for row in sens_rows:
                 kept.append(row["layer"])
-                path, ev = build(QuantConfig(cfg.method, percentile, keep_float=list(kept)), f"keep{len(kept)}")
+                path, ev = build(QuantConfig(cfg.method, percentile, keep_float=list(kept), placement=place),
+                                 f"keep{len(kept)}")
                 echo(f"  keeping {', '.join(kept)} in float: drop {ev.drop:+.2f} pts")
                 if ev.drop <= max_drop:
                     break
-            cfg = QuantConfig(cfg.method, percentile, keep_float=kept)
+            cfg = QuantConfig(cfg.method, percentile, keep_float=kept, placement=place)
             if ev.drop > max_drop:
                 echo(f"warning: even with {len(kept)} layers in float the drop is {ev.drop:.2f} > {max_drop} points")
         prov = provenance(model, meta, cal, cfg)
+        prov["requested_images"] = int(num_images)
         out_meta = dataclasses.replace(
             meta, precision="int8", fp32_onnx_sha256=prov["source_onnx_sha256"],
             extra={**meta.extra, "calibration": prov,
                    "int8_evaluation": ev.row() | {"dataset": held.name, "images": int(len(held.x))}})
         q = onnx.load(str(path))
         set_metadata(q, out_meta)
+        qdq_nodes = count_qdq(q)
         with atomic_path(output) as final:
             onnx.save(q, str(final))
         if cache is not None:
-            ranges = tmp / f"ranges-{cfg.method.value}.json"
-            if ranges.exists():
-                with atomic_path(cache) as c:
-                    shutil.copy(ranges, c)
-                write_sidecar(Path(cache), provenance(model, meta, cal, QuantConfig(cfg.method, percentile)))
-    return CalibrationResult(output, ev, result_tried, sens_rows, prov)
+            save_ranges(Path(cache), amax[cfg.method.value], cfg)
+            write_sidecar(Path(cache), provenance(model, meta, cal, QuantConfig(cfg.method, percentile,
+                                                                                placement=place)))
+    return CalibrationResult(output, ev, result_tried, sens_rows, prov, amax, qdq_nodes)
 
 
 def summary_table(result: CalibrationResult) -> str:
@@ -173,6 +206,9 @@ def summary_table(result: CalibrationResult) -> str:
         acc = (f"{e.fp32_accuracy:9.2f}%" if e.fp32_accuracy is not None else f"{'-':>10}",
                f"{e.int8_accuracy:9.2f}%" if e.int8_accuracy is not None else f"{'-':>10}")
         lines.append(f"{e.method:<11}{acc[0]}{acc[1]}{e.drop:8.2f}{e.agreement:12.2%}  {', '.join(e.kept_float) or '-'}")
+    if ev.fp32_accuracy is None:
+        lines.append("drop = top-1 disagreement with FP32 in points: the held-out set has no labels for this "
+                     "model's classes (pass --dataset with its training data for accuracy)")
     if result.sensitivity:
         lines.append("sensitivity (gain in points when the layer stays float):")
         lines += [f"  {r['layer']:<14} {r['gain_points']:+.2f}  (agreement {r['top1_agreement']:.2%}, "

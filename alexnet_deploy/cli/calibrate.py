@@ -15,26 +15,38 @@ from alexnet_deploy.errors import UserInputError
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path())
 @click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="QDQ INT8 ONNX to write.")
-@click.option("--dataset", default="digits", show_default=True,
-              help="digits | CIFAR-10 folder | ImageFolder tree | FILE.npy | synthetic (needs --allow-synthetic).")
-@click.option("--num-images", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Calibration images (class-balanced, deterministic, from the training split).")
+@click.option("--dataset", default=None,
+              help="digits | CIFAR-10 folder | ImageFolder tree | FILE.npy | synthetic (needs --allow-synthetic); "
+                   "default: the training dataset recorded in the model (digits for digit classes).")
+@click.option("--num-images", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Calibration images (class-balanced, deterministic, from the training split; MLPerf uses 500).")
 @click.option("--eval-images", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Held-out images for the FP32-vs-INT8 accuracy comparison.")
 @click.option("--method", default="minmax", show_default=True, help="minmax | entropy | percentile | auto (best of the three).")
-@click.option("--percentile", type=float, default=99.999, show_default=True)
+@click.option("--percentile", type=float, default=99.999, show_default=True,
+              help="With --method percentile: clip activations at this percentile of |x| (65,536-bin histogram).")
+@click.option("--placement", type=click.Choice(["tensorrt", "all"]), default="tensorrt", show_default=True,
+              help="tensorrt: Q/DQ only on the inputs of Conv/Gemm (logits float), as TensorRT wants; "
+                   "all: every tensor (ONNX Runtime's default), see docs/benchmarks/int8-placement.md.")
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None,
               help="Keep the most sensitive layers in float until the held-out drop is within this many points.")
 @click.option("--sensitivity", is_flag=True, help="Report per-layer sensitivity (one layer in float at a time).")
 @click.option("--allow-synthetic", is_flag=True, help="Allow --dataset synthetic (random data; not recommended).")
 @click.option("--variant", default=None, help="Variant defaults for a model without alexnet-deploy metadata.")
 @click.option("--cache", type=click.Path(dir_okay=False), default=None,
-              help="Keep/reuse ONNX Runtime's calibration ranges here (checked against provenance).")
+              help="Keep/reuse the activation ranges (JSON) here (checked against provenance).")
 @click.option("--force-cache", is_flag=True, help="Use --cache even when its provenance does not match (experts).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
+@click.option("--weights-fc", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
+              help="Classifier (FC) weights: int8 QDQ, or int4 block-wise weight-only (convolutions stay INT8).")
+@click.option("--block-size", type=int, default=128, show_default=True, help="With --weights-fc int4: weights per scale.")
+@click.option("--int4-format", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
+              help="With --weights-fc int4: ort = MatMulNBits (fastest on ONNX Runtime CPU); trt = opset-21 "
+                   "blocked DequantizeLinear on INT4 weights + MatMul (TensorRT).")
 @_handle_errors
 def calibrate_cmd(model, output, dataset, num_images, eval_images, method, percentile, max_drop, sensitivity,
-                  allow_synthetic, variant, cache, force_cache, json_path):
+                  allow_synthetic, variant, cache, force_cache, json_path, weights_fc, block_size, int4_format,
+                  placement):
     """Quantize an FP32 ONNX model to QDQ INT8 (ONNX Runtime, TensorRT 11, TensorRT-RTX), accuracy first."""
     _setup_logging()
     from alexnet_deploy.calibration.qdq import dump
@@ -46,14 +58,32 @@ def calibrate_cmd(model, output, dataset, num_images, eval_images, method, perce
         raise UserInputError(f"{model} is not an ONNX model; export it first with alexnet-export onnx")
     if not Path(model).is_file():
         raise UserInputError(f"model not found: {model}")
+    from alexnet_deploy.data.datasets import dataset_for_model
+    from alexnet_deploy.fileio import refuse_overlapping_paths
+    from alexnet_deploy.runtime.metadata import read_onnx_metadata
+
+    refuse_overlapping_paths(inputs={"the model": model, "--dataset": dataset},
+                             outputs={"--output": output, "--json": json_path, "--cache": cache})
     if json_path:
         check_writable(json_path)
-    result = calibrate(model, output, dataset=dataset, num_images=num_images, eval_images=eval_images,
-                       method=method, percentile=percentile, max_drop=max_drop, sensitivity=sensitivity,
-                       allow_synthetic=allow_synthetic, variant=variant, cache=cache, force_cache=force_cache,
-                       echo=click.echo)
-    click.echo(summary_table(result))
+    meta = read_onnx_metadata(model, variant)
+    dataset = dataset_for_model(dataset, meta.class_names, meta.training_dataset)
+    if dataset is None:
+        raise UserInputError("calibration needs images: give --dataset (none is not an option here)")
+    from alexnet_deploy.calibration.int4 import FcStage
+    from alexnet_deploy.calibration.int4 import summary_table as int4_table
+
+    with FcStage(weights_fc, output, block_size, int4_format) as fc:  # int4: INT8 to a temporary first
+        result = calibrate(model, fc.int8_output, dataset=dataset, num_images=num_images, eval_images=eval_images,
+                           method=method, percentile=percentile, max_drop=max_drop, sensitivity=sensitivity,
+                           allow_synthetic=allow_synthetic, variant=variant, cache=cache, force_cache=force_cache,
+                           placement=placement, echo=click.echo)
+        click.echo(summary_table(result))
+        if fc.finish(model, dataset=dataset, eval_images=eval_images, max_drop=max_drop, sensitivity=sensitivity,
+                     allow_synthetic=allow_synthetic, echo=click.echo):
+            click.echo(int4_table(fc.result))
     if json_path:
         atomic_write_bytes(json_path, dump({
             "output": str(result.output), "chosen": result.chosen.row(), "tried": [e.row() for e in result.tried],
-            "sensitivity": result.sensitivity, "provenance": result.provenance}).encode())
+            "sensitivity": result.sensitivity, "provenance": result.provenance,
+            "qdq_nodes": result.qdq_nodes, **fc.json()}).encode())
