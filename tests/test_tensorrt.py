@@ -38,6 +38,13 @@ def test_cifar10_engines_and_manifests(engines, digits_onnx):
         assert m["metadata"]["alexnet_deploy.variant"] == '"cifar10"'
     int8 = json.loads(manifest_path(engines["int8"].engine).read_text())
     assert int8["build"]["calibration"]["num_images"] == 128
+    if int8["library"]["strongly_typed"]:  # the QDQ ONNX made on the fly has TensorRT's placement
+        assert int8["build"]["calibration"]["parameters"]["placement"] == "tensorrt"
+        assert int8["build"]["calibration"]["method"] == "entropy"
+        qdq = onnx.load(str(engines["int8"].extra_files[0]))
+        producer = {o: n.op_type for n in qdq.graph.node for o in n.output}
+        assert producer[qdq.graph.output[0].name] == "Gemm"  # logits stay float
+        assert [n.op_type for n in qdq.graph.node].count("QuantizeLinear") == 6
     assert [f.name for f in engines["fp16"].extra_files] == ["c10-fp16.fp16.onnx"]
 
 

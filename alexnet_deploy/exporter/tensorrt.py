@@ -43,7 +43,9 @@ class TrtBuildOptions:
     compute_capability: str | None = None  # TensorRT-RTX without a GPU: e.g. "sm86"
     # INT8 inputs (QDQ calibration on strongly typed libraries, the calibrator on TensorRT <= 10)
     calib_dataset: str = "digits"
-    calib_images: int = 512
+    calib_images: int = 500  # MLPerf's calibration-set size
+    calib_method: str = "entropy"  # QDQ ranges on strongly typed libraries (TensorRT's own default calibrator)
+    qdq_placement: str = "tensorrt"  # Q/DQ on the inputs of Conv/Gemm only (see calibration/placement.py)
     calib_cache: str | None = None
     calib_algorithm: str = "entropy2"
     force_cache: bool = False
@@ -135,7 +137,8 @@ def _derived_onnx(onnx_path: Path, meta, opts: TrtBuildOptions, lib: TrtLibrary,
 
     out = engine.with_name(engine.stem + ".int8.onnx")
     echo(f"calibrating a QDQ INT8 ONNX ({out.name}) for the strongly typed {lib.name} builder")
-    calibrate(onnx_path, out, dataset=opts.calib_dataset, num_images=opts.calib_images, echo=echo)
+    calibrate(onnx_path, out, dataset=opts.calib_dataset, num_images=opts.calib_images, method=opts.calib_method,
+              placement=opts.qdq_placement, echo=echo)
     return out, "int8"
 
 
