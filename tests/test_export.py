@@ -17,7 +17,10 @@ def test_digits_export_metadata_and_parity(digits_onnx, digits_checkpoint):
     meta = read_onnx_metadata(digits_onnx)
     assert meta.variant == "cifar10" and meta.class_names == [str(i) for i in range(10)]
     assert meta.preprocessing.crop == 32 and meta.precision == "fp32" and meta.batch is None
-    assert meta.source_weights == str(digits_checkpoint) and len(meta.source_sha256) == 64
+    # stored relative to the model file (they sit in one folder), with the absolute path and sha256 to confirm
+    assert meta.source_weights == "digits.pt" and len(meta.source_sha256) == 64
+    assert meta.extra["source_weights_absolute"] == str(digits_checkpoint.resolve())
+    assert meta.training_dataset == "digits"
     assert {"torch", "onnx", "onnxruntime"} <= set(meta.versions)
     model = onnx.load(str(digits_onnx))
     onnx.checker.check_model(model)
@@ -28,7 +31,7 @@ def test_export_report_on_digits(digits_checkpoint, tmp_path):
     result = export_onnx(load_model(None, str(digits_checkpoint)), tmp_path / "m.onnx",
                          ExportOptions(dataset_samples=359))
     digits = {s.name: s for s in result.report.sets}["digits:heldout"]
-    assert digits.metrics["top1_agreement"] == 1.0 and digits.metrics["accuracy_delta"] == 0.0
+    assert digits.metrics["top1_agreement"] == 1.0 and digits.metrics["accuracy_delta_pct"] == 0.0
     assert digits.n == 359
 
 

@@ -16,8 +16,8 @@ def test_fp32_onnx_on_digits_is_exact(digits_onnx):
     report = check_parity(digits_onnx, num_images=359)
     digits = {s.name: s for s in report.sets}["digits:heldout"]
     assert report.passed, report.table()
-    assert digits.metrics["top1_agreement"] == 1.0 and digits.metrics["accuracy_delta"] == 0.0
-    assert digits.metrics["ref_accuracy"] >= 95.0
+    assert digits.metrics["top1_agreement"] == 1.0 and digits.metrics["accuracy_delta_pct"] == 0.0
+    assert digits.metrics["ref_accuracy_pct"] >= 95.0
 
 
 def test_fp16_onnx_agreement(digits_fp16_onnx):
@@ -80,9 +80,9 @@ def test_missing_reference_is_explained(cli, digits_checkpoint, tmp_path):
 def test_metrics_on_known_arrays():
     ref = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
     same = compare_outputs("x", ref, ref.copy(), tolerances_for("fp32"), labels=np.array([2, 0]))
-    assert same.passed and same.metrics["max_abs"] == 0 and same.metrics["ref_accuracy"] == 100.0
+    assert same.passed and same.metrics["max_abs"] == 0 and same.metrics["ref_accuracy_pct"] == 100.0
     swapped = compare_outputs("x", ref, ref[:, ::-1].copy(), tolerances_for("fp32"), labels=np.array([2, 0]))
-    assert swapped.metrics["top1_agreement"] == 0.0 and swapped.metrics["accuracy_drop"] == 100.0
+    assert swapped.metrics["top1_agreement"] == 0.0 and swapped.metrics["accuracy_drop_pct"] == 100.0
     assert not swapped.passed
     nan = ref.copy()
     nan[0, 0] = np.nan

@@ -54,8 +54,12 @@ def bench_cmd(models, engines, batch_sizes, warmup_ms, duration_s, iterations, t
     from alexnet_deploy.benchmarks import report
     from alexnet_deploy.benchmarks.harness import BenchConfig
     from alexnet_deploy.benchmarks.run import run_bench
-    from alexnet_deploy.fileio import atomic_write_bytes, check_writable
+    from alexnet_deploy.fileio import atomic_write_bytes, check_writable, refuse_overlapping_paths
 
+    refuse_overlapping_paths(
+        inputs=[*((f"model {i + 1}", m) for i, m in enumerate(models)), ("--compare", compare_path),
+                ("--end-to-end-images", images_dir)],
+        outputs={"--json": json_path, "--csv": csv_path, "--markdown": md_path, "--plot": plot_path})
     if server:
         from alexnet_deploy.server.loadgen import run_load
 

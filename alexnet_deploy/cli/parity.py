@@ -17,8 +17,9 @@ from alexnet_deploy.cli.common import (
 @click.option("--reference", default=None,
               help="PyTorch FP32 reference weights (default: the weights recorded in the candidate's metadata).")
 @click.option("--variant", default=None, help="Variant defaults for a candidate without metadata.")
-@click.option("--dataset", default="digits", show_default=True,
-              help="Labelled set: digits | CIFAR-10 folder | ImageFolder tree | none.")
+@click.option("--dataset", default=None,
+              help="Labelled set: digits | CIFAR-10 folder | ImageFolder tree | none "
+                   "(default: the training dataset recorded in the model; digits for digit classes).")
 @click.option("--num-images", type=click.IntRange(min=1), default=360, show_default=True,
               help="Images from the held-out split (class-balanced, deterministic).")
 @click.option("--random-samples", type=click.IntRange(min=0), default=16, show_default=True)
@@ -28,23 +29,32 @@ from alexnet_deploy.cli.common import (
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--rebuild-if-stale", is_flag=True, help="Engines: rebuild from the recorded ONNX when stale.")
+@click.option("--preprocess", type=click.Choice(["default", "stretch"]), default="default", show_default=True,
+              help="stretch: also run the dataset resized to the input size without the center crop, as DeepStream "
+                   "and jetson-inference do, and report the accuracy change.")
 @_handle_errors
 def parity_cmd(candidate, engine, reference, variant, dataset, num_images, random_samples, precision, tol,
-               json_path, junit_path, rebuild_if_stale):
+               json_path, junit_path, rebuild_if_stale, preprocess):
     """Compare a candidate model with the PyTorch FP32 reference; non-zero exit when a gate fails."""
     _setup_logging()
-    from alexnet_deploy.fileio import atomic_write_bytes, check_writable
+    from alexnet_deploy.fileio import atomic_write_bytes, check_writable, refuse_overlapping_paths
     from alexnet_deploy.parity.api import check_parity
     from alexnet_deploy.parity.tolerances import parse_overrides
 
+    refuse_overlapping_paths(inputs={"the candidate": candidate, "--reference": reference},
+                             outputs={"--json": json_path, "--junit": junit_path})
     for p in (json_path, junit_path):
         if p:
             check_writable(p)
     report = check_parity(candidate, engine=engine, reference=reference, variant=variant,
-                          dataset=None if dataset == "none" else dataset, num_images=num_images,
+                          dataset=None if dataset == "none" else (dataset or "auto"), num_images=num_images,
                           random_samples=random_samples, precision=precision,
-                          rebuild_if_stale=rebuild_if_stale, **parse_overrides(tol))
+                          rebuild_if_stale=rebuild_if_stale, preprocess=preprocess, **parse_overrides(tol))
     click.echo(report.table())
+    if preprocess != "default":
+        from alexnet_deploy.parity.sets import resize_effect
+
+        click.echo(resize_effect(report, preprocess))
     if json_path:
         atomic_write_bytes(json_path, report.to_json().encode())
     if junit_path:

@@ -31,14 +31,14 @@ def train_cmd(variant, dataset, output, weights, epochs, batch_size, lr, momentu
     """Train an AlexNet variant with SGD + momentum and write a checkpoint (atomically)."""
     _setup_logging()
     from alexnet_deploy.data.datasets import load_dataset
-    from alexnet_deploy.fileio import check_writable
-    from alexnet_deploy.models.weights import load_model
-    from alexnet_deploy.training.train import TrainConfig, train
+    from alexnet_deploy.fileio import check_writable, refuse_overlapping_paths
+    from alexnet_deploy.training.train import TrainConfig, model_for_dataset, train
 
+    refuse_overlapping_paths(inputs={"--weights": None if weights == "random" else weights, "--dataset": dataset},
+                             outputs={"--output": output})
     check_writable(output)
     train_set, held = load_dataset(dataset, "train"), load_dataset(dataset, "heldout")
-    loaded = load_model(variant, weights, num_classes=len(train_set.class_names), seed=seed,
-                        class_names=train_set.class_names)
+    loaded = model_for_dataset(variant, weights, train_set, seed)
     click.echo(f"training {loaded.variant} on {dataset}: {len(train_set)} train / {len(held)} held-out images, "
                f"{len(train_set.class_names)} classes")
     result = train(loaded, train_set, held, TrainConfig(epochs, batch_size, lr, momentum, weight_decay, seed, threads),

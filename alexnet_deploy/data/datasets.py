@@ -6,6 +6,7 @@ the model's own preprocessing turns it into arrays, so every stage sees the same
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pickle
 from dataclasses import dataclass
@@ -15,12 +16,16 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from alexnet_deploy.errors import DatasetError
-from alexnet_deploy.models.specs import Preprocessing
+from alexnet_deploy.errors import DatasetError, UserInputError
+from alexnet_deploy.models.specs import Preprocessing, default_class_names
 from alexnet_deploy.runtime.preprocess import IMAGE_SUFFIXES, load_image, preprocess_batch
 
+log = logging.getLogger(__name__)
 DIGITS = "digits"
+DIGIT_CLASSES = [str(i) for i in range(10)]
 SPLITS = ("train", "heldout", "all")
+NO_DATASET = "none"
+UNLABELLED_SUFFIXES = (".npy",)  # calibration arrays: images without class names
 
 
 @dataclass
@@ -30,6 +35,8 @@ class ImageDataset:
     labels: np.ndarray
     class_names: list[str]
     fingerprint_source: str = ""
+    root: str = ""  # what to record as the training dataset: "digits" or the resolved root folder
+
 
     def __len__(self) -> int:
         return len(self.items)
@@ -42,7 +49,7 @@ class ImageDataset:
         idx = list(indices)
         return ImageDataset(
             name or self.name, [self.items[i] for i in idx], self.labels[idx], self.class_names,
-            f"{self.fingerprint_source}[{len(idx)}]",
+            f"{self.fingerprint_source}[{len(idx)}]", self.root,
         )
 
     def arrays(self, prep: Preprocessing, batch_size: int = 256) -> np.ndarray:
@@ -140,13 +147,32 @@ def load_image_folder(root: str | os.PathLike, split: str = "all") -> ImageDatas
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist")
-    if (root / "train").is_dir() and (root / "val").is_dir() and split != "all":
-        return load_image_folder(root / ("train" if split == "train" else "val"), "all")
+    if _has_train_val(root) and split != "all":
+        # labels come from train/'s class folders, so a val/ that lacks a class keeps the same indices
+        return _load_classes(root / ("train" if split == "train" else "val"), _folder_classes(root / "train"))
+    return _select(_load_classes(root, _folder_classes(root)), split)
+
+
+def _has_train_val(root: Path) -> bool:
+    return (root / "train").is_dir() and (root / "val").is_dir()
+
+
+def _folder_classes(root: Path) -> list[str]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DatasetError(f"{root} has no class sub-folders (expected ImageFolder layout root/<class>/<image>)")
+    return classes
+
+
+def _load_classes(root: Path, classes: list[str]) -> ImageDataset:
+    extra = sorted(set(_folder_classes(root)) - set(classes))
+    if extra:
+        raise DatasetError(f"{root} has class folders that {root.parent / 'train'} lacks: {', '.join(extra[:5])}; "
+                           "every class needs training images")
     items, labels = [], []
     for i, c in enumerate(classes):
+        if not (root / c).is_dir():
+            continue
         files = sorted(
             str(p) for p in (root / c).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
         )
@@ -154,24 +180,116 @@ def load_image_folder(root: str | os.PathLike, split: str = "all") -> ImageDatas
         labels.extend([i] * len(files))
     if not items:
         raise DatasetError(f"{root} holds no images in its class folders {classes[:5]}")
-    ds = ImageDataset(f"folder:{root.name}", items, np.asarray(labels, dtype=np.int64), classes, f"folder:{root}")
-    return _select(ds, split)
+    return ImageDataset(f"folder:{root.name}", items, np.asarray(labels, dtype=np.int64), classes, f"folder:{root}")
 
 
 def load_dataset(spec: str, split: str = "all") -> ImageDataset:
     """``digits`` (embedded), a CIFAR-10 python-batch folder, or an ImageFolder tree."""
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    path = _dataset_path(spec)
+    if path is None:
+        ds = load_digits(split)
+    elif is_cifar10_folder(path):
+        ds = load_cifar10(path, split)
+    else:
+        ds = load_image_folder(path, split)
+    ds.root = dataset_root(spec)
+    return ds
+
+
+def _dataset_path(spec: str) -> Path | None:
     if spec == DIGITS:
-        return load_digits(split)
+        return None
     path = Path(spec)
     if not path.exists():
         raise DatasetError(f"dataset {spec!r} not found: give 'digits', a CIFAR-10 python-batch folder or an ImageFolder tree")
-    if path.is_dir() and is_cifar10_folder(path):
-        return load_cifar10(path, split)
-    if path.is_dir():
-        return load_image_folder(path, split)
-    raise DatasetError(f"dataset {spec!r} is a file; give 'digits' or a folder (CIFAR-10 batches or ImageFolder)")
+    if not path.is_dir():
+        raise DatasetError(f"dataset {spec!r} is a file; give 'digits' or a folder (CIFAR-10 batches or ImageFolder)")
+    return path
+
+
+def dataset_root(spec: str) -> str:
+    """What a model records as its training dataset: ``digits``, or the dataset's root folder, resolved
+    (not a split name like ``folder:train``), so later commands find it from any working directory."""
+    return DIGITS if spec == DIGITS else os.path.realpath(spec)
+
+
+def dataset_class_names(spec: str) -> list[str]:
+    """A dataset's class names without reading its images."""
+    path = _dataset_path(spec)
+    if path is None:
+        return list(DIGIT_CLASSES)
+    if is_cifar10_folder(path):
+        ds_meta = path / "batches.meta"
+        if ds_meta.is_file():
+            return [n.decode() if isinstance(n, bytes) else str(n) for n in _unpickle(ds_meta).get(b"label_names", [])]
+        return [f"class_{i}" for i in range(10)]
+    return _folder_classes(path / "train" if _has_train_val(path) else path)
+
+
+def recorded_dataset(value: str | None) -> str:
+    """The usable training dataset recorded in a checkpoint or metadata (``digits`` or an absolute root);
+    older records (``digits:train``, ``folder:train``) map to ``digits`` or nothing."""
+    value = value or ""
+    if value == DIGITS or value.startswith(DIGITS + ":"):
+        return DIGITS
+    return value if os.path.isabs(value) else ""
+
+
+def _generic(class_names) -> bool:
+    return list(class_names) == default_class_names(len(class_names))
+
+
+def dataset_for_model(spec: str | None, class_names, recorded: str = "", option: str = "--dataset") -> str | None:
+    """The dataset a command runs a model on: ``spec`` when given (checked against the model's class names),
+    else the model's recorded training dataset, else digits when the model's classes are digits (or unnamed).
+    Returns None for ``none``. Never silently a dataset whose classes differ from the model's."""
+    if spec == NO_DATASET:
+        return None
+    if spec in (None, "", "auto"):
+        rec = recorded_dataset(recorded)
+        if rec:
+            if rec != DIGITS and not os.path.isdir(rec):
+                raise DatasetError(f"the model was trained on {rec}, which is not here; pass {option} with that "
+                                   f"data (or {option} none)")
+            spec = rec
+        elif list(class_names) == DIGIT_CLASSES or _generic(class_names):
+            return DIGITS
+        else:
+            shown = ", ".join(list(class_names)[:4]) + (", ..." if len(class_names) > 4 else "")
+            raise UserInputError(f"the model's classes ({shown}) are not digits and its metadata records no "
+                                 f"training dataset; pass {option} FOLDER (its ImageFolder or CIFAR-10 data)")
+    if spec.endswith(UNLABELLED_SUFFIXES) or spec in ("synthetic", "random"):
+        return spec
+    _label_map(dataset_class_names(spec), class_names, spec, option)  # raises on a mismatch
+    return spec
+
+
+def _label_map(ds_names, class_names, spec: str, option: str = "--dataset") -> np.ndarray | None:
+    """Dataset label index -> model class index, or None when the model's classes are unnamed."""
+    ds_names, class_names = list(ds_names), list(class_names)
+    if ds_names == class_names:
+        return np.arange(len(ds_names))
+    if _generic(class_names) and not set(ds_names) & set(class_names):
+        return None  # an untrained / unnamed model: the images are used without labels
+    missing = [n for n in ds_names if n not in class_names]
+    if missing:
+        raise DatasetError(
+            f"dataset {spec} has classes the model does not know ({', '.join(missing[:4])}; the model has "
+            f"{', '.join(class_names[:4])}{', ...' if len(class_names) > 4 else ''}); pass {option} with the data "
+            "the model was trained on")
+    mapping = np.array([class_names.index(n) for n in ds_names])
+    log.warning("dataset %s labels mapped to the model's classes by name: %s", spec,
+                ", ".join(f"{n}->{j}" for n, j in zip(ds_names, mapping)))
+    return mapping
+
+
+def labels_for_model(ds: ImageDataset, class_names) -> np.ndarray | None:
+    """``ds.labels`` as indices of the model's classes (by name), None when the model's classes are unnamed;
+    a dataset with classes the model lacks is a :class:`DatasetError`."""
+    mapping = _label_map(ds.class_names, class_names, ds.root or ds.name)
+    return None if mapping is None else mapping[ds.labels]
 
 
 def balanced_subset(ds: ImageDataset, n: int, seed: int = 0) -> ImageDataset:

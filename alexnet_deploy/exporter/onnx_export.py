@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import platform
 import warnings
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from alexnet_deploy.data.datasets import recorded_dataset
 from alexnet_deploy.errors import ExportError, ParityError, UserInputError
 from alexnet_deploy.exporter.fp16 import to_fp16  # re-exported; torch-free for alexnet-export trt
 from alexnet_deploy.fileio import atomic_path, check_writable, sha256_bytes
@@ -38,7 +40,11 @@ class ExportOptions:
     check: bool = True
     random_samples: int = 8
     dataset_samples: int = 64
+    # labelled images for the parity check: "auto" (the training dataset recorded in the weights, or digits
+    # for digit / unnamed classes), a dataset spec, or "none"
+    dataset: str = "auto"
     tolerance_overrides: dict = field(default_factory=dict)
+    input_format: str = "float-nchw"  # or raw pixels with normalization in the graph (exporter.input_format)
 
 
 @dataclass
@@ -112,7 +118,7 @@ def parity_check(onnx_path, loaded: LoadedModel, metadata: ModelMetadata, opts: 
     from alexnet_deploy.runtime.runners.torch_runner import TorchRunner
 
     tol = tolerances_for(metadata.precision, opts.tolerance_overrides)
-    sets = parity_sets(metadata, "digits" if opts.dataset_samples else None, opts.dataset_samples,
+    sets = parity_sets(metadata, opts.dataset if opts.dataset_samples else None, opts.dataset_samples,
                        opts.random_samples)
     with OrtRunner(onnx_path, metadata) as candidate, TorchRunner(loaded) as reference:
         report = run_parity(candidate, reference, sets, tol, metadata.precision)
@@ -141,19 +147,24 @@ def export_onnx(loaded: LoadedModel, output: str | Path, opts: ExportOptions | N
     simplified = False
     if opts.simplify:
         proto, simplified = _simplify(proto)
-    fp32_sha = sha256_bytes(proto.SerializeToString()) if opts.fp16 else ""
-    if opts.fp16:
+    if opts.fp16:  # no FP32 ONNX is saved here: provenance is the weights file (source_sha256), nothing else
         proto = to_fp16(proto)
     metadata = ModelMetadata(
         variant=loaded.variant, class_names=list(loaded.class_names), preprocessing=loaded.preprocessing,
         input_name=INPUT_NAME, output_name=OUTPUT_NAME,
         output_kind="probabilities" if loaded.softmax else "logits", batch=opts.batch,
         precision="fp16" if opts.fp16 else "fp32", io_dtype="float32", opset=opts.opset,
-        source_weights=loaded.source, source_sha256=loaded.source_sha256, fp32_onnx_sha256=fp32_sha,
-        versions=tool_versions(),
-        extra={"folded_batchnorms": folded, "simplified": simplified,
+        source_weights=_source_relative_to(loaded, output), source_sha256=loaded.source_sha256,
+        training_dataset=recorded_dataset(loaded.info.get("dataset")), versions=tool_versions(),
+        extra={"folded_batchnorms": folded, "simplified": simplified, **_source_absolute(loaded),
+               **({"converted_from": "the FP32 graph exported from the weights in this run (not saved)"}
+                  if opts.fp16 else {}),
                **({"heldout_accuracy": loaded.info["heldout_accuracy"]} if "heldout_accuracy" in loaded.info else {})},
     )
+    if opts.input_format != "float-nchw":  # raw-pixel input: Cast/scale/normalize as explicit nodes
+        from alexnet_deploy.exporter.input_format import add_pixel_input
+
+        proto, metadata = add_pixel_input(proto, metadata, opts.input_format)
     set_metadata(proto, metadata)
     proto.producer_name, proto.producer_version = "alexnet-deploy", metadata.versions["alexnet_deploy"]
     try:
@@ -170,3 +181,26 @@ def export_onnx(loaded: LoadedModel, output: str | Path, opts: ExportOptions | N
                 raise ParityError(
                     f"exported model disagrees with PyTorch; {output} was not written:\n{report.table()}", report)
     return ExportResult(output, metadata, report, folded, simplified, sha256_bytes(data))
+
+
+def _source_file(loaded: LoadedModel) -> str | None:
+    if loaded.source.startswith("random(") or loaded.source == "imagenet" or not os.path.isfile(loaded.source):
+        return None
+    return os.path.realpath(loaded.source)
+
+
+def _source_relative_to(loaded: LoadedModel, output: Path) -> str:
+    """The weights path as the model file will find it: relative to the model's folder (so the pair can be
+    moved together and used from any working directory), absolute where no relative path exists."""
+    src = _source_file(loaded)
+    if src is None:
+        return loaded.source
+    try:
+        return os.path.relpath(src, os.path.realpath(output.parent))
+    except ValueError:  # another drive (Windows)
+        return src
+
+
+def _source_absolute(loaded: LoadedModel) -> dict:
+    src = _source_file(loaded)
+    return {"source_weights_absolute": src} if src else {}

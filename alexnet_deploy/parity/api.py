@@ -12,10 +12,14 @@ from alexnet_deploy.parity.compare import ParityReport
 
 
 def check_parity(candidate, *, engine: str | None = None, reference: str | None = None,
-                 variant: str | None = None, dataset: str | None = "digits", num_images: int = 360,
+                 variant: str | None = None, dataset: str | None = "auto", num_images: int = 360,
                  random_samples: int = 16, precision: str = "auto", rebuild_if_stale: bool = False,
-                 **tolerances) -> ParityReport:
-    """Run ``candidate`` (ONNX, engine or checkpoint) and its PyTorch FP32 reference; return the report."""
+                 preprocess: str = "default", **tolerances) -> ParityReport:
+    """Run ``candidate`` (ONNX, engine or checkpoint) and its PyTorch FP32 reference; return the report.
+
+    ``dataset``: ``auto`` (the training dataset recorded in the model, or digits for digit / unnamed classes),
+    a dataset spec, or None / ``none`` (random inputs only)."""
+    from alexnet_deploy.fileio import printable_path
     from alexnet_deploy.parity.run import reference_for, run_parity
     from alexnet_deploy.parity.sets import parity_sets
     from alexnet_deploy.parity.tolerances import tolerances_for
@@ -26,11 +30,13 @@ def check_parity(candidate, *, engine: str | None = None, reference: str | None 
     meta = runner.metadata
     prec = meta.precision if precision == "auto" else precision
     tol = tolerances_for(prec, tolerances)
-    ref = TorchRunner(reference_for(meta, reference))
-    sets = parity_sets(meta, dataset, num_images, random_samples)
+    manifest = getattr(runner, "manifest", None) or {}
+    ref = TorchRunner(reference_for(meta, reference, candidate, manifest.get("source_onnx")))
+    # preprocess="stretch": the dataset once more, resized without the crop (DeepStream, jetson-inference)
+    sets = parity_sets(meta, dataset, num_images, random_samples, resize=preprocess)
     with runner, ref:
         report = run_parity(runner, ref, sets, tol, prec)
-    report.candidate = f"{candidate} [{runner.describe()}]"
+    report.candidate = f"{printable_path(candidate)} [{runner.describe()}]"
     return report
 
 

@@ -55,7 +55,7 @@ class ParityReport:
 
     def table(self) -> str:
         cols = ["max_abs", "max_rel", "cosine", "top1_agreement", "top5_overlap", "kl", "nonfinite",
-                "ref_accuracy", "cand_accuracy", "accuracy_delta"]
+                "ref_accuracy_pct", "cand_accuracy_pct", "accuracy_delta_pct"]
         head = ["set", "n", *cols, "gate"]
         rows = [[s.name, str(s.n), *(_fmt(s.metrics.get(c)) for c in cols),
                  ("PASS" if s.passed else "FAIL") + (" (info)" if s.metrics.get("gated") == 0 else "")]
@@ -132,7 +132,7 @@ def output_metrics(ref: np.ndarray, cand: np.ndarray, output_kind: str = "logits
 _GATES = [  # (metric, tolerance field, kind)
     ("max_abs", "max_abs", "max"), ("max_rel", "max_rel", "max"), ("cosine", "min_cosine", "min"),
     ("top1_agreement", "min_top1_agreement", "min"), ("top5_overlap", "min_top5_overlap", "min"),
-    ("kl", "max_kl", "max"), ("accuracy_drop", "max_accuracy_drop", "max"), ("nonfinite", "max_nonfinite", "max"),
+    ("kl", "max_kl", "max"), ("accuracy_drop_pct", "max_accuracy_drop_pct", "max"), ("nonfinite", "max_nonfinite", "max"),
 ]
 
 
@@ -157,8 +157,9 @@ def compare_outputs(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance
         labels = np.asarray(labels)
         ref_acc = float(np.mean(np.argmax(ref, 1) == labels)) * 100
         cand_acc = float(np.mean(np.argmax(np.nan_to_num(cand, nan=-np.inf), 1) == labels)) * 100
-        metrics.update(ref_accuracy=ref_acc, cand_accuracy=cand_acc, accuracy_delta=cand_acc - ref_acc,
-                       accuracy_drop=max(0.0, ref_acc - cand_acc))
+        # units are in the names: *_pct in percent (points for deltas), agreement/overlap as fractions
+        metrics.update(ref_accuracy_pct=ref_acc, cand_accuracy_pct=cand_acc, accuracy_delta_pct=cand_acc - ref_acc,
+                       accuracy_drop_pct=max(0.0, ref_acc - cand_acc))
     failures = gate(metrics, tol)
     if name == "random" and not tol.gate_random_inputs:
         failures = [f for f in failures if f.startswith("nonfinite")]

@@ -3,7 +3,8 @@
 Each metric is either a maximum (``max_*``) or a minimum (``min_*``); ``None`` reports the metric without
 gating on it. ``max_rel`` is the largest elementwise |candidate - reference| / |reference| over the
 elements whose magnitude is at least 1% of their row's largest (near-zero logits carry no signal).
-``max_accuracy_drop`` is in percentage points and applies only to labelled datasets.
+``max_accuracy_drop_pct`` is in percentage points and applies only to labelled datasets; agreement and
+overlap are fractions (0..1). Units are in the names: ``*_pct`` is percent, everything else a fraction.
 Every set is checked for NaN/Inf whatever the precision.
 """
 from __future__ import annotations
@@ -21,13 +22,14 @@ class Tolerances:
     min_top1_agreement: float | None = None
     min_top5_overlap: float | None = None
     max_kl: float | None = None
-    max_accuracy_drop: float | None = None
+    max_accuracy_drop_pct: float | None = None
     max_nonfinite: int = 0
     # INT8 ranges are calibrated on real images; normal noise falls outside them by construction, so for
     # int8 the random-input set is reported but only the real-image sets are gated.
     gate_random_inputs: bool = True
 
     def override(self, items: dict[str, float | None]) -> "Tolerances":
+        items = {_RENAMED.get(k, k): v for k, v in items.items()}
         names = {f.name for f in fields(self)}
         for k in items:
             if k not in names:
@@ -38,13 +40,15 @@ class Tolerances:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+_RENAMED = {"max_accuracy_drop": "max_accuracy_drop_pct"}  # the name before units were spelled out
+
 TOLERANCES: dict[str, Tolerances] = {
     "fp32": Tolerances(max_abs=1e-3, max_rel=1e-3, min_cosine=0.99999, min_top1_agreement=0.99,
-                       min_top5_overlap=0.99, max_kl=1e-5, max_accuracy_drop=0.5),
+                       min_top5_overlap=0.99, max_kl=1e-5, max_accuracy_drop_pct=0.5),
     "fp16": Tolerances(max_abs=None, max_rel=5e-2, min_cosine=0.999, min_top1_agreement=0.995,
-                       min_top5_overlap=0.98, max_kl=1e-3, max_accuracy_drop=0.5),
+                       min_top5_overlap=0.98, max_kl=1e-3, max_accuracy_drop_pct=0.5),
     "int8": Tolerances(max_abs=None, max_rel=None, min_cosine=0.98, min_top1_agreement=0.90,
-                       min_top5_overlap=0.85, max_kl=5e-2, max_accuracy_drop=1.0, gate_random_inputs=False),
+                       min_top5_overlap=0.85, max_kl=5e-2, max_accuracy_drop_pct=1.0, gate_random_inputs=False),
 }
 
 

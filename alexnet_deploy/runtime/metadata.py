@@ -32,6 +32,9 @@ class ModelMetadata:
     source_weights: str = ""
     source_sha256: str = ""
     fp32_onnx_sha256: str = ""  # for derived models (fp16 / int8): the FP32 ONNX they came from
+    # "digits" or the resolved root folder of the dataset the weights were trained on ("" when unknown);
+    # parity, calibration and export checks default to it
+    training_dataset: str = ""
     versions: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # e.g. calibration provenance
 
@@ -42,6 +45,17 @@ class ModelMetadata:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (3, self.preprocessing.crop, self.preprocessing.crop)
+
+    @property
+    def input_dims(self) -> tuple[int, int, int]:
+        """One item of the graph's input: (3, H, W), or (H, W, 3) for raw uint8 NHWC pixels (``input_format``)."""
+        c, h, w = self.input_shape
+        return (h, w, c) if self.input_format == "uint8-nhwc" else (c, h, w)
+
+    @property
+    def input_dtype(self) -> str:
+        """numpy dtype name of the graph's input."""
+        return "uint8" if self.input_format == "uint8-nhwc" else "float32"
 
     def to_props(self) -> dict[str, str]:
         d = asdict(self)
@@ -111,7 +125,9 @@ def onnx_props(path) -> dict[str, str]:
             return {p.key: p.value for p in model.metadata_props}
         import onnxruntime as ort
 
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        from alexnet_deploy.fileio import native_path_or_bytes
+
+        sess = ort.InferenceSession(native_path_or_bytes(path), providers=["CPUExecutionProvider"])
         return dict(sess.get_modelmeta().custom_metadata_map)
     except FileNotFoundError:
         raise ModelLoadError(f"model not found: {path}") from None

@@ -45,6 +45,27 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 2
     return correct / max(1, len(x))
 
 
+def model_for_dataset(variant: str | None, weights: str, train_set: ImageDataset, seed: int = 0) -> LoadedModel:
+    """The model to train on ``train_set``: random weights get the dataset's classes; a checkpoint to fine-tune
+    must have the same class names (or unnamed classes of the same count) so its outputs keep their meaning."""
+    from alexnet_deploy.data.datasets import labels_for_model
+    from alexnet_deploy.models.weights import load_model
+
+    names = list(train_set.class_names)
+    if weights == "random":
+        return load_model(variant, weights, num_classes=len(names), seed=seed, class_names=names)
+    loaded = load_model(variant, weights, seed=seed)
+    if loaded.class_names != names:
+        if loaded.num_classes != len(names):
+            raise DatasetError(f"{weights} has {loaded.num_classes} classes but the dataset {len(names)} "
+                               f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); train from --weights random")
+        if labels_for_model(train_set, loaded.class_names) is not None:  # raises for other class names
+            raise DatasetError(f"the dataset's classes are in another order than {weights}'s; "
+                               "rename the class folders or train from --weights random")
+        loaded.class_names = names  # unnamed classes take the dataset's names
+    return loaded
+
+
 def train(loaded: LoadedModel, train_set: ImageDataset, heldout: ImageDataset, cfg: TrainConfig,
           output: str | Path | None = None, progress: bool = True) -> TrainResult:
     """Train ``loaded.model`` in place; write a checkpoint to ``output`` (atomically) when given."""
@@ -107,7 +128,7 @@ def train(loaded: LoadedModel, train_set: ImageDataset, heldout: ImageDataset, c
     result = TrainResult(history[-1]["heldout_accuracy"], history[-1]["train_accuracy"], history,
                          time.perf_counter() - start)
     loaded.info.update(
-        heldout_accuracy=result.heldout_accuracy, dataset=train_set.name, epochs=cfg.epochs,
+        heldout_accuracy=result.heldout_accuracy, dataset=train_set.root or train_set.name, epochs=cfg.epochs,
         train_config=dict(vars(cfg)), heldout_size=len(heldout),
     )
     loaded.class_names = list(train_set.class_names)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alexnet_deploy.errors import InferenceError
+from alexnet_deploy.errors import InferenceError, ModelLoadError
 from alexnet_deploy.runtime.metadata import ModelMetadata
 
 
@@ -53,7 +53,29 @@ class Runner:
         if not self.is_active:
             raise InferenceError(f"{self.engine} runner is not active; call activate() or use it in a with block")
         x = self.check_inputs(inputs)
-        return np.asarray(self.infer_impl(x), dtype=np.float32)
+        out = np.asarray(self.infer_impl(x), dtype=np.float32)
+        if out.shape != (len(x), self.metadata.num_classes):
+            raise InferenceError(f"the model returned shape {out.shape} for a batch of {len(x)}, not "
+                                 f"({len(x)}, {self.metadata.num_classes}) ({self._classes_source()})")
+        return out
+
+    def check_output_shape(self, shape, where: str) -> None:
+        """At activation: the model's declared output must be (N, num_classes) as its metadata (or --variant)
+        says; a foreign model (a feature map, another class count) is refused in one line."""
+        n = self.metadata.num_classes
+        dims = "(" + ", ".join(d if isinstance(d, str) else "?" if d is None else str(d) for d in shape) + ")"
+        if len(shape) != 2:
+            raise ModelLoadError(f"{where} outputs shape {dims}, not (N, {n}): not a classifier alexnet-deploy "
+                                 "can run (its output must be one row of class scores per image)")
+        if isinstance(shape[1], int) and shape[1] != n:
+            raise ModelLoadError(f"{where} outputs {shape[1]} classes but {self._classes_source()}; "
+                                 "give the matching --variant / --num-classes or re-export the model")
+
+    def _classes_source(self) -> str:
+        m = self.metadata
+        named = m.source_weights.startswith("unknown (defaults")
+        return (f"variant {m.variant!r} has {m.num_classes}" if named
+                else f"its metadata lists {m.num_classes} class names")
 
     def infer_batches(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Any number of images: chunks within the model's batch range, a short last chunk padded for
@@ -76,6 +98,9 @@ class Runner:
             inputs = inputs[spec.name]
         x = np.asarray(inputs)
         if x.dtype != spec.dtype:
+            if spec.dtype == np.uint8:  # raw-pixel model: never cast normalized floats to bytes
+                raise InferenceError(f"input {spec.name!r} takes uint8 RGB pixels (N, H, W, 3), got {x.dtype}; "
+                                     "build the batch with runtime.preprocess.model_batch")
             if x.dtype.kind != "f":
                 raise InferenceError(f"input {spec.name!r} must be floating point ({spec.dtype}), got {x.dtype}")
             x = x.astype(spec.dtype)

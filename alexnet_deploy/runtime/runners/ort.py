@@ -7,6 +7,7 @@ import numpy as np
 
 from alexnet_deploy.deps import require
 from alexnet_deploy.errors import InferenceError, MissingDependencyError, ModelLoadError
+from alexnet_deploy.fileio import native_path_or_bytes, printable_path
 from alexnet_deploy.runtime.metadata import ModelMetadata
 from alexnet_deploy.runtime.runners.base import Runner, TensorSpec
 
@@ -15,7 +16,8 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+           "tensor(uint8)": np.uint8}  # uint8: raw-pixel models (--input-format uint8-nhwc)
 
 
 class OrtRunner(Runner):
@@ -55,10 +57,14 @@ class OrtRunner(Runner):
         if self.requested != "cpu":  # nodes the GPU provider lacks may run on CPU; the main provider is checked
             providers.append(("CPUExecutionProvider", {}))
         try:
-            self.session = ort.InferenceSession(self.path, sess_options=so, providers=providers)
+            # a path that is not valid UTF-8 cannot reach ORT's C++ constructor: hand it the bytes instead
+            self.session = ort.InferenceSession(native_path_or_bytes(self.path), sess_options=so,
+                                                providers=providers)
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read {printable_path(self.path)}: {exc.strerror}") from None
         except Exception as exc:  # ORT raises its own exception types
             msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"ONNX Runtime cannot load {self.path}: {msg}") from None
+            raise ModelLoadError(f"ONNX Runtime cannot load {printable_path(self.path)}: {msg}") from None
         used = self.session.get_providers()
         if used[0] != wanted:
             raise InferenceError(f"ONNX Runtime fell back to {used[0]} instead of {wanted}; refusing to run")
@@ -68,7 +74,9 @@ class OrtRunner(Runner):
         self.input_spec = TensorSpec(inp.name, shape, np.dtype(_DTYPES.get(inp.type, np.float32)))
         if shape and shape[0] is not None:
             self.min_batch = self.max_batch = shape[0]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        outputs = self.session.get_outputs()
+        self.output_names = [o.name for o in outputs]
+        self.check_output_shape(list(outputs[0].shape), printable_path(self.path))
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
         try:

@@ -14,6 +14,7 @@ def metadata_of(loaded) -> ModelMetadata:
         variant=loaded.variant, class_names=list(loaded.class_names), preprocessing=loaded.preprocessing,
         output_kind="probabilities" if loaded.softmax else "logits",
         source_weights=loaded.source, source_sha256=loaded.source_sha256,
+        training_dataset=str(loaded.info.get("dataset", "")),
     )
 
 
