@@ -12,7 +12,8 @@ from alexnet_deploy.cli.export import export_group as export_main
 from alexnet_deploy.cli.parity import parity_cmd as parity_main
 from alexnet_deploy.cli.predict import predict_cmd as predict_main
 from alexnet_deploy.cli.serve import serve_cmd as serve_main
+from alexnet_deploy.cli.stream import stream_cmd as stream_main
 from alexnet_deploy.cli.train import train_cmd as train_main
 
 __all__ = ["bench_main", "calibrate_main", "demo_main", "deploy_main", "export_main", "parity_main", "predict_main",
-           "serve_main", "train_main"]
+           "serve_main", "stream_main", "train_main"]

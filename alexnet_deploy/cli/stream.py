@@ -1,0 +1,167 @@
+"""`alexnet-stream` command: classify a video file, camera, network stream or image sequence frame by frame."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+
+import click
+
+from alexnet_deploy.cli.common import _handle_errors, _setup_logging
+from alexnet_deploy.errors import UserInputError
+
+SOURCE_HELP = """Classify SOURCE frame by frame with MODEL (.onnx or a TensorRT engine).
+
+\b
+SOURCE is one of:
+  images, folders or globs      photo.jpg  frames/  'shots/*.png'
+  a video file                  clip.mp4  clip.mkv  clip.avi ...
+  a V4L2 camera                 /dev/video0  (or just 0)
+  a network stream              rtsp://host/path  http://host/feed.mjpg  udp://...
+  a Jetson CSI camera           csi://0  (csi://0?width=1920&height=1080&fps=30&flip=2)
+  a GStreamer pipeline          'v4l2src ! videoconvert ! appsink'  (OpenCV built with GStreamer)
+
+Prints one JSON line per frame (top-k, timestamps, per-stage latency) and a summary on stderr. Cameras and
+streams drop the oldest frames when inference falls behind (counted); files never drop. Ctrl-C or SIGTERM
+stops cleanly: the --output video is finalized and playable, the summary printed (exit status 128 + signal).
+"""
+
+
+@click.command(help=SOURCE_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path())
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option("--engine", default=None, help="ort | ort-cuda | ort-trt | trt (default: from MODEL).")
+@click.option("--variant", default=None, help="Variant defaults for an ONNX model without alexnet-deploy metadata.")
+@click.option("--batch", type=click.IntRange(min=1, max=1024), default=1, show_default=True,
+              help="Classify up to N frames per inference (files wait for N; live sources take what is there).")
+@click.option("--top-k", "-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--max-fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Files: pace to this rate. Live sources: skip frames above it (counted as skipped).")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this many seconds.")
+@click.option("--output", "-o", type=click.Path(), default=None,
+              help="Annotated video (.mp4 .mkv .mov .avi): label, score and FPS drawn on each frame.")
+@click.option("--codec", default=None, help="Encoder for --output (default: libx264, else mpeg4).")
+@click.option("--jsonl", default="-", show_default=True, help="JSON lines file; '-' is stdout, 'none' turns them off.")
+@click.option("--summary", "summary_path", type=click.Path(), default=None, help="Also write the summary as JSON.")
+@click.option("--live/--no-live", default=None,
+              help="Force the drop policy: --live drops the oldest frames when inference falls behind (the "
+                   "default for cameras and streams), --no-live never drops (the default for files).")
+@click.option("--input-option", "input_options", multiple=True, metavar="KEY=VALUE",
+              help="FFmpeg option for opening the source, e.g. video_size=1280x720, input_format=mjpeg, "
+                   "framerate=30, rtsp_transport=udp (repeatable).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Seconds to wait for a camera or stream to open, and for each read.")
+@click.option("--rebuild-if-stale", is_flag=True, help="Engines: rebuild from the recorded ONNX when stale.")
+@click.option("--progress/--no-progress", default=None, help="Progress display (default: when stderr is a terminal).")
+@_handle_errors
+def stream_cmd(model, sources, engine, variant, batch, top_k, max_fps, max_frames, duration_s, output, codec,
+               jsonl, summary_path, live, input_options, timeout_s, rebuild_if_stale, progress):
+    _setup_logging()
+    from alexnet_deploy.fileio import atomic_write_json, check_writable
+    from alexnet_deploy.runtime.runners.factory import open_runner
+    from alexnet_deploy.stream.pipeline import StreamOptions, StreamPipeline
+    from alexnet_deploy.stream.sinks import JsonLinesSink, VideoSink, container_for
+    from alexnet_deploy.stream.sources import open_source, parse_source
+
+    if engine in ("torch", "torch-cuda"):
+        raise UserInputError("alexnet-stream runs exported models (ort, ort-cuda, ort-trt, trt); "
+                             "export the checkpoint with alexnet-export onnx first")
+    jsonl_path = None if jsonl.strip().lower() in ("", "none") else jsonl
+    spec = parse_source(sources, live=live)
+    _refuse_overwriting_inputs([model, *spec.input_paths],
+                               {"--output": output, "--jsonl": jsonl_path if jsonl_path != "-" else None,
+                                "--summary": summary_path})
+    if output:
+        container_for(output, codec)  # unknown suffix or encoder: say so before loading anything
+    if summary_path:
+        check_writable(summary_path)
+    options = _key_values(input_options)
+    runner = open_runner(model, engine, variant=variant, rebuild_if_stale=rebuild_if_stale)
+    source = open_source(spec, options=options, timeout_s=timeout_s)
+    video = records = None
+    try:
+        video = VideoSink(output, fps=max_fps or source.rate, codec=codec) if output else None
+        records = JsonLinesSink(jsonl_path) if jsonl_path else None
+        pipeline = StreamPipeline(
+            source, runner,
+            StreamOptions(batch=batch, top_k=top_k, max_fps=max_fps, max_frames=max_frames, duration_s=duration_s),
+            video=video, on_record=records.write if records else None,
+            progress=sys.stderr.isatty() if progress is None else progress)
+        with _signals_as_interrupt() as received:
+            result = pipeline.run()
+    finally:
+        source.close()
+        if records is not None:
+            records.close()
+        if video is not None and video.tmp_path.exists():  # never ran (an error before the pipeline started)
+            video.close(keep=False)
+    stats = result.stats
+    click.echo(stats.format(), err=True)
+    if output:
+        if result.video_kept:
+            click.echo(f"annotated video: {output} ({video.frames} frames, {video.codec})", err=True)
+        else:
+            click.echo(f"no video written to {output} (no frame was classified)", err=True)
+    if summary_path:
+        atomic_write_json(summary_path, stats.to_dict() | {"model": str(model), "output": output,
+                                                           "video_frames": video.frames if video else None})
+    if result.error is not None:
+        raise result.error
+    if result.interrupted:
+        sys.exit(128 + (received[0] if received else signal.SIGINT))
+
+
+def _key_values(items) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserInputError(f"--input-option {item!r}: expected KEY=VALUE, e.g. video_size=1280x720")
+        out[key.strip()] = value
+    return out
+
+
+def _refuse_overwriting_inputs(inputs, outputs: dict) -> None:
+    """An output that is one of the inputs (or another output) is refused before any work."""
+    def same(a, b) -> bool:
+        if os.path.realpath(a) == os.path.realpath(b):
+            return True
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            return False
+
+    named = [(opt, path) for opt, path in outputs.items() if path]
+    for i, (opt, path) in enumerate(named):
+        for src in inputs:
+            if same(path, src):
+                raise UserInputError(f"{opt} {path} is one of the inputs; choose another path")
+        for other_opt, other in named[:i]:
+            if same(path, other):
+                raise UserInputError(f"{opt} and {other_opt} are the same file ({path})")
+
+
+@contextlib.contextmanager
+def _signals_as_interrupt():
+    """SIGTERM and SIGHUP end the stream as Ctrl-C does (finalized video, summary) unless someone already
+    handles them; yields a list that holds the number of the signal that arrived."""
+    received: list[int] = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum, _frame):
+            received[:] = [signum]
+            raise KeyboardInterrupt
+
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
+                previous[sig] = signal.signal(sig, handler)
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
