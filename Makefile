@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean check-aarch64
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 needed")'
@@ -20,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The runtime on aarch64 (Jetson's CPU) under qemu-user in a cached Debian arm64 root; needs root and
+# network access to Debian and PyPI (see scripts/check_aarch64.sh and the README's Jetson section).
+check-aarch64: $(STAMP)
+	PYTHON=$(abspath $(PY)) bash scripts/check_aarch64.sh
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache

@@ -74,9 +74,28 @@ def library_versions() -> dict:
     return versions
 
 
+def emulation() -> str | None:
+    """'qemu-user' when this is a non-x86 process run by QEMU's user-mode emulator on an x86 host (e.g. the
+    aarch64 check of ``make check-aarch64``): its timings say nothing about a real device. qemu-user passes
+    the host's /proc/cpuinfo through, and the emulator is registered in binfmt_misc."""
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i386", "i686"):
+        return None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpuinfo = f.read()
+    except OSError:
+        cpuinfo = ""
+    if any(k in cpuinfo for k in ("GenuineIntel", "AuthenticAMD", "vendor_id")) or os.path.exists(
+            f"/proc/sys/fs/binfmt_misc/qemu-{machine}"):
+        return "qemu-user"
+    return None
+
+
 def machine_info(threads: int | None) -> dict:
     return {
         "cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+        "machine": platform.machine(), "emulated": emulation(),
         "threads": threads, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         **gpu_info(), **jetson_info(), "versions": library_versions(),
     }

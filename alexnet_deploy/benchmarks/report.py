@@ -51,6 +51,7 @@ def table(result: dict) -> str:
     m = result["machine"]
     lines = [f"machine: {m.get('cpu')} ({m.get('cores')} cores), threads {m.get('threads') or 'default'}"
              + (f", GPU {m['gpu']} (driver {m.get('driver')})" if m.get("gpu") else "")
+             + (f", EMULATED {m.get('machine')} ({m['emulated']}): not the device's speed" if m.get("emulated") else "")
              + (f", measured CPU peak {result['peak_gflops']:.1f} GFLOP/s" if result.get("peak_gflops") else ""),
              fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)]
     single = [r for r in result["rows"] if r.get("batch") == 1 and r.get("p90_ms") is not None]

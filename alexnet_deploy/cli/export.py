@@ -117,9 +117,12 @@ def export_trt_cmd(model, output, precision, library, min_batch, opt_batch, max_
     refuse_overlapping_paths(inputs={"the model": model, "--calib-dataset": calib_dataset},
                              outputs={"--output": output, "the manifest": manifest_path(output),
                                       "--timing-cache": timing_cache, "--calib-cache": calib_cache, **derived})
-    opts = TrtBuildOptions(precision, library, min_batch, opt_batch, max_batch, workspace_mb, timing_cache, dla_core,
-                           version_compatible, hardware_compatibility, compute_capability, calib_dataset, calib_images,
-                           calib_cache, calib_algorithm, force_cache)
+    opts = TrtBuildOptions(precision=precision, library=library, min_batch=min_batch, opt_batch=opt_batch,
+                           max_batch=max_batch, workspace_mb=workspace_mb, timing_cache=timing_cache, dla_core=dla_core,
+                           version_compatible=version_compatible, hardware_compatibility=hardware_compatibility,
+                           compute_capability=compute_capability, calib_dataset=calib_dataset,
+                           calib_images=calib_images, calib_cache=calib_cache, calib_algorithm=calib_algorithm,
+                           force_cache=force_cache)
     build_engine(model, output, opts, echo=click.echo)
 
 

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# make check-aarch64: prove the torch-free runtime on aarch64 (the CPU of every Jetson) on an x86 machine.
+#
+# Builds (once, then cached) a Debian bookworm arm64 root with debootstrap, runs it under qemu-user-static
+# through binfmt_misc, installs '.[runtime,serve]' (+ [stream] when the project has it) there from PyPI's
+# aarch64 wheels, and checks, against the same model run by x86 ONNX Runtime on this host:
+#   1. alexnet-predict (FP32 and INT8 QDQ): logits within 1e-4 of x86's, same top-1, same JSON labels
+#   2. alexnet-stream on a short video: same per-frame top-1 as on x86 (skipped, saying why, without [stream])
+#   3. alexnet-bench --engine ort: runs, and its output is marked emulated
+#   4. alexnet-serve: one classify request answered with the same label as alexnet-predict
+# Needs root (debootstrap, chroot, mount) and network access to Debian and PyPI. Exits non-zero on the first
+# failure with one line saying what failed; prints the time each stage took.
+#
+# Environment: AARCH64_CACHE (default /var/cache/alexnet-deploy/aarch64: the arm64 root with pip's cache),
+# DEBIAN_MIRROR, PYTHON (the host venv's python, for exporting the model and the x86 reference), KEEP=1 keeps
+# the work folder.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${AARCH64_CACHE:-/var/cache/alexnet-deploy/aarch64}
+MIRROR=${DEBIAN_MIRROR:-}  # empty: debootstrap's default Debian mirror
+SUITE=bookworm
+HOST_PY=${PYTHON:-$REPO/.venv/bin/python}
+HOST_BIN=$(dirname "$HOST_PY")
+ROOT=$CACHE/bookworm-arm64  # holds .alexnet-deploy-root once debootstrap finished
+START=$(date +%s)
+STAGE_START=$START
+TIMINGS=()
+
+die() { echo "check-aarch64: FAILED: $*" >&2; exit 1; }
+stage() {  # stage NAME: close the previous stage's timer
+    local now; now=$(date +%s)
+    TIMINGS+=("$(printf '%-34s %5ss' "$1" $((now - STAGE_START)))")
+    echo "check-aarch64: $1 done in $((now - STAGE_START)) s"
+    STAGE_START=$now
+}
+
+[ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot and mount); run: sudo make check-aarch64"
+[ "$(uname -m)" = x86_64 ] || die "meant for an x86_64 host (on an aarch64 machine, just pip install and run the tests)"
+[ -x "$HOST_PY" ] || die "no host Python at $HOST_PY; run make install first (or set PYTHON=)"
+# onnxruntime's cpuinfo complains on every start without /sys (see below): keep those lines off the output
+exec 2> >(grep --line-buffered -v -e '^Error in cpuinfo' -e 'cpuinfo_initialize failed' -e 'cpuid_info warning' >&2)
+
+# ---------------------------------------------------------------------------------------------- host tools
+if ! command -v debootstrap >/dev/null || ! command -v update-binfmts >/dev/null \
+        || ! [ -e /usr/bin/qemu-aarch64-static ]; then
+    echo "check-aarch64: installing debootstrap qemu-user-static binfmt-support (apt-get)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        debootstrap qemu-user-static binfmt-support >/dev/null || die "apt-get install debootstrap qemu-user-static binfmt-support"
+fi
+if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || die "cannot mount binfmt_misc (a container needs --privileged)"
+fi
+update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+grep -q enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null \
+    || die "qemu-aarch64 is not registered in binfmt_misc (update-binfmts --enable qemu-aarch64)"
+stage "host tools + binfmt_misc"
+
+# ----------------------------------------------------------------------------------- arm64 root (cached)
+mkdir -p "$CACHE"
+if [ ! -e "$ROOT/.alexnet-deploy-root" ]; then
+    [ -e "$ROOT" ] && die "$ROOT exists but is not a finished root of this script; remove it or set AARCH64_CACHE"
+    [ -e "$ROOT.tmp" ] && { [ -e "$ROOT.tmp/debootstrap" ] || [ -e "$ROOT.tmp/.alexnet-deploy-partial" ]; } \
+        && rm -rf --one-file-system "$ROOT.tmp"
+    [ -e "$ROOT.tmp" ] && die "$ROOT.tmp is in the way and is not a half-built root of this script"
+    mkdir -p "$ROOT.tmp" && touch "$ROOT.tmp/.alexnet-deploy-partial"
+    echo "check-aarch64: debootstrap --arch=arm64 $SUITE (a few minutes under emulation; cached in $CACHE)"
+    debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,ca-certificates \
+        "$SUITE" "$ROOT.tmp" $MIRROR >"$CACHE/debootstrap.log" 2>&1 \
+        || { tail -5 "$CACHE/debootstrap.log" >&2; die "debootstrap (log: $CACHE/debootstrap.log)"; }
+    rm -f "$ROOT.tmp/.alexnet-deploy-partial" && touch "$ROOT.tmp/.alexnet-deploy-root"
+    mv "$ROOT.tmp" "$ROOT"
+    stage "debootstrap arm64 root"
+else
+    stage "arm64 root (cached)"
+fi
+[ "$(chroot "$ROOT" uname -m)" = aarch64 ] || die "the root does not run as aarch64"
+
+WORK=$(mktemp -d "$ROOT/tmp/check.XXXXXX")
+INNER=${WORK#"$ROOT"}  # the same folder as seen inside the root
+SERVER_PID=""
+cleanup() {
+    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+    mountpoint -q "$ROOT/proc" && umount "$ROOT/proc"
+    [ "${KEEP:-0}" = 1 ] && echo "check-aarch64: kept $WORK" || rm -rf --one-file-system "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+# /proc only: bind-mounting the host's /sys makes onnxruntime segfault at import (its cpuinfo reads the
+# host's x86 topology). No /dev bind mount either (a forgotten one turns a later rm -rf of the cache into a
+# wipe of the host's /dev): debootstrap made the few device nodes Python and pip use.
+mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
+for node in null zero random urandom; do [ -c "$ROOT/dev/$node" ] || die "$ROOT/dev/$node is missing"; done
+# Name resolution, the host's CA bundle (it may hold a proxy's CA) and pip's configuration, so that pip
+# inside reaches the same registry as pip here.
+cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+CA=$(for f in "${PIP_CERT:-}" "${REQUESTS_CA_BUNDLE:-}" "${SSL_CERT_FILE:-}" /etc/ssl/certs/ca-certificates.crt; do
+        [ -n "$f" ] && [ -f "$f" ] && echo "$f" && break; done)
+[ -n "$CA" ] && cp -L "$CA" "$ROOT/etc/ssl/host-ca-bundle.crt"
+[ -f /etc/pip.conf ] && cp -L /etc/pip.conf "$ROOT/etc/pip.conf"
+[ -d /etc/xdg/pip ] && mkdir -p "$ROOT/etc/xdg" && rm -rf "$ROOT/etc/xdg/pip" && cp -rL /etc/xdg/pip "$ROOT/etc/xdg/pip"
+for f in "$HOME/.config/pip/pip.conf" "$HOME/.pip/pip.conf"; do
+    [ -f "$f" ] && install -D -m 644 "$f" "$ROOT/root/${f#"$HOME"/}"
+done
+ENV=(HOME=/root LANG=C.UTF-8 PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
+     PIP_CACHE_DIR=/var/cache/pip)  # kept in the cached root: later runs download nothing
+[ -n "$CA" ] && ENV+=(PIP_CERT=/etc/ssl/host-ca-bundle.crt SSL_CERT_FILE=/etc/ssl/host-ca-bundle.crt)
+while IFS='=' read -r k v; do [[ $k == PIP_* && $k != PIP_CERT ]] && ENV+=("$k=$v"); done < <(env)
+inside() { chroot "$ROOT" /usr/bin/env -i "${ENV[@]}" "$@"; }
+
+# ------------------------------------------------------------------------- the project, installed inside
+rm -rf --one-file-system "$ROOT/src" && mkdir -p "$ROOT/src"
+(cd "$REPO" && git ls-files -co --exclude-standard -z | tar --null -T - --ignore-failed-read -cf - 2>/dev/null) \
+    | tar -xf - -C "$ROOT/src"
+EXTRAS=runtime,serve
+STREAM_SKIP=""
+if grep -q '^stream *=' "$REPO/pyproject.toml" && [ -d "$REPO/alexnet_deploy/stream" ]; then
+    EXTRAS+=,stream
+else
+    STREAM_SKIP="alexnet-stream not in this tree yet (no [stream] extra / alexnet_deploy/stream)"
+fi
+rm -rf --one-file-system "$ROOT/opt/venv"
+inside python3 -m venv /opt/venv || die "python3 -m venv inside the root"
+inside /opt/venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+inside /opt/venv/bin/pip install -q "/src[$EXTRAS]" >"$WORK/pip.log" 2>&1 \
+    || { tail -15 "$WORK/pip.log" >&2; die "pip install '.[$EXTRAS]' inside the arm64 root"; }
+inside /opt/venv/bin/python -c 'import torch' 2>/dev/null && die "torch ended up in the runtime install"
+inside /opt/venv/bin/python -c 'import platform, onnxruntime; print("aarch64 runtime:", platform.machine(), "onnxruntime", onnxruntime.__version__)'
+stage "pip install .[$EXTRAS] (aarch64)"
+
+# ------------------------------------------------------------------- models and inputs, made on the host
+"$HOST_BIN/alexnet-export" onnx --variant cifar10 --weights random --seed 0 -o "$WORK/c10.onnx" >"$WORK/export.log" 2>&1 \
+    || { tail -5 "$WORK/export.log" >&2; die "alexnet-export onnx on the host"; }
+"$HOST_BIN/alexnet-calibrate" "$WORK/c10.onnx" -o "$WORK/c10-int8.onnx" --dataset digits --num-images 64 \
+    --eval-images 64 >"$WORK/calibrate.log" 2>&1 || { tail -5 "$WORK/calibrate.log" >&2; die "alexnet-calibrate on the host"; }
+"$HOST_PY" "$REPO/scripts/aarch64_reference.py" inputs "$WORK" || die "writing the test images/video on the host"
+for m in c10 c10-int8; do
+    "$HOST_PY" "$REPO/scripts/aarch64_reference.py" logits "$WORK/$m.onnx" "$WORK/images" "$WORK/$m.x86.json" \
+        || die "x86 reference logits for $m"
+done
+stage "export + calibrate + x86 reference (host)"
+
+# ------------------------------------------------------------------------------------ 1. alexnet-predict
+for m in c10 c10-int8; do
+    inside alexnet-predict "$INNER/$m.onnx" "$INNER/images" --top-k 10 --json >"$WORK/$m.predict.arm64.json" \
+        || die "alexnet-predict $m.onnx on aarch64"
+    inside python /src/scripts/aarch64_reference.py logits "$INNER/$m.onnx" "$INNER/images" "$INNER/$m.arm64.json" || die "aarch64 logits for $m"
+    "$HOST_PY" "$REPO/scripts/aarch64_reference.py" compare "$WORK/$m.x86.json" "$WORK/$m.arm64.json" \
+        "$WORK/$m.predict.arm64.json" || die "$m: aarch64 logits differ from x86's"
+done
+stage "alexnet-predict fp32 + int8 (aarch64)"
+
+# ------------------------------------------------------------------------------------- 2. alexnet-stream
+if [ -z "$STREAM_SKIP" ]; then
+    "$HOST_BIN/alexnet-stream" "$WORK/c10.onnx" "$WORK/digits.mkv" --jsonl "$WORK/stream.x86.jsonl" \
+        --no-progress >/dev/null 2>"$WORK/stream.x86.err" || { cat "$WORK/stream.x86.err" >&2; die "alexnet-stream on x86"; }
+    inside alexnet-stream "$INNER/c10.onnx" "$INNER/digits.mkv" --jsonl "$INNER/stream.arm64.jsonl" \
+        --output "$INNER/annotated.mp4" --no-progress >/dev/null 2>"$WORK/stream.arm64.err" \
+        || { cat "$WORK/stream.arm64.err" >&2; die "alexnet-stream on aarch64"; }
+    tail -3 "$WORK/stream.arm64.err"
+    "$HOST_PY" "$REPO/scripts/aarch64_reference.py" compare-stream "$WORK/stream.x86.jsonl" \
+        "$WORK/stream.arm64.jsonl" "$WORK/annotated.mp4" || die "alexnet-stream: aarch64 frames differ from x86's"
+    stage "alexnet-stream video (aarch64)"
+else
+    echo "check-aarch64: SKIPPED alexnet-stream: $STREAM_SKIP"
+fi
+
+# -------------------------------------------------------------------------------------- 3. alexnet-bench
+inside alexnet-bench "$INNER/c10.onnx" --engine ort --batch-sizes 1,8 --duration-s 2 --warmup-ms 200 \
+    --no-roofline --json "$INNER/bench.json" | tee "$WORK/bench.txt" || die "alexnet-bench on aarch64"
+grep -q "EMULATED" "$WORK/bench.txt" || die "alexnet-bench did not mark its rows emulated"
+"$HOST_PY" -c 'import json, sys; m = json.load(open(sys.argv[1]))["machine"]; assert m.get("emulated") == "qemu-user", m' \
+    "$WORK/bench.json" || die "bench JSON lacks machine.emulated"
+stage "alexnet-bench --engine ort (aarch64)"
+
+# -------------------------------------------------------------------------------------- 4. alexnet-serve
+PORT=$("$HOST_PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+inside alexnet-serve "$INNER/c10.onnx" --host 127.0.0.1 --port "$PORT" >"$WORK/serve.log" 2>&1 &
+SERVER_PID=$!
+"$HOST_PY" "$REPO/scripts/aarch64_reference.py" serve "http://127.0.0.1:$PORT" "$WORK/images" \
+    "$WORK/c10.predict.arm64.json" 180 || { tail -5 "$WORK/serve.log" >&2; die "alexnet-serve request on aarch64"; }
+kill -TERM "$SERVER_PID" && wait "$SERVER_PID" 2>/dev/null || true
+SERVER_PID=""
+stage "alexnet-serve request (aarch64)"
+
+echo
+echo "check-aarch64: PASSED on $(date -u +%Y-%m-%d) in $(( $(date +%s) - START )) s ($(nproc) cores)"
+printf '  %s\n' "${TIMINGS[@]}"
+[ -n "$STREAM_SKIP" ] && echo "  (alexnet-stream skipped: $STREAM_SKIP)"
+exit 0

@@ -1,0 +1,121 @@
+"""The [build] extra: alexnet-calibrate and alexnet-export trt (and --rebuild-if-stale) on a device that has
+onnx, onnxruntime and a TensorRT builder but no torch (a Jetson beside JetPack's TensorRT). Each command runs in
+a subprocess with torch and the other [export]-only packages blocked, as tests/test_runtime.py does."""
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# What `pip install 'alexnet-deploy[build]'` does not bring (torch and the rest of [export]).
+NOT_IN_BUILD = ("torch", "torchvision", "onnxsim", "safetensors", "sklearn", "scipy")
+
+
+def _run_without_torch(code: str) -> subprocess.CompletedProcess:
+    prelude = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {NOT_IN_BUILD!r}:
+                    raise ModuleNotFoundError("No module named " + repr(name), name=name)
+        sys.meta_path.insert(0, Block())
+        from click.testing import CliRunner
+        def run(cmd, *args):
+            r = CliRunner().invoke(cmd, [str(a) for a in args])
+            print(json.dumps([r.exit_code, r.stdout, r.stderr]))
+        import json
+    """)
+    epilogue = '\nprint(json.dumps(["loaded", sorted(m for m in sys.modules if m.split(".")[0] in %r)]))\n' % (
+        NOT_IN_BUILD,)
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code) + epilogue],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _results(out: subprocess.CompletedProcess) -> list:
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("[")]
+    assert rows[-1] == ["loaded", []], f"torch-only modules were imported: {rows[-1]}"
+    return rows[:-1]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """A small ImageFolder tree (digits as PNG files), the kind of data a device user calibrates on."""
+    from alexnet_deploy.data.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("imagefolder")
+    ds = load_digits("train")
+    for i in range(100):
+        folder = root / ds.class_names[ds.labels[i]]
+        folder.mkdir(exist_ok=True)
+        ds.image(i).save(folder / f"{i}.png")
+    return root
+
+
+def test_build_extras_are_declared_without_torch():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    names = {k: {r.split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip() for r in v}
+             for k, v in extras.items()}
+    assert {"onnx", "onnxruntime"} <= names["build"] and not names["build"] & {"torch", "torchvision"}
+    # onnxruntime and onnxruntime-gpu both install the `onnxruntime` module: never both from one extra
+    assert "onnxruntime-gpu" in names["gpu"] and "cuda-python" in names["gpu"]
+    assert not names["gpu"] & {"onnxruntime", "alexnet-deploy"}
+    assert "tensorrt" in names["trt"]
+    assert any("build" in r for r in extras["dev"] if r.startswith("alexnet-deploy["))
+
+
+def test_calibrate_without_torch(digits_onnx, image_folder, tmp_path):
+    out = _run_without_torch(f"""
+        from alexnet_deploy.cli import calibrate_main
+        run(calibrate_main, {str(digits_onnx)!r}, "-o", {str(tmp_path / "int8.onnx")!r}, "--dataset",
+            {str(image_folder)!r}, "--num-images", 64, "--eval-images", 20)
+        run(calibrate_main, {str(digits_onnx)!r}, "-o", {str(tmp_path / "d.onnx")!r}, "--dataset", "digits")
+    """)
+    (code, stdout, stderr), (code2, _, stderr2) = _results(out)
+    assert code == 0, stderr
+    assert "chosen: " in stdout and (tmp_path / "int8.onnx").stat().st_size > 100_000
+    # the embedded digits need scikit-learn, which [build] leaves out: one line naming the package
+    assert code2 != 0 and len(stderr2.strip().splitlines()) == 1
+    assert "scikit-learn" in stderr2 and not (tmp_path / "d.onnx").exists()
+
+    from alexnet_deploy.runtime.metadata import read_onnx_metadata
+
+    meta = read_onnx_metadata(tmp_path / "int8.onnx")
+    assert meta.precision == "int8" and meta.extra["calibration"]["num_images"] == 64
+
+
+@pytest.mark.trt
+def test_export_trt_and_rebuild_without_torch(digits_onnx, image_folder, tmp_path):
+    from alexnet_deploy.runtime.trt_library import manifest_path
+
+    plans = {p: tmp_path / f"c10-{p}.plan" for p in ("fp32", "fp16", "int8")}
+    stale = tmp_path / "stale.plan"
+    img = next(image_folder.rglob("*.png"))
+    out = _run_without_torch(f"""
+        import json, shutil
+        from alexnet_deploy.cli import export_main, predict_main
+        plans = {({k: str(v) for k, v in plans.items()})!r}
+        for p, path in plans.items():
+            run(export_main, "trt", {str(digits_onnx)!r}, "-o", path, "--precision", p, "--max-batch", 4,
+                "--calib-dataset", {str(image_folder)!r}, "--calib-images", 32)
+        # a stale engine (manifest names another library version) is rebuilt from its recorded ONNX
+        shutil.copy(plans["fp32"], {str(stale)!r})
+        m = json.load(open(plans["fp32"] + ".manifest.json"))
+        m["library"]["version"] = "0.9.0"
+        json.dump(m, open({str(manifest_path(stale))!r}, "w"))
+        run(predict_main, {str(stale)!r}, {str(img)!r}, "--rebuild-if-stale")
+    """)
+    *builds, (code, _, stderr) = _results(out)
+    for (p, path), (c, stdout, err) in zip(plans.items(), builds):
+        assert c == 0, (p, err)
+        assert "built" in stdout and path.stat().st_size > 100_000
+        manifest = json.loads(manifest_path(path).read_text())
+        assert manifest["precision"] == p and manifest["source_onnx"] == str(digits_onnx.resolve())
+    assert json.loads(manifest_path(plans["int8"]).read_text())["build"]["calibration"]["num_images"] == 32
+    # rebuilt (the manifest has the current version again), then stopped by this machine's missing GPU
+    assert code != 0 and "no CUDA GPU" in stderr, stderr
+    assert json.loads(manifest_path(stale).read_text())["library"]["version"] != "0.9.0"
