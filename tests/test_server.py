@@ -428,3 +428,15 @@ def test_triton_names_kind_and_messages(digits_onnx, tmp_path, cli, monkeypatch)
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     code, _, err = cli(export_main, "triton", tmp_path / "bare.onnx", "--repo", tmp_path / "r3")
     assert code == 2 and "alexnet-export onnx" in err and "--variant" not in err
+
+
+@pytest.mark.parametrize("raw", [b"NOT HTTP AT ALL\r\n\r\n",
+                                 b"GET /v2/health/live HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"])
+def test_malformed_http_gets_json_400(server, raw):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(raw)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head and "error" in _strict(body)

@@ -8,6 +8,7 @@ carries ``Retry-After``. Connection-level limits (request deadlines, connection 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import re
 import socket
@@ -308,8 +309,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, backlog=2048)
     except OSError as exc:
-        raise UserInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
-                             "(is another server running there? choose another --port)") from None
+        reason = str(exc.strerror or exc).split(" (while attempting")[0]
+        hint = {errno.EADDRINUSE: " (another server is running there? choose another --port)",
+                errno.EACCES: " (ports below 1024 need privileges; choose another --port)"}.get(exc.errno, "")
+        raise UserInputError(f"cannot listen on {host}:{port}: {reason}{hint}") from None
 
 
 def server_config(app, options: ServeOptions, log_level: str = "info", **kwargs):
