@@ -36,6 +36,7 @@ def _names(text: str, option: str) -> tuple[str, ...]:
 @click.option("--bench-duration-s", type=float, default=2.0, show_default=True, help="Measured time per row.")
 @click.option("--bench-iterations", type=int, default=None, help="Measure this many runs per row instead.")
 @click.option("--bench-warmup-ms", type=float, default=200.0, show_default=True)
+@click.option("--no-roofline", is_flag=True, help="Skip measuring the CPU ceilings (the roofline column).")
 @click.option("--parity-images", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Held-out images for parity and the INT8 evaluation.")
 @click.option("--tol", multiple=True, metavar="NAME=VALUE", help="Override a parity gate, e.g. min_top1_agreement=0.98.")
@@ -51,7 +52,7 @@ def _names(text: str, option: str) -> tuple[str, ...]:
 @click.option("-v", "--verbose", is_flag=True)
 @_handle_errors
 def deploy_cmd(weights, variant, dataset, out, precisions, targets, engines, batch_sizes, bench_duration_s,
-               bench_iterations, bench_warmup_ms, parity_images, tol, calib_images, calib_method, no_sensitivity,
+               bench_iterations, bench_warmup_ms, no_roofline, parity_images, tol, calib_images, calib_method, no_sensitivity,
                max_drop, trt_library, compute_capability, triton_kind, force, verbose):
     """Checkpoint -> verified deployment folder: ONNX (FP32/FP16/INT8), TensorRT engines, a Triton repository,
     parity against PyTorch and benchmarks of every artifact, with report.json, report.md and report.html.
@@ -68,7 +69,7 @@ def deploy_cmd(weights, variant, dataset, out, precisions, targets, engines, bat
         engines=None if engines.strip().lower() == "auto" else _names(engines, "--engines"),
         batch_sizes=tuple(sorted(set(_int_list(batch_sizes)))),
         bench_duration_s=None if bench_iterations else bench_duration_s, bench_iterations=bench_iterations,
-        bench_warmup_ms=bench_warmup_ms, parity_images=parity_images, tolerances=parse_overrides(tol),
+        bench_warmup_ms=bench_warmup_ms, roofline=not no_roofline, parity_images=parity_images, tolerances=parse_overrides(tol),
         calib_images=calib_images, calib_method=calib_method, sensitivity=not no_sensitivity, max_drop=max_drop,
         trt_library=trt_library, compute_capability=compute_capability, triton_kind=triton_kind, force=force)
     report = run_deploy(opts, echo=click.echo)

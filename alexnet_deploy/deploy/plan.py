@@ -20,6 +20,7 @@ TORCH_ENGINES = ("torch", "torch-cuda")
 ENGINES = (*TORCH_ENGINES, *ONNX_ENGINES, "trt")
 REFERENCE = "pytorch"  # the checkpoint itself: the reference row (engine torch)
 KEY_SCHEMA = "alexnet-deploy.deploy-step/1"  # bump to invalidate every cached step
+MAX_BATCH = 1024  # benchmark buffers and engine profiles grow with it; AlexNet at 224x224 is ~600 KB per image
 
 
 @dataclass
@@ -35,6 +36,7 @@ class DeployOptions:
     bench_duration_s: float | None = 2.0
     bench_iterations: int | None = None
     bench_warmup_ms: float = 200.0
+    roofline: bool = True  # measure the CPU ceilings (~1.5 s per ONNX artifact) for the roofline column
     parity_images: int = 1000
     random_samples: int = 16
     tolerances: dict = field(default_factory=dict)
@@ -60,12 +62,16 @@ class DeployOptions:
             if bad or not self.engines:
                 raise UserInputError(f"unknown --engines {','.join(bad) or '(none)'}; choose from auto or "
                                      f"{','.join(ENGINES)}")
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise UserInputError("--batch-sizes must be positive integers, e.g. 1,8,32")
+        if not self.batch_sizes or any(b < 1 or b > MAX_BATCH for b in self.batch_sizes):
+            raise UserInputError(f"--batch-sizes must be integers in 1..{MAX_BATCH}, e.g. 1,8,32")
         if self.bench_iterations is None and (self.bench_duration_s is None or self.bench_duration_s <= 0):
             raise UserInputError("--bench-duration-s must be positive (or give --bench-iterations N)")
         if self.bench_iterations is not None and self.bench_iterations < 1:
             raise UserInputError("--bench-iterations must be at least 1")
+        from alexnet_deploy.parity.tolerances import tolerances_for
+
+        for p in PRECISIONS:  # unknown names or values: one line now, not a failed step later
+            tolerances_for(p, self.tolerances)
         for name in ("parity_images", "calib_images"):
             if getattr(self, name) < 1:
                 raise UserInputError(f"--{name.replace('_', '-')} must be at least 1")

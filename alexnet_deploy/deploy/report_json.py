@@ -187,7 +187,7 @@ def build(ctx, steps, outcomes: dict, seconds: float) -> dict:
 def _options(opts) -> dict:
     return {"precisions": list(opts.precisions), "targets": list(opts.targets), "batch_sizes": list(opts.batch_sizes),
             "bench_duration_s": opts.bench_duration_s, "bench_iterations": opts.bench_iterations,
-            "bench_warmup_ms": opts.bench_warmup_ms, "parity_images": opts.parity_images,
+            "bench_warmup_ms": opts.bench_warmup_ms, "roofline": opts.roofline, "parity_images": opts.parity_images,
             "random_samples": opts.random_samples, "tolerances": opts.tolerances, "calib_images": opts.calib_images,
             "calib_method": opts.calib_method, "sensitivity": opts.sensitivity, "max_drop": opts.max_drop,
             "trt_library": opts.trt_library, "compute_capability": opts.compute_capability,

@@ -155,6 +155,7 @@ def run_deploy(opts: DeployOptions, echo: Callable[[str], None] = print) -> dict
     t_start = time.perf_counter()
     engines = resolve_engines(opts)
     ctx = Context(opts, sha256_file(opts.weights), dataset_id(opts.dataset), engines, echo)
+    ctx.loaded  # a checkpoint that does not load (or is not --variant) stops here, with one line
     steps = plan_steps(opts, engines)
     outcomes: dict[str, StepOutcome] = {}
     input_sha: dict[str, str] = {}  # artifact -> sha256 of its model file (what dependent keys hash)
@@ -203,7 +204,12 @@ def _run_step(ctx: Context, step: Step, input_sha: dict, available: set) -> Step
             echo_cmd = command(ctx, step)
             ctx.echo(f"  {step.name}: {echo_cmd}")
             with folder.staged_folder(out, step.artifact) as stage:
-                result = RUNNERS[step.kind](ctx, step, stage)
+                echo, final = ctx.echo, str(out / step.artifact)
+                ctx.echo = lambda msg="": echo(str(msg).replace(str(stage), final))  # say where it will be
+                try:
+                    result = RUNNERS[step.kind](ctx, step, stage)
+                finally:
+                    ctx.echo = echo
                 record = {"schema": PROVENANCE_SCHEMA, "artifact": step.artifact, "step": step.name,
                           "cache_key": key, "command": echo_cmd,
                           "inputs": _relative_inputs(out, step, input_sha, opts.weights, ctx.weights_sha256),

@@ -104,7 +104,8 @@ def key_parts(ctx: Context, step: Step, input_sha: dict[str, str]) -> dict:
         machine = {k: v for k, v in machine_info(None).items() if k not in ("threads",)}
         return {**base, "model_sha256": model_sha, "engines": engines_for(step.artifact, ctx.engines),
                 "batch_sizes": list(o.batch_sizes), "duration_s": o.bench_duration_s,
-                "iterations": o.bench_iterations, "warmup_ms": o.bench_warmup_ms, "machine": machine}
+                "iterations": o.bench_iterations, "warmup_ms": o.bench_warmup_ms, "roofline": o.roofline,
+                "machine": machine}
     raise ValueError(step.kind)
 
 
@@ -153,7 +154,8 @@ def command(ctx: Context, step: Step) -> str:
     timing = (["--iterations", str(o.bench_iterations)] if o.bench_iterations
               else ["--duration-s", str(o.bench_duration_s)])
     return " ".join(["alexnet-bench", _q(model), "--engine", engines, "--batch-sizes",
-                     ",".join(map(str, o.batch_sizes)), "--warmup-ms", f"{o.bench_warmup_ms:g}", *timing])
+                     ",".join(map(str, o.batch_sizes)), "--warmup-ms", f"{o.bench_warmup_ms:g}", *timing,
+                     *([] if o.roofline else ["--no-roofline"])])
 
 
 # ------------------------------------------------------------------------------------------- artifacts
@@ -271,7 +273,7 @@ def run_bench_step(ctx: Context, step: Step) -> dict:
     try:
         # the CPU roofline applies to ONNX graphs (alexnet-bench costs them); the report fills the PyTorch row in
         result = run_bench([str(model)], list(engines_for(step.artifact, ctx.engines)), cfg,
-                           roofline=step.artifact.startswith("onnx-"), echo=_indent(ctx.echo))
+                           roofline=o.roofline and step.artifact.startswith("onnx-"), echo=_indent(ctx.echo))
     except (MissingDependencyError, InferenceError, ModelLoadError) as exc:
         raise Skipped(str(exc)) from None
     rows = result.to_dict()["rows"]
