@@ -236,6 +236,42 @@ def test_failing_runner_is_reported_and_video_discarded(tmp_path):
     assert not result.video_kept and not list(tmp_path.iterdir())
 
 
+def test_interrupt_with_a_stalled_camera_finalizes_what_was_classified(tmp_path):
+    """Ctrl-C while the camera delivers nothing: the decoder stays blocked in its read, everything else ends,
+    the video holds every classified frame."""
+    import _thread
+    import threading
+
+    from alexnet_deploy.stream.sinks import VideoSink
+
+    release = threading.Event()
+
+    class Stalling(TickSource):
+        def frames(self):
+            yield from super().frames()
+            release.wait(30)  # a camera that stopped sending
+
+    records = []
+
+    def on_record(rec):
+        records.append(rec)
+        if len(records) == 3:
+            threading.Timer(0.2, _thread.interrupt_main).start()
+        return True
+
+    video = VideoSink(tmp_path / "cam.mkv", fps=30)
+    t0 = time.perf_counter()
+    try:
+        result = StreamPipeline(Stalling(3, 100, live=True), SlowRunner(0), StreamOptions(warmup=False),
+                                video=video, on_record=on_record).run()
+    finally:
+        release.set()
+    assert time.perf_counter() - t0 < 10
+    assert result.interrupted and result.error is None and result.stats.stopped_by == "interrupted"
+    assert result.video_kept and len(decode(tmp_path / "cam.mkv")) == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["cam.mkv"]
+
+
 # --- sources and one-line errors -----------------------------------------------------------------------------
 @pytest.mark.parametrize("source, message", [
     ("/dev/video7", "camera /dev/video7 not found"),

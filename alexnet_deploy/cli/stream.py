@@ -34,7 +34,7 @@ stops cleanly: the --output video is finalized and playable, the summary printed
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
 @click.option("--engine", default=None, help="ort | ort-cuda | ort-trt | trt (default: from MODEL).")
 @click.option("--variant", default=None, help="Variant defaults for an ONNX model without alexnet-deploy metadata.")
-@click.option("--batch", type=click.IntRange(min=1, max=1024), default=1, show_default=True,
+@click.option("--batch", type=click.IntRange(min=1, max=256), default=1, show_default=True,
               help="Classify up to N frames per inference (files wait for N; live sources take what is there).")
 @click.option("--top-k", "-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--max-fps", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -82,7 +82,7 @@ def stream_cmd(model, sources, engine, variant, batch, top_k, max_fps, max_frame
     options = _key_values(input_options)
     runner = open_runner(model, engine, variant=variant, rebuild_if_stale=rebuild_if_stale)
     source = open_source(spec, options=options, timeout_s=timeout_s)
-    video = records = None
+    video = records = pipeline = None
     try:
         video = VideoSink(output, fps=max_fps or source.rate, codec=codec) if output else None
         records = JsonLinesSink(jsonl_path) if jsonl_path else None
@@ -94,7 +94,8 @@ def stream_cmd(model, sources, engine, variant, batch, top_k, max_fps, max_frame
         with _signals_as_interrupt() as received:
             result = pipeline.run()
     finally:
-        source.close()
+        if pipeline is None or not pipeline.owns_source:
+            source.close()
         if records is not None:
             records.close()
         if video is not None and video.tmp_path.exists():  # never ran (an error before the pipeline started)

@@ -32,7 +32,12 @@ from alexnet_deploy.stream.summary import RateMeter, StreamStats
 log = logging.getLogger(__name__)
 
 POLL_S = 0.1  # how often the waiting main thread checks on the workers (and can take a KeyboardInterrupt)
-DECODER_JOIN_S = 2.0  # a decoder blocked in a read (a stalled camera) is left behind after this long
+# After the output stage has finished, the other stages are waited for this long at most: a decoder blocked in
+# the read of a stalled camera, or a runner still building an engine, is left behind (daemon threads).
+STAGE_JOIN_S = 2.0
+# Frames per queue: 2 x batch keeps every stage busy while a batch runs, capped because a queue of decoded
+# frames holds full-resolution pictures (64 frames of 4K RGB are 1.6 GB).
+MAX_QUEUE_FRAMES = 64
 
 
 @dataclass
@@ -42,7 +47,7 @@ class StreamOptions:
     max_fps: float | None = None  # files: paced to this rate; live sources: frames above it are skipped
     max_frames: int | None = None
     duration_s: float | None = None
-    queue_frames: int | None = None  # per queue; default 2 x batch (1 x batch between decoder and preprocess, live)
+    queue_frames: int | None = None  # per queue; default min(2 x batch, MAX_QUEUE_FRAMES); live: batch after decode
     warmup: bool = True  # one inference before the source opens, so the first frames do not pay for it
 
 
@@ -81,8 +86,9 @@ class StreamPipeline:
         self.progress = progress
         self.live = source.live
         b = max(1, options.batch)
-        qn = options.queue_frames or 2 * b
-        self.q_frames = StageQueue(b if self.live and not options.queue_frames else qn, drop_oldest=self.live)
+        qn = options.queue_frames or min(2 * b, MAX_QUEUE_FRAMES)
+        live_qn = options.queue_frames or min(b, MAX_QUEUE_FRAMES)  # live: few stale frames wait for inference
+        self.q_frames = StageQueue(live_qn if self.live else qn, drop_oldest=self.live)
         self.q_inputs = StageQueue(qn)
         self.q_results = StageQueue(qn)
         self.stats = StreamStats(source=source.description, live=self.live, batch=b)
@@ -92,6 +98,13 @@ class StreamPipeline:
         self._threads: dict[str, threading.Thread] = {}
         self._done = {stage: threading.Event() for stage in ("decode", "preprocess", "infer", "output")}
         self._video_kept: bool | None = None
+
+    @property
+    def owns_source(self) -> bool:
+        """True once the decoder thread has started: it closes the source itself, and nobody else may (a
+        stalled camera's read can still be in progress in that thread)."""
+        t = self._threads.get("decode")
+        return t is not None and t.ident is not None
 
     # ------------------------------------------------------------------------------------------------------
     def run(self) -> StreamResult:
@@ -133,10 +146,8 @@ class StreamPipeline:
             self._stop.set()
             for q in (self.q_frames, self.q_inputs, self.q_results):
                 q.abort()
-            for name in threads:
-                # the decoder may sit in a blocking read of a stalled camera: not waited for long; the output
-                # stage finalizes the video: always waited for
-                self._wait(name, interruptible=False, timeout=DECODER_JOIN_S if name == "decode" else None)
+            for name in ("output", "infer", "preprocess", "decode"):  # output finalizes the video: no time limit
+                self._wait(name, interruptible=False, timeout=None if name == "output" else STAGE_JOIN_S)
             self.stats.finished = time.perf_counter()
         error = None
         if self._errors:
@@ -239,6 +250,8 @@ class StreamPipeline:
                 t0 = time.perf_counter()
                 frame.x = model_batch([frame.raw.image], self.meta)
                 frame.stages["preprocess"] = time.perf_counter() - t0
+                if self.video is None:
+                    frame.raw.image = None  # only the annotated video needs the full-resolution picture
                 self.q_inputs.put(frame)
         except Closed:
             pass
