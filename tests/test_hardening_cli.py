@@ -184,6 +184,27 @@ def test_sigterm_and_sighup_leave_no_temporaries(tmp_path, small_onnx, sig, scri
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_ignored_signals_stay_ignored_and_handlers_come_back():
+    """Under `nohup` SIGHUP is ignored: a command must not turn it into an interrupt; after a command the
+    previous handlers are back."""
+    from alexnet_deploy.cli.common import _handle_errors
+
+    seen = {}
+
+    @_handle_errors
+    def command():
+        seen["hup"], seen["term"] = signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGTERM)
+
+    old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    old_term = signal.getsignal(signal.SIGTERM)
+    try:
+        command()
+        assert seen["hup"] == signal.SIG_IGN and seen["term"] not in (signal.SIG_DFL, old_term)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == old_term
+    finally:
+        signal.signal(signal.SIGHUP, old_hup)
+
+
 def test_failed_export_removes_the_folders_it_created(cli, tmp_path):
     code, _, err = cli(export_main, "onnx", "--variant", "cifar10", "--no-simplify", "--dataset", "none",
                        "-o", tmp_path / "a" / "b" / "m.onnx", "--tol", "max_abs=-1")

@@ -9,7 +9,7 @@ import numpy as np
 from dataclasses import dataclass, field
 
 from alexnet_deploy.benchmarks.harness import BenchConfig, Row, bench_bare_ort, bench_images, bench_runner
-from alexnet_deploy.benchmarks.machine import cpu_peak_gflops, machine_info
+from alexnet_deploy.benchmarks.machine import ceilings, machine_info
 from alexnet_deploy.benchmarks.stats import summarize
 from alexnet_deploy.benchmarks.tegrastats import TegraStats
 from alexnet_deploy.benchmarks.tegrastats import summarize as power_summary
@@ -17,6 +17,11 @@ from alexnet_deploy.errors import InferenceError, MissingDependencyError, UserIn
 from alexnet_deploy.runtime.runners.factory import ENGINES, model_kind
 
 log = logging.getLogger(__name__)
+# Engines that run on the host CPU: the measured CPU ceilings apply to their rows (not to GPU rows).
+CPU_ENGINES = ("ort", "torch")
+# Which measured compute ceiling a row's precision runs on (INT8 QDQ and INT4 weight-only FC layers both
+# compute in int8: QLinearConv, MatMulNBits at accuracy level 4).
+COMPUTE_CEILING = {"fp32": "fp32_gemm_gflops", "fp16": "fp32_gemm_gflops", "int8": "int8_gemm_gops"}
 
 
 class _Skip(Exception):
@@ -29,11 +34,11 @@ class BenchResult:
     machine: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     costs: dict = field(default_factory=dict)
-    peak_gflops: float | None = None
+    ceilings: dict | None = None  # measured roofline ceilings (machine.ceilings), None with --no-roofline
 
     def to_dict(self) -> dict:
         return {"schema": "alexnet-deploy.bench/1", "machine": self.machine, "config": self.config,
-                "peak_gflops": self.peak_gflops, "costs": self.costs, "rows": [r.as_dict() for r in self.rows]}
+                "ceilings": self.ceilings, "costs": self.costs, "rows": [r.as_dict() for r in self.rows]}
 
 
 def _open(model: str, engine: str, threads: int | None, cuda_graph: bool = False):
@@ -49,7 +54,7 @@ def _open(model: str, engine: str, threads: int | None, cuda_graph: bool = False
         meta = read_onnx_metadata(model)
         if meta.precision != "fp32":
             raise _Skip(f"torch runs the FP32 source; {os.path.basename(model)} is {meta.precision}")
-        return TorchRunner(reference_for(meta), device="cuda" if engine == "torch-cuda" else "cpu", threads=threads)
+        return TorchRunner(reference_for(meta, None, model), device="cuda" if engine == "torch-cuda" else "cpu", threads=threads)
     if engine == "trt":
         return open_runner(model, engine, cuda_graph=cuda_graph)
     return open_runner(model, engine, threads=threads)
@@ -101,13 +106,13 @@ def run_bench(models: list[str], engines: list[str], cfg: BenchConfig, *, thread
                                  "duration_s": cfg.duration_s, "iterations": cfg.iterations,
                                  "threads": threads, "baseline": baseline_engine, "cuda_graph": cuda_graph})
     if roofline:
-        result.peak_gflops = cpu_peak_gflops()
+        result.ceilings = ceilings()
     for model in models:
         name = os.path.basename(model)
         if roofline and model_kind(model) == "onnx":
             from alexnet_deploy.benchmarks.cost import model_cost
 
-            result.costs[name] = model_cost(model)
+            result.costs[name] = model_cost(model) | {"file_bytes": os.path.getsize(model)}
         for engine in engines:
             if ENGINES[engine][0] == "engine" and model_kind(model) != "engine":
                 result.rows.append(Row(name, engine, "-", "-", 0, "end-to-end",
@@ -120,7 +125,7 @@ def run_bench(models: list[str], engines: list[str], cfg: BenchConfig, *, thread
                 result.rows.append(Row(name, engine, "-", "-", 0, "end-to-end", skipped=str(exc)))
                 echo(f"skipped {engine} on {name}: {exc}")
                 continue
-            precision = runner.metadata.precision
+            precision = _precision_label(runner.metadata)
             try:
                 for batch in cfg.batch_sizes:
                     if runner.max_batch is not None and not (runner.min_batch <= batch <= runner.max_batch):
@@ -170,8 +175,25 @@ def _add_ratios(result: BenchResult, baseline_engine: str | None) -> None:
             base = candidates[0]
             r.extra["vs_baseline"] = base.summary.mean_ms / r.summary.mean_ms
             r.extra["baseline_row"] = base.key
-        cost = result.costs.get(r.model)
-        if cost and result.peak_gflops and r.throughput:
-            achieved = cost["flops_per_image"] * r.throughput / 1e9
-            r.extra["achieved_gflops"] = achieved
-            r.extra["fraction_of_peak"] = achieved / result.peak_gflops
+        _add_roofline(r, result.costs.get(r.model), result.ceilings)
+
+
+def _precision_label(meta) -> str:
+    """The row's precision: the model's, plus ``/int4-fc`` for INT4 weight-only classifier layers."""
+    fc = (meta.extra or {}).get("weights_fc") or {}
+    return f"{meta.precision}/int4-fc" if fc.get("bits") == 4 and fc.get("layers_int4") else meta.precision
+
+
+def _add_roofline(r: Row, cost: dict | None, ceil: dict | None) -> None:
+    """Weight bytes per image, attainable rate and the fraction reached (CPU rows with a measured cost)."""
+    if not cost or not ceil or not r.throughput or r.engine not in CPU_ENGINES or not cost.get("weight_bytes"):
+        return
+    from alexnet_deploy.benchmarks.cost import roofline
+
+    key = COMPUTE_CEILING.get(r.precision.split("/")[0], "fp32_gemm_gflops")
+    compute = ceil.get(key) or ceil["fp32_gemm_gflops"]
+    if r.engine == "torch":  # PyTorch eager runs the FP32 source whatever the ONNX holds
+        compute = ceil["fp32_gemm_gflops"]
+    r.extra.update(roofline(cost["flops_per_image"], cost["weight_bytes"], r.batch, r.throughput, compute,
+                            ceil["memory_bandwidth_gbs"]))
+    r.extra["compute_ceiling"] = key

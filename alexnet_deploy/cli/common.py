@@ -48,6 +48,8 @@ def _signals_unwind():
     _RECEIVED.clear()
     if threading.current_thread() is threading.main_thread():
         for sig in _TERMINATING:
+            if signal.getsignal(sig) == signal.SIG_IGN:  # `nohup` and friends: an ignored signal stays ignored
+                continue
             try:
                 old[sig] = signal.signal(sig, _raise_terminated)
             except (ValueError, OSError):  # not settable here (embedded interpreter)

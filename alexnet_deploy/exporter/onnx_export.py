@@ -16,7 +16,7 @@ import torch
 from alexnet_deploy.data.datasets import recorded_dataset
 from alexnet_deploy.errors import ExportError, ParityError, UserInputError
 from alexnet_deploy.exporter.fp16 import to_fp16  # re-exported; torch-free for alexnet-export trt
-from alexnet_deploy.fileio import atomic_path, check_writable, sha256_bytes
+from alexnet_deploy.fileio import atomic_path, check_writable, printable_path, sha256_bytes
 from alexnet_deploy.models.weights import LoadedModel
 from alexnet_deploy.parity.compare import ParityReport
 from alexnet_deploy.parity.tolerances import tolerances_for
@@ -122,7 +122,7 @@ def parity_check(onnx_path, loaded: LoadedModel, metadata: ModelMetadata, opts: 
                        opts.random_samples)
     with OrtRunner(onnx_path, metadata) as candidate, TorchRunner(loaded) as reference:
         report = run_parity(candidate, reference, sets, tol, metadata.precision)
-    report.candidate, report.reference = name, f"PyTorch FP32 ({loaded.source})"
+    report.candidate, report.reference = printable_path(name), f"PyTorch FP32 ({printable_path(loaded.source)})"
     return report
 
 
