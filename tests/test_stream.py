@@ -300,7 +300,7 @@ def test_unreadable_streams_and_files_are_one_line_errors(cli, digits_onnx, vide
     cases = [
         ([f"rtsp://127.0.0.1:{port}/cam", "--timeout", "2"], "cannot open stream rtsp://127.0.0.1:"),
         ([str(garbage)], "cannot open video file"),
-        ([str(videos["ffv1"]), "--output", str(videos["ffv1"])], "is one of the inputs"),
+        ([str(videos["ffv1"]), "--output", str(videos["ffv1"])], "writing it would destroy an input"),
         ([str(videos["ffv1"]), "--output", str(tmp_path / "x.webm")], "unsupported video suffix .webm"),
         ([str(videos["ffv1"]), str(videos["h264"])], "only image files, folders and globs can be combined"),
         ([str(videos["ffv1"]), "--input-option", "oops"], "expected KEY=VALUE"),
@@ -378,7 +378,7 @@ def test_source_kinds_and_live_defaults(tmp_path):
 STREAM = "import sys; from alexnet_deploy.cli import stream_main; sys.exit(stream_main())"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_finalizes_a_playable_video_and_prints_the_summary(digits_onnx, videos, tmp_path, sig):
     out = tmp_path / "clip.mp4"
     # paced to 25 fps: 4 s of video, stopped after a few frames

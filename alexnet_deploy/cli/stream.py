@@ -1,15 +1,12 @@
 """`alexnet-stream` command: classify a video file, camera, network stream or image sequence frame by frame."""
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import sys
-import threading
 
 import click
 
-from alexnet_deploy.cli.common import _handle_errors, _setup_logging
+from alexnet_deploy.cli.common import _handle_errors, _setup_logging, refuse_overlapping_paths
 from alexnet_deploy.errors import UserInputError
 
 SOURCE_HELP = """Classify SOURCE frame by frame with MODEL (.onnx or a TensorRT engine).
@@ -72,9 +69,9 @@ def stream_cmd(model, sources, engine, variant, batch, top_k, max_fps, max_frame
                              "export the checkpoint with alexnet-export onnx first")
     jsonl_path = None if jsonl.strip().lower() in ("", "none") else jsonl
     spec = parse_source(sources, live=live)
-    _refuse_overwriting_inputs([model, *spec.input_paths],
-                               {"--output": output, "--jsonl": jsonl_path if jsonl_path != "-" else None,
-                                "--summary": summary_path})
+    refuse_overlapping_paths([("MODEL", model), *(("SOURCE", p) for p in spec.input_paths)],
+                             {"--output": output, "--jsonl": jsonl_path if jsonl_path != "-" else None,
+                              "--summary": summary_path})
     if output:
         container_for(output, codec)  # unknown suffix or encoder: say so before loading anything
     if summary_path:
@@ -91,8 +88,7 @@ def stream_cmd(model, sources, engine, variant, batch, top_k, max_fps, max_frame
             StreamOptions(batch=batch, top_k=top_k, max_fps=max_fps, max_frames=max_frames, duration_s=duration_s),
             video=video, on_record=records.write if records else None,
             progress=sys.stderr.isatty() if progress is None else progress)
-        with _signals_as_interrupt() as received:
-            result = pipeline.run()
+        result = pipeline.run()  # SIGTERM / SIGHUP arrive as KeyboardInterrupt (cli.common), handled inside
     finally:
         if pipeline is None or not pipeline.owns_source:
             source.close()
@@ -113,7 +109,7 @@ def stream_cmd(model, sources, engine, variant, batch, top_k, max_fps, max_frame
     if result.error is not None:
         raise result.error
     if result.interrupted:
-        sys.exit(128 + (received[0] if received else signal.SIGINT))
+        sys.exit(128 + signal.SIGINT)  # cli.common reports the signal that actually came (143 for SIGTERM)
 
 
 def _key_values(items) -> dict[str, str]:
@@ -124,45 +120,3 @@ def _key_values(items) -> dict[str, str]:
             raise UserInputError(f"--input-option {item!r}: expected KEY=VALUE, e.g. video_size=1280x720")
         out[key.strip()] = value
     return out
-
-
-def _refuse_overwriting_inputs(inputs, outputs: dict) -> None:
-    """An output that is one of the inputs (or another output) is refused before any work."""
-    def same(a, b) -> bool:
-        if os.path.realpath(a) == os.path.realpath(b):
-            return True
-        try:
-            return os.path.samefile(a, b)
-        except OSError:
-            return False
-
-    named = [(opt, path) for opt, path in outputs.items() if path]
-    for i, (opt, path) in enumerate(named):
-        for src in inputs:
-            if same(path, src):
-                raise UserInputError(f"{opt} {path} is one of the inputs; choose another path")
-        for other_opt, other in named[:i]:
-            if same(path, other):
-                raise UserInputError(f"{opt} and {other_opt} are the same file ({path})")
-
-
-@contextlib.contextmanager
-def _signals_as_interrupt():
-    """SIGTERM and SIGHUP end the stream as Ctrl-C does (finalized video, summary) unless someone already
-    handles them; yields a list that holds the number of the signal that arrived."""
-    received: list[int] = []
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        def handler(signum, _frame):
-            received[:] = [signum]
-            raise KeyboardInterrupt
-
-        for name in ("SIGTERM", "SIGHUP"):
-            sig = getattr(signal, name, None)
-            if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
-                previous[sig] = signal.signal(sig, handler)
-    try:
-        yield received
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
