@@ -321,7 +321,7 @@ def server_config(app, options: ServeOptions, log_level: str = "info", **kwargs)
 
     from alexnet_deploy.server.connections import guarded_protocol
 
-    return uvicorn.Config(app, http=guarded_protocol(options.limits()), log_level=log_level,
+    return uvicorn.Config(app, http=guarded_protocol(options.limits()), ws="none", log_level=log_level,
                           timeout_graceful_shutdown=30, timeout_keep_alive=5,
                           h11_max_incomplete_event_size=16 * 1024, **kwargs)
 
