@@ -1,4 +1,6 @@
-"""Machine information recorded with every benchmark, and a measured compute ceiling for the roofline."""
+"""Machine information recorded with every benchmark, and the measured ceilings of the roofline: FP32 and
+INT8 GEMM rates (ONNX Runtime's MLAS kernels, the ones the ort rows use, and numpy's BLAS for FP32) and
+streaming memory bandwidth (a large copy)."""
 from __future__ import annotations
 
 import os
@@ -6,6 +8,7 @@ import platform
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -110,23 +113,72 @@ def _best_rate(fn, flops: float, seconds: float) -> float:
     return best
 
 
+def _ort_session(nodes, inputs, outputs):
+    import onnxruntime as ort
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "ceiling", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
 def cpu_peak_gflops(seconds: float = 0.5, n: int = 1024) -> float:
     """A measured FP32 ceiling of this CPU: the best SGEMM rate of ONNX Runtime's MLAS (the kernels the
     ort rows use) and of numpy's BLAS, each over ~``seconds``."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     rates = [_best_rate(lambda: a @ a, 2 * n ** 3, seconds / 2)]
     try:
-        import onnxruntime as ort
         from onnx import TensorProto, helper
 
-        graph = helper.make_graph(
-            [helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm",
-            [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in ("a", "b")],
-            [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        model.ir_version = 8
-        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = _ort_session([helper.make_node("MatMul", ["a", "b"], ["c"])],
+                            [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in ("a", "b")],
+                            [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
         rates.append(_best_rate(lambda: sess.run(None, {"a": a, "b": a}), 2 * n ** 3, seconds / 2))
     except Exception:  # noqa: BLE001 - onnx/onnxruntime absent: numpy's figure stands
         pass
     return max(rates)
+
+
+def cpu_int8_peak_gops(seconds: float = 0.5, n: int = 1024) -> float | None:
+    """A measured INT8 ceiling: ONNX Runtime's MatMulInteger (uint8 x int8 -> int32, the MLAS QGEMM that
+    QLinearConv and MatMulNBits' accuracy level 4 use). None without onnx/onnxruntime."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (n, n), dtype=np.uint8)
+    b = rng.integers(-127, 127, (n, n), dtype=np.int8)
+    try:
+        from onnx import TensorProto, helper
+
+        sess = _ort_session([helper.make_node("MatMulInteger", ["a", "b"], ["c"])],
+                            [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+                             helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+                            [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])])
+    except Exception:  # noqa: BLE001 - onnx/onnxruntime absent
+        return None
+    return _best_rate(lambda: sess.run(None, {"a": a, "b": b}), 2 * n ** 3, seconds)
+
+
+def memory_bandwidth_gbs(seconds: float = 0.5, mb: int = 256, threads: int | None = None) -> float:
+    """Streaming bandwidth in GB/s: the best of copying a ``mb`` MB buffer (bytes read + bytes written),
+    on one thread and split over ``threads`` (default: the CPU count); far larger than any cache."""
+    n = (mb << 20) // 4
+    src = np.ones(n, dtype=np.float32)
+    dst = np.empty_like(src)
+    k = max(1, threads or os.cpu_count() or 1)
+    bounds = np.linspace(0, n, k + 1, dtype=np.int64)
+    chunks = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    moved = 2 * src.nbytes  # bytes per copy: read + write
+    rates = [_best_rate(lambda: np.copyto(dst, src), moved, seconds / 2)]
+    if k > 1:
+        with ThreadPoolExecutor(k) as pool:
+            rates.append(_best_rate(lambda: list(pool.map(lambda c: np.copyto(dst[c], src[c]), chunks)),
+                                    moved, seconds / 2))
+    return max(rates)
+
+
+def ceilings(seconds: float = 0.5) -> dict:
+    """The roofline's ceilings on this machine, measured now (units in the keys)."""
+    return {"fp32_gemm_gflops": cpu_peak_gflops(seconds), "int8_gemm_gops": cpu_int8_peak_gops(seconds),
+            "memory_bandwidth_gbs": memory_bandwidth_gbs(seconds),
+            "how": "best rate over ~0.5 s each: 1024^3 MatMul (ORT MLAS / numpy BLAS), 1024^3 MatMulInteger "
+                   "u8 x s8 (ORT), copy of a 256 MB float32 buffer (read + write bytes, 1 and N threads)"}

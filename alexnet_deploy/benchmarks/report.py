@@ -11,7 +11,8 @@ from alexnet_deploy.errors import UserInputError
 COLUMNS = [("model", "model"), ("engine", "engine"), ("prec", "precision"), ("batch", "batch"), ("mode", "mode"),
            ("p50 ms", "p50_ms"), ("p90", "p90_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"), ("mean", "mean_ms"),
            ("min", "min_ms"), ("max", "max_ms"), ("img/s", "throughput_ips"), ("x base", "vs_baseline"),
-           ("GFLOP/s", "achieved_gflops"), ("% peak", "fraction_of_peak"), ("note", "note")]
+           ("MB w/img", "weight_bytes_per_image"), ("GFLOP/s", "achieved_gflops"), ("roof GFLOP/s", "attainable_gflops"),
+           ("% roof", "fraction_of_attainable"), ("bound", "bound"), ("note", "note")]
 
 
 def _cells(row: dict) -> list[str]:
@@ -32,8 +33,10 @@ def _cells(row: dict) -> list[str]:
                 p = row["power"]
                 notes.append(f"{p['avg_power_w']:.1f} W, {p['images_per_joule']:.1f} img/J")
             v = "; ".join(notes)
-        elif key == "fraction_of_peak" and v is not None:
+        elif key == "fraction_of_attainable" and v is not None:
             v = f"{100 * v:.1f}"
+        elif key == "weight_bytes_per_image" and v is not None:
+            v = f"{v / 1e6:.2f}"
         elif key == "vs_baseline" and v is not None:
             v = f"{v:.2f}x"
         elif isinstance(v, float):
@@ -52,7 +55,7 @@ def table(result: dict) -> str:
     lines = [f"machine: {m.get('cpu')} ({m.get('cores')} cores), threads {m.get('threads') or 'default'}"
              + (f", GPU {m['gpu']} (driver {m.get('driver')})" if m.get("gpu") else "")
              + (f", EMULATED {m.get('machine')} ({m['emulated']}): not the device's speed" if m.get("emulated") else "")
-             + (f", measured CPU peak {result['peak_gflops']:.1f} GFLOP/s" if result.get("peak_gflops") else ""),
+             + ceilings_line(result.get("ceilings")),
              fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)]
     single = [r for r in result["rows"] if r.get("batch") == 1 and r.get("p90_ms") is not None]
     if single:
@@ -63,8 +66,19 @@ def table(result: dict) -> str:
             k = (r["model"], r["engine"])
             offline[k] = max(offline.get(k, 0), r["throughput_ips"])
     if offline:
-        lines.append("offline (best batch) throughput: " + ", ".join(f"{e} {v:.0f} img/s" for (_, e), v in offline.items()))
+        many = len({m for m, _ in offline}) > 1
+        lines.append("offline (best batch) throughput: " + ", ".join(
+            f"{e}{' ' + m if many else ''} {v:.0f} img/s" for (m, e), v in offline.items()))
     return "\n".join(lines)
+
+
+def ceilings_line(c: dict | None) -> str:
+    """The measured roofline ceilings in one clause ('' without them)."""
+    if not c:
+        return ""
+    int8 = f", INT8 GEMM {c['int8_gemm_gops']:.0f} GOP/s" if c.get("int8_gemm_gops") else ""
+    return (f"; ceilings: FP32 GEMM {c['fp32_gemm_gflops']:.1f} GFLOP/s{int8}, "
+            f"memory {c['memory_bandwidth_gbs']:.1f} GB/s")
 
 
 def to_json(result: dict) -> str:
@@ -74,7 +88,9 @@ def to_json(result: dict) -> str:
 def to_csv(result: dict) -> str:
     buf = io.StringIO()
     keys = ["key", "model", "engine", "provider", "precision", "batch", "mode", "p50_ms", "p90_ms", "p95_ms",
-            "p99_ms", "mean_ms", "min_ms", "max_ms", "throughput_ips", "vs_baseline", "window_cv", "stable", "skipped"]
+            "p99_ms", "mean_ms", "min_ms", "max_ms", "throughput_ips", "vs_baseline", "weight_bytes_per_image",
+            "intensity_flop_per_byte", "achieved_gflops", "attainable_gflops", "fraction_of_attainable", "bound",
+            "achieved_weight_gbs", "window_cv", "stable", "skipped"]
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     w.writeheader()
     for r in result["rows"]:
