@@ -77,16 +77,15 @@ def dataset_id(spec: str) -> dict:
     return {"path": str(path.resolve()), "files": len(files), "sha256": h.hexdigest()}
 
 
-def default_dataset(weights: Path, variant: str | None) -> str:
-    """The dataset the checkpoint says it was trained on (``alexnet-train`` records it)."""
-    from alexnet_deploy.models.weights import load_model
+def resolve_dataset(spec: str | None, loaded) -> str:
+    """``--dataset`` checked against the model's classes, or (not given) the dataset the checkpoint records."""
+    from alexnet_deploy.data.datasets import dataset_for_model
 
-    info = load_model(variant, str(weights)).info
-    ds = info.get("dataset")
-    if isinstance(ds, str) and ds and (ds == "digits" or Path(ds).exists()):
-        return ds
-    raise UserInputError(f"{weights} does not say which dataset it was trained on (or it is not here); "
-                         "pass --dataset digits | CIFAR-10 folder | ImageFolder tree")
+    ds = dataset_for_model(spec, loaded.class_names, str(loaded.info.get("dataset") or ""), "--dataset")
+    if ds is None:
+        raise UserInputError("alexnet-deploy needs labelled held-out data for parity and INT8 calibration; "
+                             "pass --dataset digits | CIFAR-10 folder | ImageFolder tree")
+    return ds
 
 
 def _record_path(out: Path, step: Step) -> Path:
@@ -144,18 +143,23 @@ def run_deploy(opts: DeployOptions, echo: Callable[[str], None] = print) -> dict
     if not weights.is_file():
         raise UserInputError(f"--weights {weights} not found (give an alexnet-train checkpoint or a state_dict file)")
     opts = dataclasses.replace(opts, weights=weights.resolve(), out=Path(opts.out))
-    if not opts.dataset:
-        opts.dataset = default_dataset(opts.weights, opts.variant)
-        echo(f"dataset: {opts.dataset} (recorded in {weights.name})")
     inputs = {"--weights": opts.weights}
-    if opts.dataset != "digits" and Path(opts.dataset).exists():
+    if opts.dataset and opts.dataset != "digits" and Path(opts.dataset).exists():
         inputs["--dataset"] = Path(opts.dataset)
     folder.refuse_overlap(opts.out, inputs)
-    out = folder.prepare(opts.out)
+    from alexnet_deploy.models.weights import load_model
+
+    loaded = load_model(opts.variant, str(opts.weights))  # a checkpoint that does not load stops here, one line
+    given = opts.dataset
+    opts.dataset = resolve_dataset(opts.dataset, loaded)
+    if not given:
+        echo(f"dataset: {opts.dataset} (recorded in {weights.name})")
+    if opts.dataset != "digits" and Path(opts.dataset).exists():
+        folder.refuse_overlap(opts.out, {"--weights": opts.weights, "--dataset": Path(opts.dataset)})
     t_start = time.perf_counter()
     engines = resolve_engines(opts)
-    ctx = Context(opts, sha256_file(opts.weights), dataset_id(opts.dataset), engines, echo)
-    ctx.loaded  # a checkpoint that does not load (or is not --variant) stops here, with one line
+    ctx = Context(opts, sha256_file(opts.weights), dataset_id(opts.dataset), engines, echo, _loaded=loaded)
+    out = folder.prepare(opts.out)
     steps = plan_steps(opts, engines)
     outcomes: dict[str, StepOutcome] = {}
     input_sha: dict[str, str] = {}  # artifact -> sha256 of its model file (what dependent keys hash)
