@@ -17,11 +17,11 @@ def raw_models(session_dir, digits_checkpoint):
 
     loaded = load_model(None, str(digits_checkpoint))
     out = {}
-    for fmt in ("uint8-nhwc", "float-0-255"):
-        r = export_onnx(loaded, session_dir / f"edge-{fmt}.onnx",
-                        ExportOptions(input_format=fmt, dataset_samples=64, random_samples=4))
+    for fmt, fp16 in (("uint8-nhwc", False), ("float-0-255", False), ("uint8-nhwc", True)):
+        r = export_onnx(loaded, session_dir / f"edge-{fmt}{'-fp16' if fp16 else ''}.onnx",
+                        ExportOptions(input_format=fmt, fp16=fp16, dataset_samples=64, random_samples=4))
         assert r.report.passed
-        out[fmt] = r.path
+        out[fmt + ("-fp16" if fp16 else "")] = r.path
     return out
 
 
@@ -45,10 +45,11 @@ def _run(path, images, resize="default"):
 def test_raw_pixel_models_match_the_normal_model(raw_models, digits_onnx, photos):
     images = _images(photos)
     ref, _ = _run(digits_onnx, images)
-    for fmt, path in raw_models.items():
+    for name, path in raw_models.items():
         out, meta = _run(path, images)
-        assert meta.input_format == fmt and meta.input_name == "pixels"
-        assert np.abs(out - ref).max() <= 1e-5, fmt
+        assert meta.input_format == name.replace("-fp16", "") and meta.input_name == "pixels"
+        # FP16: the normalization stays FP32 in front of the FP16 graph's input Cast
+        assert np.abs(out - ref).max() <= (2e-2 if name.endswith("fp16") else 1e-5), name
         assert (out.argmax(1) == ref.argmax(1)).all()
 
 
@@ -181,6 +182,25 @@ def test_deepstream_int8_calibration_cache_and_refusals(digits_onnx, tmp_path, c
     assert code == 2 and "holds the input model" in err
     code, _, err = cli(export_group, "jetson-inference", tmp_path / "missing.onnx", "--dir", tmp_path / "c")
     assert code == 2 and "not found" in err and not (tmp_path / "c").exists()
+
+
+def test_deepstream_network_mode_follows_the_model_precision(digits_onnx):
+    from dataclasses import replace
+
+    from alexnet_deploy.errors import UserInputError
+    from alexnet_deploy.exporter.deepstream import NETWORK_MODE, DeepStreamOptions, _precision
+    from alexnet_deploy.exporter.derived import load_source
+
+    src = load_source(digits_onnx)
+    assert NETWORK_MODE == {"fp32": 0, "int8": 1, "fp16": 2}
+    assert _precision(src, DeepStreamOptions()) == "fp32"
+    assert _precision(src, DeepStreamOptions(precision="fp16")) == "fp16"
+    int8 = replace(src, meta=replace(src.meta, precision="int8"))  # a QDQ model: its own scales, no cache
+    assert _precision(int8, DeepStreamOptions()) == "int8"
+    with pytest.raises(UserInputError, match="int8 model"):
+        _precision(int8, DeepStreamOptions(precision="fp16"))
+    with pytest.raises(UserInputError, match="FP32 model only"):
+        _precision(int8, DeepStreamOptions(calib_cache="x.table"))
 
 
 def test_label_names_the_stacks_cannot_hold_are_refused(tmp_path, digits_onnx):
