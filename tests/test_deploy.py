@@ -261,3 +261,25 @@ deploy_main(sys.argv[1:])
             proc.kill()
     assert rc == 128 + signal.SIGTERM
     assert list(out.iterdir()) == []
+
+
+def test_reproduce_commands_parse_with_the_real_clis(deployed):
+    """Every command line in the report names options the stage commands really have."""
+    import shlex
+
+    from alexnet_deploy import cli as clis
+
+    _, report, _ = deployed
+    scripts = {"alexnet-export": clis.export_main, "alexnet-calibrate": clis.calibrate_main,
+               "alexnet-parity": clis.parity_main, "alexnet-bench": clis.bench_main}
+    seen = set()
+    for line in report["commands"].values():
+        for part in line.split(" && "):
+            argv = shlex.split(part)
+            cmd = scripts[argv[0]]
+            args = argv[1:]
+            if hasattr(cmd, "commands"):  # a group: alexnet-export onnx|trt|triton
+                cmd, args = cmd.commands[args[0]], args[1:]
+            cmd.make_context(argv[0], list(args))  # raises click.UsageError on an unknown option
+            seen.add(argv[0])
+    assert seen == set(scripts)
