@@ -109,8 +109,9 @@ def latency(models: dict[str, Path], input_name: str, shape: tuple[int, ...]) ->
                     t0 = time.perf_counter()
                     s.run(None, {input_name: x})
                     times[n].append((time.perf_counter() - t0) * 1e3)
-        out[f"batch{b}"] = {n: {"median_ms": round(float(np.median(t)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3),
-                                "runs": len(t)} for n, t in times.items()}
+        out[f"batch{b}"] = {n: {"median_ms": round(float(np.median(t)), 3), "min_ms": round(float(np.min(t)), 3),
+                                "p90_ms": round(float(np.percentile(t, 90)), 3), "runs": len(t)}
+                            for n, t in times.items()}
     return out
 
 
@@ -155,12 +156,12 @@ def study(variant: str, root: Path, modelopt_python: str | None) -> dict:
             "qdq_nodes": res.qdq_nodes, "methods": {e.method: e.row() for e in res.tried},
             "ranges_changed_vs_minmax": {m: sum(abs(res.ranges[m][t] - res.ranges["minmax"][t]) > 1e-6 * max(res.ranges["minmax"][t], 1e-12)
                                                 for t in res.ranges["minmax"]) for m in res.ranges},
-            "tensors": len(res.ranges["minmax"]),
+            "tensors": len(res.ranges["minmax"]), "onnx_bytes": out.stat().st_size,
             **engine_bytes(out, root)}
         models[f"int8-{placement}"] = out
         print(f"{variant} {placement}: chosen {res.chosen.method}, drop {res.chosen.drop:+.2f}, "
               f"agreement {res.chosen.agreement:.2%}, Q/DQ {res.qdq_nodes}")
-    row["fp32_engine"] = engine_bytes(fp32, root)
+    row["fp32_engine"] = {**engine_bytes(fp32, root), "onnx_bytes": fp32.stat().st_size}
     if modelopt_python:
         npz = root / f"{variant}-calib500.npz"
         np.savez(npz, **{meta.input_name: cal.x})
@@ -174,7 +175,7 @@ def study(variant: str, root: Path, modelopt_python: str | None) -> dict:
                              "calibration": {"tool": "nvidia-modelopt", "method": method, "num_images": len(cal.x)}}))
                 onnx.save(q, str(out))
                 ev = evaluate(out, f"modelopt-{method}", [])
-                info.update(ev.row(), qdq_nodes=count_qdq(q), **engine_bytes(out, root))
+                info.update(ev.row(), qdq_nodes=count_qdq(q), onnx_bytes=out.stat().st_size, **engine_bytes(out, root))
                 models[f"modelopt-{method}"] = out
             row["modelopt"][method] = info
             print(f"{variant} modelopt {method}: {info.get('drop_pct', info.get('error', '')[-200:])}")
@@ -191,37 +192,41 @@ def markdown(doc: dict) -> str:
     for r in doc["variants"]:
         lines += [f"## {r['variant']} ({r['input_size'][0]}x{r['input_size'][1]}), FP32 held-out "
                   f"{r['fp32_heldout_accuracy_pct']:.2f} % on {r['heldout_images']} images", "",
-                  "| model | method | INT8 acc % | drop pts | top-1 agree | logit max-abs err | logit cosine | Q / DQ nodes | TRT-RTX engine |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| model | method | INT8 acc % | drop pts | top-1 agree | logit max-abs err | logit cosine | Q / DQ nodes | ONNX | TRT-RTX engine |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for p, d in r["placements"].items():
             for m, e in d["methods"].items():
                 mark = " (auto)" if m == d["chosen"] else ""
                 eng = f"{d['engine_bytes'] / 1e6:.2f} MB" if m == d["chosen"] and "engine_bytes" in d else ""
                 lines.append(f"| ours, placement `{p}` | {m}{mark} | {e['int8_accuracy_pct']:.2f} | {e['drop_pct']:+.2f} | "
                              f"{e['top1_agreement']:.2%} | {e['logit_max_abs_error']:.3f} | {e['logit_cosine']:.5f} | "
-                             f"{d['qdq_nodes']['QuantizeLinear']} / {d['qdq_nodes']['DequantizeLinear']} | {eng} |")
+                             f"{d['qdq_nodes']['QuantizeLinear']} / {d['qdq_nodes']['DequantizeLinear']} | "
+                             f"{d['onnx_bytes'] / 1e6:.2f} MB | {eng} |")
         for m, e in (r.get("modelopt") or {}).items():
             if "error" in e:
-                lines.append(f"| Model Optimizer | {m} | failed: {e['error'].strip().splitlines()[-1][:120]} | | | | | | |")
+                lines.append(f"| Model Optimizer | {m} | failed: {e['error'].strip().splitlines()[-1][:120]} | | | | | | | |")
                 continue
             eng = f"{e['engine_bytes'] / 1e6:.2f} MB" if "engine_bytes" in e else e.get("engine_error", "")[:80]
             lines.append(f"| Model Optimizer | {m} | {e['int8_accuracy_pct']:.2f} | {e['drop_pct']:+.2f} | "
                          f"{e['top1_agreement']:.2%} | {e['logit_max_abs_error']:.3f} | {e['logit_cosine']:.5f} | "
-                         f"{e['qdq_nodes']['QuantizeLinear']} / {e['qdq_nodes']['DequantizeLinear']} | {eng} |")
+                         f"{e['qdq_nodes']['QuantizeLinear']} / {e['qdq_nodes']['DequantizeLinear']} | "
+                         f"{e['onnx_bytes'] / 1e6:.2f} MB | {eng} |")
         fe = r.get("fp32_engine", {})
         if "engine_bytes" in fe:
-            lines.append(f"| FP32 | - | {r['fp32_heldout_accuracy_pct']:.2f} | | | | | 0 / 0 | {fe['engine_bytes'] / 1e6:.2f} MB |")
+            lines.append(f"| FP32 | - | {r['fp32_heldout_accuracy_pct']:.2f} | | | | | 0 / 0 | "
+                         f"{fe['onnx_bytes'] / 1e6:.2f} MB | {fe['engine_bytes'] / 1e6:.2f} MB |")
         lines += ["", "Ranges that differ from minmax (of "
                   f"{r['placements']['tensorrt']['tensors']} tensors, placement tensorrt): "
                   + ", ".join(f"{m} {n}" for m, n in r["placements"]["tensorrt"]["ranges_changed_vs_minmax"].items()), "",
-                  "ONNX Runtime CPU latency, median ms per batch (same run, interleaved rounds):", "",
+                  "ONNX Runtime CPU latency, ms per batch, median (min) over the same run, rounds interleaved:", "",
                   "| model | batch 1 | batch 32 | batch 1 vs int8-all | batch 32 vs int8-all |", "|---|---|---|---|---|"]
         lat = r["ort_cpu_latency"]
         base = {b: lat[f"batch{b}"].get("int8-all", {}).get("median_ms") for b in (1, 32)}
         for name in lat["batch1"]:
             ms = [lat[f"batch{b}"][name]["median_ms"] for b in (1, 32)]
             rel = [f"{m / base[b]:.2f}x" if base[b] else "" for m, b in zip(ms, (1, 32))]
-            lines.append(f"| {name} | {ms[0]:.2f} | {ms[1]:.2f} | {rel[0]} | {rel[1]} |")
+            mins = [lat[f"batch{b}"][name].get("min_ms", float("nan")) for b in (1, 32)]
+            lines.append(f"| {name} | {ms[0]:.2f} ({mins[0]:.2f}) | {ms[1]:.2f} ({mins[1]:.2f}) | {rel[0]} | {rel[1]} |")
         lines.append("")
     lines += ["## Notes", "", doc.get("notes", ""), ""]
     return "\n".join(lines)
@@ -233,9 +238,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modelopt-python", default=None, help="Python of a virtualenv with nvidia-modelopt[onnx].")
     p.add_argument("--work", type=Path, default=ARTIFACTS)
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks/int8-placement.json"))
-    p.add_argument("--notes", type=Path, default=None, help="Markdown notes to put under the tables.")
+    p.add_argument("--notes", type=Path, default=Path("docs/benchmarks/int8-placement-notes.md"),
+                   help="Markdown notes to put under the tables.")
+    p.add_argument("--render-only", action="store_true", help="Rewrite the Markdown from --out's JSON and --notes.")
     args = p.parse_args(argv)
     from alexnet_deploy.fileio import atomic_write_bytes, atomic_write_json
+
+    if args.render_only:
+        import json
+
+        doc = json.loads(args.out.read_text())
+        doc["notes"] = args.notes.read_text() if args.notes.is_file() else ""
+        atomic_write_json(args.out, doc)
+        atomic_write_bytes(args.out.with_suffix(".md"), markdown(doc).encode())
+        return 0
 
     cpu = platform.processor() or platform.machine()
     try:
