@@ -63,7 +63,7 @@ _REPR = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>")
 
 
 def _clean(message: str) -> str:
-    """No object reprs, no unencodable characters, no novel-length echoes of the request in an error body."""
+    """No object reprs, no unencodable characters, no overlong echoes of the request in an error body."""
     message = _REPR.sub("the upload", message).encode("utf-8", "replace").decode("utf-8")
     return message if len(message) <= 500 else message[:500] + "..."
 
@@ -117,7 +117,7 @@ def create_app(runner, options: ServeOptions | None = None):
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > body_limit:
+        if declared and declared.isdigit() and (len(declared) > 18 or int(declared) > body_limit):
             raise ProtocolError(f"request body of {declared} bytes exceeds the {body_limit}-byte limit (--max-body-mb)", 413, True)
         body = bytearray()
         loop = asyncio.get_running_loop()
