@@ -283,3 +283,15 @@ def test_reproduce_commands_parse_with_the_real_clis(deployed):
             cmd.make_context(argv[0], list(args))  # raises click.UsageError on an unknown option
             seen.add(argv[0])
     assert seen == set(scripts)
+
+
+def test_a_second_deploy_into_the_same_folder_is_refused(digits_checkpoint, tmp_path):
+    from alexnet_deploy.deploy import folder
+    from alexnet_deploy.deploy.run import run_deploy
+    from alexnet_deploy.errors import UserInputError
+
+    out = folder.prepare(tmp_path / "dep")
+    with folder.locked(out):
+        with pytest.raises(UserInputError, match="another alexnet-deploy"):
+            run_deploy(_opts(digits_checkpoint, out, precisions=("fp32",), targets=("onnx",)), echo=lambda *a: None)
+    assert list(out.iterdir()) == []

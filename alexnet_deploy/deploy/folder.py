@@ -14,6 +14,7 @@ from alexnet_deploy.errors import UserInputError
 
 STAGING_PREFIX = ".deploy-staging-"
 OLD_PREFIX = ".deploy-old-"
+LOCK_NAME = ".deploy.lock"
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -43,7 +44,7 @@ def refuse_overlap(out: Path, inputs: dict[str, Path]) -> None:
 
 
 def prepare(out: Path) -> Path:
-    """Create ``out`` (one line when it cannot be) and remove staging folders a killed run left behind."""
+    """Create ``out`` (one line when it cannot be)."""
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--out {out} is a file; give a folder")
     try:
@@ -52,10 +53,38 @@ def prepare(out: Path) -> Path:
         raise UserInputError(f"cannot create --out {out}: {exc.strerror}") from None
     if not os.access(out, os.W_OK):
         raise UserInputError(f"--out {out} is not writable; choose another folder")
+    return out
+
+
+def remove_leftovers(out: Path) -> None:
+    """Staging folders a killed run left (call while holding :func:`locked`)."""
     for leftover in out.iterdir():
         if leftover.name.startswith((STAGING_PREFIX, OLD_PREFIX)) and leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
-    return out
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """One alexnet-deploy at a time per folder (a second one would remove the first one's staging folders)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    lock = out / LOCK_NAME
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserInputError(f"another alexnet-deploy is writing {out}; wait for it or choose another --out") from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -160,6 +160,13 @@ def run_deploy(opts: DeployOptions, echo: Callable[[str], None] = print) -> dict
     engines = resolve_engines(opts)
     ctx = Context(opts, sha256_file(opts.weights), dataset_id(opts.dataset), engines, echo, _loaded=loaded)
     out = folder.prepare(opts.out)
+    with folder.locked(out):
+        folder.remove_leftovers(out)
+        return _run_plan(ctx, opts, out, engines, weights, t_start)
+
+
+def _run_plan(ctx: Context, opts: DeployOptions, out: Path, engines, weights: Path, t_start: float) -> dict:
+    echo = ctx.echo
     steps = plan_steps(opts, engines)
     outcomes: dict[str, StepOutcome] = {}
     input_sha: dict[str, str] = {}  # artifact -> sha256 of its model file (what dependent keys hash)
