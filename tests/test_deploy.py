@@ -295,3 +295,18 @@ def test_a_second_deploy_into_the_same_folder_is_refused(digits_checkpoint, tmp_
         with pytest.raises(UserInputError, match="another alexnet-deploy"):
             run_deploy(_opts(digits_checkpoint, out, precisions=("fp32",), targets=("onnx",)), echo=lambda *a: None)
     assert list(out.iterdir()) == []
+
+
+def test_demo_is_alexnet_deploy_on_the_cached_digits_checkpoint(digits_checkpoint, tmp_path):
+    import shutil
+
+    from alexnet_deploy.demo import CHECKPOINT, DEPLOY_FOLDER, run_demo
+
+    shutil.copy(digits_checkpoint, tmp_path / CHECKPOINT)
+    lines: list[str] = []
+    report = run_demo(tmp_path, echo=lines.append, precisions=("fp32",), targets=("onnx",), engines=("ort",),
+                      batch_sizes=(1,), bench_iterations=2, bench_duration_s=None, roofline=False,
+                      parity_images=40, random_samples=2)
+    assert lines[0].startswith("reusing"), lines[0]  # no training when the checkpoint is there
+    assert report["passed"] and (tmp_path / DEPLOY_FOLDER / "report.html").is_file()
+    assert [r["status"] for r in report["rows"]] == ["pass"]
