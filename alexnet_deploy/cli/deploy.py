@@ -47,7 +47,8 @@ def _names(text: str, option: str) -> tuple[str, ...]:
               help="INT8: keep the most sensitive layers in float until the drop is within this many points.")
 @click.option("--trt-library", default="auto", show_default=True, help="auto | tensorrt | tensorrt_rtx.")
 @click.option("--compute-capability", default=None, help="TensorRT-RTX target, e.g. sm86 (default: this GPU or sm86).")
-@click.option("--triton-kind", type=click.Choice(["cpu", "gpu"]), default="gpu", show_default=True)
+@click.option("--triton-kind", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="Triton instance group (auto: gpu when this host has one).")
 @click.option("--force", is_flag=True, help="Redo every step even when its inputs and options are unchanged.")
 @click.option("-v", "--verbose", is_flag=True)
 @_handle_errors
@@ -71,7 +72,8 @@ def deploy_cmd(weights, variant, dataset, out, precisions, targets, engines, bat
         bench_duration_s=None if bench_iterations else bench_duration_s, bench_iterations=bench_iterations,
         bench_warmup_ms=bench_warmup_ms, roofline=not no_roofline, parity_images=parity_images, tolerances=parse_overrides(tol),
         calib_images=calib_images, calib_method=calib_method, sensitivity=not no_sensitivity, max_drop=max_drop,
-        trt_library=trt_library, compute_capability=compute_capability, triton_kind=triton_kind, force=force)
+        trt_library=trt_library, compute_capability=compute_capability,
+        triton_kind=None if triton_kind == "auto" else triton_kind, force=force)
     report = run_deploy(opts, echo=click.echo)
     finish(report, Path(out))
 

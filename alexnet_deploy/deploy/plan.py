@@ -47,7 +47,7 @@ class DeployOptions:
     trt_library: str = "auto"
     compute_capability: str | None = None
     workspace_mb: int = 1024
-    triton_kind: str = "gpu"
+    triton_kind: str | None = None  # None: what this host has (KIND_GPU needs a GPU to load)
     force: bool = False
 
     def validate(self) -> None:

@@ -85,7 +85,8 @@ def render(report: dict) -> str:
         parts.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in notes(report)) + "</ul>")
     parts.append("<p class=\"sub\">Accuracy and agreement: held-out split vs the PyTorch FP32 checkpoint. Max logit "
                  "error: largest |candidate &minus; reference| there. b1 p50: batch-1 median latency. Roofline: the "
-                 "best row's fraction of the attainable rate on this machine's measured ceilings (CPU engines; above 100 % when the weights stay in cache).</p>")
+                 "best row's fraction of the attainable rate on this machine's measured ceilings (CPU engines; "
+                 "above 100 % when the weights stay in cache).</p>")
     parts.append("<h2>Plots</h2>")
     if figures:
         parts.append('<div class="plots">' + "".join(figures) + "</div>")

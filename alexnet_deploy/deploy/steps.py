@@ -91,7 +91,7 @@ def key_parts(ctx: Context, step: Step, input_sha: dict[str, str]) -> dict:
         return {**base, "library": [lib.name, lib.version], "max_batch": o.max_batch,
                 "workspace_mb": o.workspace_mb, "compute_capability": o.compute_capability}
     if step.kind == "triton":
-        return {**base, "max_batch": o.max_batch, "kind": o.triton_kind, "preferred": _preferred(o)}
+        return {**base, "max_batch": o.max_batch, "kind": triton_kind(o), "preferred": _preferred(o)}
     model_sha = ctx.weights_sha256 if step.artifact == REFERENCE else input_sha[step.artifact]
     if step.kind == "parity":
         return {**base, "model_sha256": model_sha, "weights_sha256": ctx.weights_sha256, "engine": step.engine,
@@ -107,6 +107,16 @@ def key_parts(ctx: Context, step: Step, input_sha: dict[str, str]) -> dict:
                 "iterations": o.bench_iterations, "warmup_ms": o.bench_warmup_ms, "roofline": o.roofline,
                 "machine": machine}
     raise ValueError(step.kind)
+
+
+def triton_kind(o: DeployOptions) -> str:
+    if o.triton_kind:
+        return o.triton_kind
+    try:
+        from alexnet_deploy.server.triton import host_kind
+    except ImportError:
+        return "gpu"
+    return host_kind()
 
 
 def _preferred(o: DeployOptions) -> list[int]:
@@ -141,7 +151,7 @@ def command(ctx: Context, step: Step) -> str:
         pref = ",".join(map(str, _preferred(o)))
         return " && ".join(
             " ".join(["alexnet-export triton", _q(out / a / "model.onnx"), "--repo", _q(out / "triton" / "model_repository"),
-                      "--name", f"alexnet-{a.split('-', 1)[1]}", "--max-batch", str(o.max_batch), "--kind", o.triton_kind,
+                      "--name", f"alexnet-{a.split('-', 1)[1]}", "--max-batch", str(o.max_batch), "--kind", triton_kind(o),
                       *(["--preferred-batch", pref] if pref else [])])
             for a in step.needs)
     model = model_path(o.out, step.artifact, o.weights).resolve()
@@ -217,7 +227,7 @@ def run_triton(ctx: Context, step: Step, stage: Path) -> dict:
     for a in step.needs:
         name = f"alexnet-{a.split('-', 1)[1]}"
         export_triton(o.out / a / "model.onnx", stage / "model_repository", name=name, max_batch=o.max_batch,
-                      kind=o.triton_kind, preferred=_preferred(o))
+                      kind=triton_kind(o), preferred=_preferred(o))
         names.append(name)
     meta = read_onnx_metadata(o.out / step.needs[0] / "model.onnx")
     _sidecars(stage, "triton", "model_repository", meta, {"models": names,
