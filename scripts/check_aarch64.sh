@@ -39,7 +39,8 @@ stage() {  # stage NAME: close the previous stage's timer
 [ "$(uname -m)" = x86_64 ] || die "meant for an x86_64 host (on an aarch64 machine, just pip install and run the tests)"
 [ -x "$HOST_PY" ] || die "no host Python at $HOST_PY; run make install first (or set PYTHON=)"
 # onnxruntime's cpuinfo complains on every start without /sys (see below): keep those lines off the output
-exec 2> >(grep --line-buffered -v -e '^Error in cpuinfo' -e 'cpuinfo_initialize failed' -e 'cpuid_info warning' >&2)
+exec 3>&2 2> >(grep --line-buffered -v -e '^Error in cpuinfo' -e 'cpuinfo_initialize failed' -e 'cpuid_info warning' >&2)
+trap '' PIPE  # a signal to the whole group ends that filter first: no SIGPIPE death before the cleanup
 
 # ---------------------------------------------------------------------------------------------- host tools
 if ! command -v debootstrap >/dev/null || ! command -v update-binfmts >/dev/null \
@@ -58,6 +59,8 @@ stage "host tools + binfmt_misc"
 
 # ----------------------------------------------------------------------------------- arm64 root (cached)
 mkdir -p "$CACHE"
+exec 4>"$CACHE/.lock"
+flock -n 4 || die "another check-aarch64 is using $CACHE"
 if [ ! -e "$ROOT/.alexnet-deploy-root" ]; then
     [ -e "$ROOT" ] && die "$ROOT exists but is not a finished root of this script; remove it or set AARCH64_CACHE"
     [ -e "$ROOT.tmp" ] && { [ -e "$ROOT.tmp/debootstrap" ] || [ -e "$ROOT.tmp/.alexnet-deploy-partial" ]; } \
@@ -76,16 +79,19 @@ else
 fi
 [ "$(chroot "$ROOT" uname -m)" = aarch64 ] || die "the root does not run as aarch64"
 
+rm -rf --one-file-system "${ROOT:?}"/tmp/* "$ROOT/opt/venv"  # what an interrupted run left behind
 WORK=$(mktemp -d "$ROOT/tmp/check.XXXXXX")
 INNER=${WORK#"$ROOT"}  # the same folder as seen inside the root
 SERVER_PID=""
 cleanup() {
+    exec 2>&3  # the filter above may already be gone (a signal to the whole process group)
+    trap '' PIPE INT TERM HUP
     [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
     mountpoint -q "$ROOT/proc" && umount "$ROOT/proc"
     [ "${KEEP:-0}" = 1 ] && echo "check-aarch64: kept $WORK" || rm -rf --one-file-system "$WORK"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
+trap 'exec 2>&3; exit 130' INT TERM HUP  # stderr first: the filter may be dead (SIGPIPE)
 
 # /proc only: bind-mounting the host's /sys makes onnxruntime segfault at import (its cpuinfo reads the
 # host's x86 topology). No /dev bind mount either (a forgotten one turns a later rm -rf of the cache into a
