@@ -168,7 +168,7 @@ def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOption
     inp = network.get_input(0)
     if network.num_inputs != 1:
         raise EngineBuildError(f"expected one network input, found {network.num_inputs}")
-    c, h, w = meta.input_shape
+    c, h, w = meta.input_dims  # the graph input's own layout: (H, W, 3) for a uint8-nhwc raw-pixel model
     prof = builder.create_optimization_profile()
     prof.set_shape(inp.name, (profile["min"], c, h, w), (profile["opt"], c, h, w), (profile["max"], c, h, w))
     config.add_optimization_profile(prof)

@@ -28,8 +28,8 @@ class TensorRTRunner(Runner):
         super().__init__(ModelMetadata.from_props(self.manifest["metadata"], str(self.path)))
         prof = self.manifest["build"]["profile"]
         self.min_batch, self.max_batch = int(prof["min"]), int(prof["max"])
-        c, h, w = self.metadata.input_shape
-        self.input_spec = TensorSpec(self.manifest["input"]["name"], (None, c, h, w), np.dtype(np.float32))
+        c, h, w = self.metadata.input_dims  # (H, W, 3) uint8 for a raw-pixel model (--input-format uint8-nhwc)
+        self.input_spec = TensorSpec(self.manifest["input"]["name"], (None, c, h, w), np.dtype(self.metadata.input_dtype))
         self.rebuild_if_stale = rebuild_if_stale
         self.cuda_graph = cuda_graph
         self.library = library or self.manifest["library"]["name"]
@@ -93,10 +93,10 @@ class TensorRTRunner(Runner):
         self._in = self.manifest["input"]["name"]
         self._out = self.manifest["output"]["name"]
         self._out_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(self._out)))
-        c, h, w = self.metadata.input_shape
+        c, h, w = self.metadata.input_dims
         n = self.max_batch
         self._stream = cuda.Stream()
-        self._host_in, self._pin_in = cuda.pinned_empty((n, c, h, w), np.float32)
+        self._host_in, self._pin_in = cuda.pinned_empty((n, c, h, w), np.dtype(self.metadata.input_dtype))
         self._host_out, self._pin_out = cuda.pinned_empty((n, self.metadata.num_classes), self._out_dtype)
         self._d_in = cuda.DeviceBuffer(self._host_in.nbytes)
         self._d_out = cuda.DeviceBuffer(self._host_out.nbytes)
