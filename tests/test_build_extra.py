@@ -93,7 +93,7 @@ def test_export_trt_and_rebuild_without_torch(digits_onnx, image_folder, tmp_pat
     from alexnet_deploy.runtime.trt_library import manifest_path
 
     plans = {p: tmp_path / f"c10-{p}.plan" for p in ("fp32", "fp16", "int8")}
-    stale = tmp_path / "stale.plan"
+    stale, stale_int8 = tmp_path / "stale.plan", tmp_path / "stale-int8.plan"
     img = next(image_folder.rglob("*.png"))
     out = _run_without_torch(f"""
         import json, shutil
@@ -102,14 +102,16 @@ def test_export_trt_and_rebuild_without_torch(digits_onnx, image_folder, tmp_pat
         for p, path in plans.items():
             run(export_main, "trt", {str(digits_onnx)!r}, "-o", path, "--precision", p, "--max-batch", 4,
                 "--calib-dataset", {str(image_folder)!r}, "--calib-images", 32)
-        # a stale engine (manifest names another library version) is rebuilt from its recorded ONNX
-        shutil.copy(plans["fp32"], {str(stale)!r})
-        m = json.load(open(plans["fp32"] + ".manifest.json"))
-        m["library"]["version"] = "0.9.0"
-        json.dump(m, open({str(manifest_path(stale))!r}, "w"))
-        run(predict_main, {str(stale)!r}, {str(img)!r}, "--rebuild-if-stale")
+        # a stale engine (manifest names another library version) is rebuilt from its recorded ONNX; the INT8
+        # one on its recorded calibration folder (the digits default would need scikit-learn, blocked here)
+        for p, dst in (("fp32", {str(stale)!r}), ("int8", {str(stale_int8)!r})):
+            shutil.copy(plans[p], dst)
+            m = json.load(open(plans[p] + ".manifest.json"))
+            m["library"]["version"] = "0.9.0"
+            json.dump(m, open(dst + ".manifest.json", "w"))
+            run(predict_main, dst, {str(img)!r}, "--rebuild-if-stale")
     """)
-    *builds, (code, _, stderr) = _results(out)
+    *builds, (code, _, stderr), (code8, _, stderr8) = _results(out)
     for (p, path), (c, stdout, err) in zip(plans.items(), builds):
         assert c == 0, (p, err)
         assert "built" in stdout and path.stat().st_size > 100_000
@@ -119,3 +121,27 @@ def test_export_trt_and_rebuild_without_torch(digits_onnx, image_folder, tmp_pat
     # rebuilt (the manifest has the current version again), then stopped by this machine's missing GPU
     assert code != 0 and "no CUDA GPU" in stderr, stderr
     assert json.loads(manifest_path(stale).read_text())["library"]["version"] != "0.9.0"
+    assert code8 != 0 and "no CUDA GPU" in stderr8, stderr8
+    rebuilt = json.loads(manifest_path(stale_int8).read_text())
+    assert rebuilt["library"]["version"] != "0.9.0"
+    assert rebuilt["build"]["calibration"]["dataset"].startswith(str(image_folder))
+    assert rebuilt["build"]["calibration"]["num_images"] == 32
+
+
+def test_rebuild_command_repeats_the_recorded_build():
+    from alexnet_deploy.runtime.trt_library import rebuild_command, rebuild_options
+
+    manifest = {"source_onnx": "/m/c10.onnx", "precision": "int8",
+                "build": {"profile": {"min": 1, "opt": 4, "max": 8}, "static": False, "workspace_mb": 1024,
+                          "dla_core": 0, "version_compatible": False, "hardware_compatibility": "none",
+                          "calibration": {"dataset": "digits:train", "num_images": 300, "method": "entropy2",
+                                          "cache": "/m/c10.calib"}}}
+    assert rebuild_options(manifest) == {
+        "precision": "int8", "workspace_mb": 1024, "min_batch": 1, "opt_batch": 4, "max_batch": 8, "dla_core": 0,
+        "calib_dataset": "digits", "calib_images": 300, "calib_algorithm": "entropy2", "calib_cache": "/m/c10.calib"}
+    assert rebuild_command(manifest, "e.plan") == (
+        "alexnet-export trt /m/c10.onnx -o e.plan --precision int8 --min-batch 1 --opt-batch 4 --max-batch 8 "
+        "--dla-core 0 --calib-dataset digits --calib-images 300 --calib-algorithm entropy2 --calib-cache /m/c10.calib")
+    manifest["build"]["calibration"]["dataset"] = "npy:gone.npy"  # recorded by name only: the user must say
+    assert rebuild_options(manifest)["calib_dataset"] is None
+    assert "--calib-dataset DATA" in rebuild_command(manifest, "e.plan")

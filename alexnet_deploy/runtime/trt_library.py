@@ -96,14 +96,59 @@ def gpu_properties() -> dict | None:
         return None
 
 
-def rebuild_command(manifest: dict, engine) -> str:
+_SPLITS = (":train", ":heldout", ":all")
+
+
+def rebuild_options(manifest: dict) -> dict:
+    """How an engine was built, as ``TrtBuildOptions`` keywords read from its manifest, so that a rebuild
+    (``--rebuild-if-stale``, or the printed command) makes the same engine: profile, workspace, DLA core,
+    compatibility modes and, for INT8 calibrated at build time, the calibration data, count and method.
+    ``calib_dataset`` is None when the recorded data cannot be found again (an .npy recorded by name only)."""
     b = manifest.get("build", {})
-    parts = ["alexnet-export trt", manifest.get("source_onnx", "MODEL.onnx"), "-o", str(engine),
-             "--precision", manifest.get("precision", "fp32")]
+    opts = {"precision": manifest.get("precision", "fp32"), "workspace_mb": int(b.get("workspace_mb", 1024))}
     prof = b.get("profile") or {}
     if prof and not b.get("static"):
-        parts += ["--min-batch", str(prof["min"]), "--opt-batch", str(prof["opt"]), "--max-batch", str(prof["max"])]
-    return " ".join(parts)
+        opts.update(min_batch=int(prof["min"]), opt_batch=int(prof["opt"]), max_batch=int(prof["max"]))
+    if b.get("dla_core") is not None:  # core 0 is a core
+        opts["dla_core"] = int(b["dla_core"])
+    if b.get("version_compatible"):
+        opts["version_compatible"] = True
+    if b.get("hardware_compatibility", "none") != "none":
+        opts["hardware_compatibility"] = b["hardware_compatibility"]
+    cal = b.get("calibration") or {}
+    if opts["precision"] == "int8" and cal.get("dataset"):  # recorded as SOURCE:SPLIT by calibration.data
+        name = str(cal["dataset"])
+        source = next((name[: -len(s)] for s in _SPLITS if name.endswith(s)), None)
+        opts["calib_dataset"] = source if source == "digits" or (source and os.path.exists(source)) else None
+        if cal.get("num_images"):
+            opts["calib_images"] = int(cal["num_images"])
+        if cal.get("method") in ("entropy2", "minmax") and cal.get("cache"):  # TensorRT <= 10's calibrator
+            opts.update(calib_algorithm=cal["method"], calib_cache=cal["cache"])
+        elif cal.get("method") in ("minmax", "entropy", "percentile"):  # QDQ ranges (strongly typed)
+            opts["calib_method"] = cal["method"]
+    return opts
+
+
+_FLAGS = {"min_batch": "--min-batch", "opt_batch": "--opt-batch", "max_batch": "--max-batch",
+          "workspace_mb": "--workspace-mb", "dla_core": "--dla-core", "hardware_compatibility": "--hardware-compatibility",
+          "calib_dataset": "--calib-dataset", "calib_images": "--calib-images", "calib_algorithm": "--calib-algorithm",
+          "calib_cache": "--calib-cache"}
+
+
+def rebuild_command(manifest: dict, engine) -> str:
+    import shlex
+
+    opts = rebuild_options(manifest)
+    parts = ["alexnet-export", "trt", str(manifest.get("source_onnx", "MODEL.onnx")), "-o", str(engine),
+             "--precision", opts["precision"]]
+    for key, flag in _FLAGS.items():
+        if key == "calib_dataset" and key in opts and opts[key] is None:
+            parts += [flag, "DATA"]
+        elif opts.get(key) is not None and not (key == "workspace_mb" and opts[key] == 1024):
+            parts += [flag, str(opts[key])]
+    if opts.get("version_compatible"):
+        parts.append("--version-compatible")
+    return " ".join(shlex.quote(p) if p != "alexnet-export" else p for p in parts)
 
 
 def check_compatible(manifest: dict, engine, lib: TrtLibrary, gpu: dict | None) -> list[str]:

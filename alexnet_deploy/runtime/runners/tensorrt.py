@@ -13,10 +13,10 @@ import numpy as np
 
 from alexnet_deploy.errors import InferenceError, MissingDependencyError, ModelLoadError
 from alexnet_deploy.fileio import sha256_file
-from alexnet_deploy.runtime.metadata import ModelMetadata
+from alexnet_deploy.runtime.metadata import ModelMetadata, read_onnx_metadata
 from alexnet_deploy.runtime.runners.base import Runner, TensorSpec
 from alexnet_deploy.runtime.trt_library import (check_compatible, gpu_properties, load_library, read_manifest,
-                                                rebuild_command)
+                                                rebuild_command, rebuild_options)
 
 
 class TensorRTRunner(Runner):
@@ -69,12 +69,14 @@ class TensorRTRunner(Runner):
         src = self.manifest.get("source_onnx")
         if not src or not Path(src).is_file():
             raise ModelLoadError(f"cannot rebuild {self.path.name}: its ONNX {src} is gone")
-        b = self.manifest["build"]
-        opts = TrtBuildOptions(precision=self.manifest["precision"], library=self.library,
-                               min_batch=None if b["static"] else b["profile"]["min"],
-                               opt_batch=None if b["static"] else b["profile"]["opt"],
-                               max_batch=None if b["static"] else b["profile"]["max"], workspace_mb=b["workspace_mb"])
-        build_engine(src, self.path, opts)
+        recorded = rebuild_options(self.manifest)  # the same profile, DLA core and calibration data as before
+        if "calib_dataset" in recorded and recorded["calib_dataset"] is None:
+            if read_onnx_metadata(src).precision != "int8":  # calibrated at build time, on data not found again
+                raise ModelLoadError(f"cannot rebuild {self.path.name} by itself: it was calibrated on "
+                                     f"{self.manifest['build']['calibration'].get('dataset')}; run "
+                                     f"{rebuild_command(self.manifest, self.path)}")
+            del recorded["calib_dataset"]  # a QDQ ONNX carries its ranges
+        build_engine(src, self.path, TrtBuildOptions(library=self.library, **recorded))
         self.manifest = read_manifest(self.path)
 
     # --------------------------------------------------------------------------------- lifecycle
