@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from alexnet_deploy.errors import AlexnetDeployError
+from alexnet_deploy.fileio import printable_path
 from alexnet_deploy.runtime.postprocess import to_probabilities, topk
 from alexnet_deploy.runtime.preprocess import model_batch
 from alexnet_deploy.stream.overlay import annotate
@@ -337,7 +338,7 @@ class StreamPipeline:
     def _record(self, f: Frame) -> dict:
         rec = {"frame": f.raw.index}
         if f.raw.name is not None:
-            rec["image"] = f.raw.name
+            rec["image"] = printable_path(f.raw.name)  # non-UTF-8 file names stay valid JSON text
         rec["time"] = None if f.raw.time is None else round(f.raw.time, 6)
         rec["wall_time"] = round(f.wall_time, 6)
         rec["top"] = [{"index": t["index"], "label": t["label"],
