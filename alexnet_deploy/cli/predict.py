@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -51,6 +52,8 @@ def predict_cmd(model, images, top_k, engine, variant, batch_size, as_json, rebu
             chunk, imgs = [], []
             for f in files[i: i + step]:
                 try:
+                    if not os.path.isfile(f):  # a FIFO or device named *.png would block the decoder
+                        raise UserInputError(f"{printable_path(f)} is not a regular file")
                     imgs.append(load_image(f, max_pixels=limit, name=printable_path(f)))
                     chunk.append(f)
                 except UserInputError as exc:  # ImageTooLargeError included: report, skip, go on
