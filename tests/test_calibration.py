@@ -294,3 +294,27 @@ def test_older_onnxruntime_path_inserts_the_same_nodes(digits_onnx, tmp_path, mo
     monkeypatch.setattr(qdq, "_takes_range_cache", lambda: False)
     b = calibrate(digits_onnx, tmp_path / "b.onnx", num_images=64, eval_images=50, echo=lambda *_: None)
     assert a.qdq_nodes == b.qdq_nodes and _activation_scales(a.output) == _activation_scales(b.output)
+
+
+def test_weights_on_dead_input_channels_are_zeroed():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from alexnet_deploy.calibration.dead_channels import zero_dead_inputs
+
+    rng = np.random.default_rng(0)
+    w_conv = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    w_gemm = rng.standard_normal((2, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "wc"], ["c"], name="/features/features.0/Conv"),
+         helper.make_node("Flatten", ["c"], ["f"]),
+         helper.make_node("Gemm", ["f", "wg"], ["y"], name="/classifier/classifier.1/Gemm", transB=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(w_conv, "wc"), numpy_helper.from_array(w_gemm, "wg")])
+    model = helper.make_model(graph)
+    report = zero_dead_inputs(model, {"x": np.array([1.0, 0.0, 2.0]), "f": np.array([0.0, 1.0, 0.0, 3.0])})
+    assert report == {"features.0": 1, "classifier.1": 2}
+    w = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert not w["wc"][:, 1].any() and np.array_equal(w["wc"][:, [0, 2]], w_conv[:, [0, 2]])
+    assert not w["wg"][:, [0, 2]].any() and np.array_equal(w["wg"][:, [1, 3]], w_gemm[:, [1, 3]])
+    assert zero_dead_inputs(model, {"x": np.ones(3)}) == {}

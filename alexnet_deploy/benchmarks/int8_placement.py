@@ -34,6 +34,7 @@ SHARED_CHECKPOINTS = {"bn": Path("artifacts/int4/bn-digits.pt")}  # issue 13's s
 PLACEMENTS = ("tensorrt", "all")
 METHODS = ("minmax", "entropy", "percentile")
 MODELOPT_METHODS = ("max", "entropy")
+MAX_DROP = 0.1  # the issue's target, in points: layers are kept in float (sensitivity order) until it holds
 LATENCY = {"batches": (1, 32), "rounds": 7, "runs_per_round": {1: 20, 32: 3}, "threads": 2}
 
 
@@ -115,10 +116,12 @@ def latency(models: dict[str, Path], input_name: str, shape: tuple[int, ...]) ->
     return out
 
 
-def run_modelopt(python: str, fp32: Path, npz: Path, method: str, out: Path) -> dict:
+def run_modelopt(python: str, fp32: Path, npz: Path, method: str, out: Path, exclude: list[str]) -> dict:
     cmd = [python, "-m", "modelopt.onnx.quantization", "--onnx_path", str(fp32), "--quantize_mode", "int8",
            "--calibration_method", method, "--calibration_data_path", str(npz), "--calibration_eps", "cpu",
            "--high_precision_dtype", "fp32", "--output_path", str(out)]
+    if exclude:  # the layers our --max-drop kept in float, so that both tools quantize the same layers
+        cmd += ["--nodes_to_exclude", *exclude]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     info = {"command": " ".join(Path(c).name if c == python else c for c in cmd), "seconds": round(time.perf_counter() - t0, 1),
@@ -150,9 +153,11 @@ def study(variant: str, root: Path, modelopt_python: str | None) -> dict:
     for placement in PLACEMENTS:
         out = root / f"{variant}-int8-{placement}.onnx"
         t1 = time.perf_counter()
-        res = calibrate(fp32, out, method="auto", placement=placement, echo=lambda *_: None)
+        res = calibrate(fp32, out, method="auto", placement=placement, max_drop=MAX_DROP, echo=lambda *_: None)
         row["placements"][placement] = {
             "chosen": res.chosen.method, "seconds": round(time.perf_counter() - t1, 1),
+            "chosen_row": res.chosen.row(), "sensitivity": res.sensitivity,
+            "dead_input_channels_zeroed": res.provenance.get("dead_input_channels_zeroed"),
             "qdq_nodes": res.qdq_nodes, "methods": {e.method: e.row() for e in res.tried},
             "ranges_changed_vs_minmax": {m: sum(abs(res.ranges[m][t] - res.ranges["minmax"][t]) > 1e-6 * max(res.ranges["minmax"][t], 1e-12)
                                                 for t in res.ranges["minmax"]) for m in res.ranges},
@@ -166,18 +171,25 @@ def study(variant: str, root: Path, modelopt_python: str | None) -> dict:
         npz = root / f"{variant}-calib500.npz"
         np.savez(npz, **{meta.input_name: cal.x})
         row["modelopt"] = {}
-        for method in MODELOPT_METHODS:
-            out = root / f"{variant}-modelopt-{method}.onnx"
-            info = run_modelopt(modelopt_python, fp32, npz, method, out)
+        from alexnet_deploy.calibration.placement import layer_names
+
+        layers = layer_names(onnx.load(str(fp32)))
+        kept = row["placements"]["tensorrt"]["chosen_row"]["kept_float"]
+        runs = [(m, []) for m in MODELOPT_METHODS] + [(m, kept) for m in MODELOPT_METHODS if kept]
+        for method, keep in runs:
+            tag = method + ("-keep-" + "-".join(keep) if keep else "")
+            out = root / f"{variant}-modelopt-{tag}.onnx"
+            info = run_modelopt(modelopt_python, fp32, npz, method, out, [layers[k] for k in keep])
+            info["kept_float"] = keep
             if "error" not in info:
                 q = onnx.load(str(out))
                 set_metadata(q, dataclasses.replace(meta, precision="int8", extra={**meta.extra,
                              "calibration": {"tool": "nvidia-modelopt", "method": method, "num_images": len(cal.x)}}))
                 onnx.save(q, str(out))
-                ev = evaluate(out, f"modelopt-{method}", [])
+                ev = evaluate(out, f"modelopt-{method}", keep)
                 info.update(ev.row(), qdq_nodes=count_qdq(q), onnx_bytes=out.stat().st_size, **engine_bytes(out, root))
-                models[f"modelopt-{method}"] = out
-            row["modelopt"][method] = info
+                models[f"modelopt-{tag}"] = out
+            row["modelopt"][tag] = info
             print(f"{variant} modelopt {method}: {info.get('drop_pct', info.get('error', '')[-200:])}")
     row["ort_cpu_latency"] = latency(models, meta.input_name, meta.input_shape)
     row["seconds"] = round(time.perf_counter() - t0, 1)
@@ -197,11 +209,20 @@ def markdown(doc: dict) -> str:
         for p, d in r["placements"].items():
             for m, e in d["methods"].items():
                 mark = " (auto)" if m == d["chosen"] else ""
-                eng = f"{d['engine_bytes'] / 1e6:.2f} MB" if m == d["chosen"] and "engine_bytes" in d else ""
+                written = m == d["chosen"] and not d.get("chosen_row", {}).get("kept_float")
+                eng = f"{d['engine_bytes'] / 1e6:.2f} MB" if written and "engine_bytes" in d else ""
                 lines.append(f"| ours, placement `{p}` | {m}{mark} | {e['int8_accuracy_pct']:.2f} | {e['drop_pct']:+.2f} | "
                              f"{e['top1_agreement']:.2%} | {e['logit_max_abs_error']:.3f} | {e['logit_cosine']:.5f} | "
                              f"{d['qdq_nodes']['QuantizeLinear']} / {d['qdq_nodes']['DequantizeLinear']} | "
                              f"{d['onnx_bytes'] / 1e6:.2f} MB | {eng} |")
+        for p, d in r["placements"].items():
+            e = d.get("chosen_row")
+            if e and e["kept_float"]:
+                lines.append(f"| ours, placement `{p}`, --max-drop {MAX_DROP} | {e['method']}, float: "
+                             f"{', '.join(e['kept_float'])} | {e['int8_accuracy_pct']:.2f} | {e['drop_pct']:+.2f} | "
+                             f"{e['top1_agreement']:.2%} | {e['logit_max_abs_error']:.3f} | {e['logit_cosine']:.5f} | "
+                             f"{d['qdq_nodes']['QuantizeLinear']} / {d['qdq_nodes']['DequantizeLinear']} | "
+                             f"{d['onnx_bytes'] / 1e6:.2f} MB | {d['engine_bytes'] / 1e6 if 'engine_bytes' in d else 0:.2f} MB |")
         for m, e in (r.get("modelopt") or {}).items():
             if "error" in e:
                 lines.append(f"| Model Optimizer | {m} | failed: {e['error'].strip().splitlines()[-1][:120]} | | | | | | | |")

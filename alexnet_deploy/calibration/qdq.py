@@ -77,14 +77,17 @@ def ranges_for(hist: Histograms, cfg: QuantConfig) -> dict[str, float]:
     return thresholds(hist, cfg.method.value, cfg.percentile)
 
 
-def save_ranges(path: Path, amax: dict[str, float], cfg: QuantConfig) -> None:
-    atomic_write_json(path, {"method": cfg.method.value, "amax": {t: float(a) for t, a in amax.items()}})
+def save_ranges(path: Path, amax: dict[str, float], cfg: QuantConfig, channel_amax: dict | None = None) -> None:
+    atomic_write_json(path, {"method": cfg.method.value, "amax": {t: float(a) for t, a in amax.items()},
+                             "channel_amax": {t: [float(v) for v in a] for t, a in (channel_amax or {}).items()}})
 
 
-def load_ranges(path: Path) -> dict[str, float]:
+def load_ranges(path: Path) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(per-tensor amax, per-channel amax) from a range file written by :func:`save_ranges`."""
     try:
         data = json.loads(Path(path).read_text())
-        return {str(t): float(a) for t, a in data["amax"].items()}
+        return ({str(t): float(a) for t, a in data["amax"].items()},
+                {str(t): np.asarray(a, np.float64) for t, a in data.get("channel_amax", {}).items()})
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserInputError(f"calibration cache {path} is not a range file written by alexnet-calibrate: {exc}") from None
 

@@ -15,7 +15,7 @@ tries only the full range; these ranges go to ONNX Runtime through its calibrati
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -35,6 +35,7 @@ class Histograms:
     amax: dict[str, float]
     hist: dict[str, np.ndarray]
     num_images: int
+    channel_amax: dict[str, np.ndarray] = field(default_factory=dict)  # max |x| per channel (axis 1)
 
 
 def _session(model: onnx.ModelProto, tensors: list[str], threads: int | None):
@@ -66,7 +67,7 @@ def collect_histograms(model: onnx.ModelProto, x: np.ndarray, input_name: str, t
                        batch: int = 32, static_batch: int | None = None, threads: int | None = None) -> Histograms:
     """Two passes of ONNX Runtime over ``x`` with ``tensors`` exposed as outputs: max |x|, then histograms."""
     if not tensors:
-        return Histograms({}, {}, 0)
+        return Histograms({}, {}, 0, {})
     inner = [t for t in tensors if t != input_name]
     sess = _session(model, inner, threads)
     names = [o.name for o in sess.get_outputs()]
@@ -78,11 +79,16 @@ def collect_histograms(model: onnx.ModelProto, x: np.ndarray, input_name: str, t
             yield t, (xb if t == input_name else outs[idx[t]])
 
     amax = dict.fromkeys(tensors, 0.0)
+    channel: dict[str, np.ndarray] = {}
     n = 0
     for xb in _batches(x, batch, static_batch):
         n += len(xb)
         for t, v in values(xb):
-            if v.size:
+            if v.size and v.ndim >= 2:
+                c = np.abs(v).max(axis=tuple(i for i in range(v.ndim) if i != 1))
+                channel[t] = c if t not in channel else np.maximum(channel[t], c)
+                amax[t] = max(amax[t], float(c.max()))
+            elif v.size:
                 amax[t] = max(amax[t], float(np.abs(v).max()))
     if n == 0:
         raise UserInputError(f"no full calibration batch: {len(x)} images for a model with a static batch of "
@@ -95,7 +101,7 @@ def collect_histograms(model: onnx.ModelProto, x: np.ndarray, input_name: str, t
                 continue
             bins = np.abs(v.astype(np.float64, copy=False)).ravel() * (FINE_BINS / amax[t])
             hist[t] += np.bincount(np.minimum(bins.astype(np.int64), FINE_BINS - 1), minlength=FINE_BINS)
-    return Histograms(amax, hist, n)
+    return Histograms(amax, hist, n, channel)
 
 
 def entropy_amax(hist: np.ndarray, amax: float, quantized_bins: int = QUANTIZED_BINS) -> float:

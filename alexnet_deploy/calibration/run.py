@@ -11,6 +11,7 @@ import onnx
 
 from alexnet_deploy.calibration.cache import check_cache, write_sidecar
 from alexnet_deploy.calibration.data import CalibrationSet, load_calibration_set
+from alexnet_deploy.calibration.dead_channels import zero_dead_inputs
 from alexnet_deploy.calibration.placement import Placement, count_qdq
 from alexnet_deploy.calibration.qdq import (Method, QuantConfig, is_quantized, load_ranges, measure, provenance,
                                             quantize, ranges_for, save_ranges, temp_dir, weighted_layers)
@@ -127,27 +128,44 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
     result_tried: list[Evaluation] = []
     amax: dict[str, dict[str, float]] = {}  # method -> tensor -> symmetric range
     hist = []  # histograms, measured once for every method (lazily: a reused cache needs none)
-
-    def ranges(cfg: QuantConfig) -> dict[str, float]:
-        if cfg.method.value not in amax:
-            if not hist:
-                hist.append(measure(model, cal, meta, place))
-            amax[cfg.method.value] = ranges_for(hist[0], cfg)
-        return amax[cfg.method.value]
+    channel_amax: dict = {}  # per-channel max |x| of the quantized activations
+    source = {"path": model, "dead": None}  # the FP32 model quantization starts from
 
     with temp_dir(output.parent) as tmp:
         tmp = Path(tmp)
 
+        def quant_source() -> Path:
+            """The FP32 model with weights on always-zero input channels zeroed (see dead_channels.py)."""
+            if source["dead"] is None:
+                fp32 = onnx.load(str(model))
+                source["dead"] = zero_dead_inputs(fp32, channel_amax)
+                if source["dead"]:
+                    source["path"] = tmp / "fp32-live-inputs.onnx"
+                    onnx.save(fp32, str(source["path"]))
+                    echo("zeroed weights on input channels that were 0 on every calibration image: "
+                         + ", ".join(f"{k} ({v})" for k, v in source["dead"].items()))
+            return source["path"]
+
+        def ranges(cfg: QuantConfig) -> dict[str, float]:
+            if cfg.method.value not in amax:
+                if not hist:
+                    hist.append(measure(model, cal, meta, place))
+                    channel_amax.update(hist[0].channel_amax)
+                amax[cfg.method.value] = ranges_for(hist[0], cfg)
+            return amax[cfg.method.value]
+
         def build(cfg: QuantConfig, tag: str) -> tuple[Path, Evaluation]:
             path = tmp / f"{tag}.onnx"
-            quantize(model, path, ranges(cfg), cfg)
+            r = ranges(cfg)
+            quantize(quant_source(), path, r, cfg)
             return path, evaluate(path, cfg.method.value, list(cfg.keep_float))
 
         if cache is not None:  # user-kept range cache, checked against provenance
             cfg0 = QuantConfig(methods[0], percentile, placement=place)
             want = provenance(model, meta, cal, cfg0)
             if check_cache(Path(cache), want, force_cache):
-                amax[cfg0.method.value] = load_ranges(Path(cache))
+                amax[cfg0.method.value], cached_channels = load_ranges(Path(cache))
+                channel_amax.update(cached_channels)
                 echo(f"reusing calibration ranges from {cache}")
         best: tuple[Path, Evaluation, QuantConfig] | None = None
         for m in methods:
@@ -183,6 +201,7 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
                 echo(f"warning: even with {len(kept)} layers in float the drop is {ev.drop:.2f} > {max_drop} points")
         prov = provenance(model, meta, cal, cfg)
         prov["requested_images"] = int(num_images)
+        prov["dead_input_channels_zeroed"] = dict(source["dead"] or {})
         out_meta = dataclasses.replace(
             meta, precision="int8", fp32_onnx_sha256=prov["source_onnx_sha256"],
             extra={**meta.extra, "calibration": prov,
@@ -193,7 +212,7 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
         with atomic_path(output) as final:
             onnx.save(q, str(final))
         if cache is not None:
-            save_ranges(Path(cache), amax[cfg.method.value], cfg)
+            save_ranges(Path(cache), amax[cfg.method.value], cfg, channel_amax)
             write_sidecar(Path(cache), provenance(model, meta, cal, QuantConfig(cfg.method, percentile,
                                                                                 placement=place)))
     return CalibrationResult(output, ev, result_tried, sens_rows, prov, amax, qdq_nodes)
