@@ -55,7 +55,7 @@ def _accuracy(path: Path, x, y) -> float:
 
 
 def study_variant(variant: str, root: Path = ARTIFACTS, block_size: int = 128, calib_images: int = 256,
-                  trt_build: bool = True, random_weights: bool = False) -> dict:
+                  trt_build: bool = True, random_weights: bool = False, placement: str = "all") -> dict:
     """Export, calibrate INT8, make both INT4-FC forms, and measure held-out digits top-1 of each.
     ``random_weights``: seeded random weights instead of the trained checkpoint (speed and size only; the
     accuracy columns then say nothing)."""
@@ -73,9 +73,10 @@ def study_variant(variant: str, root: Path = ARTIFACTS, block_size: int = 128, c
     if not fp32.is_file():
         loaded = load_model(variant, "random") if random_weights else load_model(None, str(ckpt))
         export_onnx(loaded, fp32)
-    int8 = root / f"{tag}-int8.onnx"
+    int8 = root / f"{tag}-int8-{placement}.onnx"
     if not int8.is_file():
-        calibrate(fp32, int8, dataset="digits", num_images=calib_images, eval_images=1000)
+        # placement "all" (ONNX Runtime's default): ORT fuses it into QLinearConv, the fast CPU INT8 model
+        calibrate(fp32, int8, dataset="digits", num_images=calib_images, eval_images=1000, placement=placement)
     res = {}
     for form in ("ort", "trt"):
         out = root / f"{tag}-int4fc-{form}.onnx"
@@ -95,6 +96,7 @@ def study_variant(variant: str, root: Path = ARTIFACTS, block_size: int = 128, c
         r["drop_vs_fp32_pct"] = rows[0]["heldout_top1_pct"] - r["heldout_top1_pct"]
     out = {"variant": variant, "dataset": "digits (scikit-learn), held-out split", "heldout_images": int(len(held.x)),
            "heldout_sha256": held.fingerprint, "block_size": block_size, "calibration_images": calib_images,
+           "int8_placement": placement,
            "weights": "seeded random (speed and size only)" if random_weights else "trained on digits",
            "checkpoint_sha256": sha256_file(ckpt) if ckpt else None, "rows": rows, "sensitivity": res["ort"].sensitivity,
            "int4_provenance": res["ort"].provenance}
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--out", type=Path, default=Path("docs/benchmarks/int4-accuracy.json"))
     a.add_argument("--random-weights", action="store_true", help="seeded random weights (speed/size runs)")
     a.add_argument("--no-trt", action="store_true", help="skip the TensorRT-RTX build")
+    a.add_argument("--calib-images", type=int, default=256)
+    a.add_argument("--placement", default="all", choices=["all", "tensorrt"], help="INT8 Q/DQ placement of the convolutions")
     args = p.parse_args(argv)
     if args.cmd == "train":
         for v in args.variant or ["bn", "torchvision"]:
@@ -144,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         for v in args.variant or ["bn", "torchvision"]:
             key = f"{v}-random" if args.random_weights else v
             results[key] = study_variant(v, block_size=args.block_size, trt_build=not args.no_trt,
-                                         random_weights=args.random_weights)
+                                         random_weights=args.random_weights, calib_images=args.calib_images,
+                                         placement=args.placement)
             atomic_write_json(args.out, results)
         print(f"wrote {args.out}")
     return 0

@@ -354,8 +354,9 @@ def _row(ev) -> dict:
 def summary_table(result: Int4Result) -> str:
     c, b = result.chosen, result.int8
     lines = [f"{'model':<16}{'accuracy':>10}{'drop':>8}{'top-1 agree':>13}",
-             f"{'INT8 QDQ':<16}{_pct(b['int8_accuracy_pct'])}{b['drop_pct']:8.2f}{b['top1_agreement']:12.2%}",
-             f"{'INT8+INT4 FC':<16}{_pct(c['int8_accuracy_pct'])}{c['drop_pct']:8.2f}{c['top1_agreement']:12.2%}"]
+             f"{'FP32':<16}{_pct(b['fp32_accuracy_pct'])}",
+             f"{'INT8 QDQ':<16}{_pct(b['accuracy_pct'])}{b['drop_pct']:8.2f}{b['top1_agreement']:12.2%}",
+             f"{'INT8+INT4 FC':<16}{_pct(c['accuracy_pct'])}{c['drop_pct']:8.2f}{c['top1_agreement']:12.2%}"]
     if result.sensitivity:
         lines.append("FC sensitivity (cost in points when only that layer is INT4):")
         lines += [f"  {r['layer']:<14} {r['cost_pct']:+.2f}  (output error {r['output_error']:.4f}, "

@@ -28,7 +28,9 @@ from alexnet_deploy.errors import UserInputError
 @click.option("--end-to-end-images", "images_dir", type=click.Path(), default=None,
               help="Also time decoding + preprocessing of the images in this folder.")
 @click.option("--overhead-check", is_flag=True, help="Also time a bare session.run loop (harness overhead).")
-@click.option("--no-roofline", is_flag=True, help="Skip the FLOP count and the CPU peak measurement.")
+@click.option("--no-roofline", is_flag=True,
+              help="Skip the roofline: FLOP and weight-byte counts, and the measured FP32/INT8 GEMM and memory "
+                   "bandwidth ceilings (about 2 s).")
 @click.option("--cuda-graph", is_flag=True, help="trt engine: replay captured CUDA graphs (fixed batch per row).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None)
