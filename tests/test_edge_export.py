@@ -177,6 +177,8 @@ def test_deepstream_int8_calibration_cache_and_refusals(digits_onnx, tmp_path, c
     cfg.read(tmp_path / "b" / "config_infer_primary_alexnet.txt")
     assert cfg["property"]["network-mode"] == "1" and cfg["property"]["int8-calib-file"] == "calib.table"
     assert (tmp_path / "b" / "calib.table").read_bytes() == cache.read_bytes()
+    code, _, err = cli(export_group, "deepstream", digits_onnx, "--dir", tmp_path / "v", "--video", "file:///x\n[sink0]")
+    assert code == 2 and "one line" in err and not (tmp_path / "v").exists()
     # the folder holding the input model is refused, before anything is written
     code, _, err = cli(export_group, "deepstream", digits_onnx, "--dir", digits_onnx.parent)
     assert code == 2 and "holds the input model" in err

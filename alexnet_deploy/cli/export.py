@@ -174,7 +174,10 @@ def export_deepstream_cmd(model, out_dir, precision, batch_size, threshold, gpu_
         click.echo(result.report.table())
     for p in result.files.values():
         click.echo(f"wrote {p}")
-    click.echo(f"run: cd {out_dir} && deepstream-app -c deepstream_app_config.txt   (network-mode={result.network_mode})")
+    import shlex
+
+    click.echo(f"run: cd {shlex.quote(str(out_dir))} && deepstream-app -c deepstream_app_config.txt   "
+               f"(network-mode={result.network_mode})")
 
 
 @export_group.command("jetson-inference")
@@ -195,6 +198,6 @@ def export_jetson_inference_cmd(model, out_dir, no_check):
         click.echo(f"wrote {p}")
     for note in result.notes:
         click.echo(f"note: {note}")
-    click.echo(f"run in {out_dir}:")
+    click.echo(f"run in {click.format_filename(out_dir)}:")
     for cmd in result.commands:
         click.echo(f"  {cmd}")

@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_deploy.errors import UserInputError
-from alexnet_deploy.exporter.derived import Source, check_labels, finish, load_source, output_paths, verify
+from alexnet_deploy.exporter.derived import (
+    Source,
+    check_labels,
+    finish,
+    load_source,
+    output_paths,
+    safe_stem,
+    verify,
+)
 from alexnet_deploy.fileio import atomic_path, atomic_write_bytes, printable_path, sha256_file
 from alexnet_deploy.parity.compare import ParityReport
 
@@ -206,12 +214,14 @@ def export_deepstream(model_path: str | os.PathLike, out_dir: str | os.PathLike,
     if meta.batch is not None and meta.batch != opts.batch_size:
         raise UserInputError(f"{source.path.name} has a static batch of {meta.batch}; use --batch-size {meta.batch} "
                              "or export the ONNX with a dynamic batch")
+    if not opts.video_uri or any(ord(ch) < 32 or ch == "\x7f" for ch in opts.video_uri):
+        raise UserInputError("--video must be one line (a URI such as file:///path/video.mp4)")
     if not 0.0 <= opts.threshold <= 1.0:
         raise UserInputError(f"--threshold is a probability (0..1), got {opts.threshold}")
     precision = _precision(source, opts)
     label_text = labels_file(meta.class_names)
     calib = _read_calib_cache(opts.calib_cache, source) if opts.calib_cache else None
-    onnx_name = source.path.stem + "_deepstream.onnx"
+    onnx_name = safe_stem(source.path) + "_deepstream.onnx"
     names = {"the ONNX model": onnx_name, "the label file": LABELS, "the nvinfer config": INFER_CONFIG,
              "the deepstream-app config": APP_CONFIG}
     if calib is not None:

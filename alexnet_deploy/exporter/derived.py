@@ -4,6 +4,7 @@ before anything is written. Needs onnx and onnxruntime, not torch (works next to
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -68,6 +69,12 @@ def output_paths(out_dir: str | os.PathLike, source: Path, names: dict[str, str]
     refuse_overlapping_paths(inputs={"the model": source}, outputs=paths)
     check_writable(next(iter(paths.values())))
     return paths
+
+
+def safe_stem(path: Path) -> str:
+    """A file-name stem that config files and shell command lines carry verbatim ([A-Za-z0-9._-] only)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem).lstrip(".")
+    return stem or "model"
 
 
 def check_labels(names: list[str], forbidden: str, stack: str, max_bytes: int | None = None) -> None:

@@ -23,7 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_deploy.errors import UserInputError
-from alexnet_deploy.exporter.derived import Source, check_labels, finish, load_source, output_paths, verify
+from alexnet_deploy.exporter.derived import (
+    Source,
+    check_labels,
+    finish,
+    load_source,
+    output_paths,
+    safe_stem,
+    verify,
+)
 from alexnet_deploy.fileio import atomic_path, atomic_write_bytes
 from alexnet_deploy.models.specs import IMAGENET_MEAN, IMAGENET_STD
 from alexnet_deploy.parity.compare import ParityReport
@@ -111,7 +119,7 @@ def export_jetson_inference(model_path: str | os.PathLike, out_dir: str | os.Pat
         if len(n) > 9 and n[0] == "n" and n[9] == " " and not n[1:9].isdigit():
             raise UserInputError(f"class {i} name {n!r} would be read by jetson-inference as synset {n[:9]!r} + "
                                  f"label {n[10:]!r}; rename the class")
-    onnx_name = source.path.stem + "_jetson.onnx"
+    onnx_name = safe_stem(source.path) + "_jetson.onnx"
     paths = output_paths(out_dir, source.path, {"the ONNX model": onnx_name, "the label file": LABELS})
     model, jmeta, corrected = jetson_graph(source)
     data = finish(model, jmeta)
