@@ -34,6 +34,7 @@ def test_qdq_model_accuracy_and_provenance(int8_result, digits_onnx):
     prov = meta.extra["calibration"]
     assert meta.precision == "int8" and prov["num_images"] == 500 and prov["method"] == "minmax"
     assert prov["parameters"]["placement"] == "tensorrt" and prov["requested_images"] == 500
+    assert "features.0->features.3" in prov["equalized_pairs"]
     ev_meta = meta.extra["int8_evaluation"]
     assert 0 < ev_meta["logit_max_abs_error"] < 1.0 and ev_meta["logit_cosine"] > 0.999
     assert len(prov["data_sha256"]) == 64 and prov["dataset"] == "digits:train"
@@ -318,3 +319,19 @@ def test_weights_on_dead_input_channels_are_zeroed():
     assert not w["wc"][:, 1].any() and np.array_equal(w["wc"][:, [0, 2]], w_conv[:, [0, 2]])
     assert not w["wg"][:, [0, 2]].any() and np.array_equal(w["wg"][:, [1, 3]], w_gemm[:, [1, 3]])
     assert zero_dead_inputs(model, {"x": np.ones(3)}) == {}
+
+
+def test_cross_layer_equalization_keeps_the_fp32_function(digits_onnx, tmp_path):
+    import onnxruntime as ort
+
+    from alexnet_deploy.calibration.equalize import equalize
+
+    model = onnx.load(str(digits_onnx))
+    report = equalize(model)
+    assert "features.0->features.3" in report and "features.8->features.10" in report
+    onnx.save(model, tmp_path / "eq.onnx")
+    meta = read_onnx_metadata(digits_onnx)
+    x = load_calibration_set("digits", meta, 32).x
+    a = ort.InferenceSession(str(digits_onnx), providers=["CPUExecutionProvider"]).run(None, {meta.input_name: x})[0]
+    b = ort.InferenceSession(str(tmp_path / "eq.onnx"), providers=["CPUExecutionProvider"]).run(None, {meta.input_name: x})[0]
+    assert np.abs(a - b).max() < 1e-3 * np.abs(a).max()

@@ -12,6 +12,7 @@ import onnx
 from alexnet_deploy.calibration.cache import check_cache, write_sidecar
 from alexnet_deploy.calibration.data import CalibrationSet, load_calibration_set
 from alexnet_deploy.calibration.dead_channels import zero_dead_inputs
+from alexnet_deploy.calibration.equalize import equalize
 from alexnet_deploy.calibration.placement import Placement, count_qdq
 from alexnet_deploy.calibration.qdq import (Method, QuantConfig, is_quantized, load_ranges, measure, provenance,
                                             quantize, ranges_for, save_ranges, temp_dir, weighted_layers)
@@ -133,15 +134,22 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
 
     with temp_dir(output.parent) as tmp:
         tmp = Path(tmp)
+        fp32 = onnx.load(str(model))
+        equalized = equalize(fp32)  # same FP32 function, balanced per-channel weight ranges
+        if equalized:
+            source["path"] = tmp / "fp32-equalized.onnx"
+            onnx.save(fp32, str(source["path"]))
+            echo("cross-layer equalization: " + ", ".join(equalized))
+        base = source["path"]
 
         def quant_source() -> Path:
             """The FP32 model with weights on always-zero input channels zeroed (see dead_channels.py)."""
             if source["dead"] is None:
-                fp32 = onnx.load(str(model))
-                source["dead"] = zero_dead_inputs(fp32, channel_amax)
+                live = onnx.load(str(base))
+                source["dead"] = zero_dead_inputs(live, channel_amax)
                 if source["dead"]:
                     source["path"] = tmp / "fp32-live-inputs.onnx"
-                    onnx.save(fp32, str(source["path"]))
+                    onnx.save(live, str(source["path"]))
                     echo("zeroed weights on input channels that were 0 on every calibration image: "
                          + ", ".join(f"{k} ({v})" for k, v in source["dead"].items()))
             return source["path"]
@@ -149,7 +157,7 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
         def ranges(cfg: QuantConfig) -> dict[str, float]:
             if cfg.method.value not in amax:
                 if not hist:
-                    hist.append(measure(model, cal, meta, place))
+                    hist.append(measure(base, cal, meta, place))
                     channel_amax.update(hist[0].channel_amax)
                 amax[cfg.method.value] = ranges_for(hist[0], cfg)
             return amax[cfg.method.value]
@@ -202,6 +210,7 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
         prov = provenance(model, meta, cal, cfg)
         prov["requested_images"] = int(num_images)
         prov["dead_input_channels_zeroed"] = dict(source["dead"] or {})
+        prov["equalized_pairs"] = equalized  # first->second: input-channel weight range spread before
         out_meta = dataclasses.replace(
             meta, precision="int8", fp32_onnx_sha256=prov["source_onnx_sha256"],
             extra={**meta.extra, "calibration": prov,
