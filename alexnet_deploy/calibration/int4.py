@@ -2,8 +2,8 @@
 
 At batch 1 AlexNet streams all of its fully-connected weights for every image (94 % of the parameters), so
 fewer bytes is the only way past the memory wall. Each classifier ``Gemm`` of the INT8 QDQ model becomes
-``MatMul`` (+ ``Add`` bias) on the FP32 weights (taken from the FP32 ONNX, not the INT8 ones), with the
-activation Q/DQ around it removed (weight-only: activations stay float), and onnxruntime.quantization's
+``MatMul`` (+ ``Add`` bias) on its weights (the INT8 ones dequantized: they carry what the INT8 stage
+changed, such as cross-layer equalization), with the activation Q/DQ around it removed (weight-only: activations stay float), and onnxruntime.quantization's
 ``MatMulNBitsQuantizer`` turns it into 4-bit block-wise symmetric weights (round to nearest), in one of
 two forms:
 
@@ -73,25 +73,47 @@ def int4_layers(model: onnx.ModelProto) -> dict[str, str]:
     return out
 
 
-def _fp32_weights(fp32: onnx.ModelProto, node_name: str) -> tuple[np.ndarray, np.ndarray | None, onnx.NodeProto]:
-    """(W as [K, N], bias or None, the FP32 Gemm) of the FP32 model's node named ``node_name``."""
-    inits = {i.name: i for i in fp32.graph.initializer}
-    node = next((n for n in fp32.graph.node if n.name == node_name), None)
-    if node is None or node.op_type != "Gemm" or node.input[1] not in inits:
-        raise UserInputError(f"the FP32 model has no Gemm {node_name!r} with constant weights; give the FP32 ONNX "
-                             "the INT8 model was calibrated from")
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+def _constant(model: onnx.ModelProto, name: str, producer: dict) -> np.ndarray | None:
+    """A float constant: an initializer, or a DequantizeLinear of initializers (per-tensor or per-axis)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    if name in inits:
+        return numpy_helper.to_array(inits[name]).astype(np.float32)
+    dq = producer.get(name)
+    if dq is None or dq.op_type != "DequantizeLinear" or not all(i in inits for i in dq.input if i):
+        return None
+    x = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float32)
+    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
+    zp = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] else 0.0
+    attrs = {a.name: a.i for a in dq.attribute}
+    if attrs.get("block_size"):
+        return None  # blocked: not what INT8 calibration writes
+    if np.ndim(scale) == 1 and x.ndim > 1:
+        shape = [1] * x.ndim
+        shape[attrs.get("axis", 1)] = -1
+        scale, zp = scale.reshape(shape), np.reshape(zp, shape) if np.ndim(zp) else zp
+    return (x - zp) * scale
+
+
+def _gemm_weights(model: onnx.ModelProto, gemm: onnx.NodeProto, producer: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """(W as [K, N], bias or None) of an FC Gemm, read from the INT8 model itself: its INT8 weights
+    dequantized (one more rounding, far below INT4's step), its float bias. Reading them here, not from the
+    FP32 model, keeps whatever the INT8 stage changed (cross-layer equalization rescales FC pairs)."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}
     if attrs.get("transA", 0):
-        raise UserInputError(f"{node_name}: Gemm with transA is not a fully-connected layer")
-    w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32) * float(attrs.get("alpha", 1.0))
+        raise UserInputError(f"{gemm.name}: Gemm with transA is not a fully-connected layer")
+    w = _constant(model, gemm.input[1], producer)
+    if w is None or w.ndim != 2:
+        raise UserInputError(f"{gemm.name}: the weights are not a constant 2-D tensor (or its INT8 DequantizeLinear)")
+    w = w * float(attrs.get("alpha", 1.0))
     if attrs.get("transB", 0):
         w = w.T
     bias = None
-    if len(node.input) > 2 and node.input[2]:
-        if node.input[2] not in inits:
-            raise UserInputError(f"{node_name}: the bias is not a constant")
-        bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32) * float(attrs.get("beta", 1.0))
-    return np.ascontiguousarray(w), bias, node
+    if len(gemm.input) > 2 and gemm.input[2]:
+        bias = _constant(model, gemm.input[2], producer)
+        if bias is None:
+            raise UserInputError(f"{gemm.name}: the bias is not a constant")
+        bias = bias * float(attrs.get("beta", 1.0))
+    return np.ascontiguousarray(w), bias
 
 
 def _prune(graph: onnx.GraphProto) -> None:
@@ -110,8 +132,8 @@ def _prune(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(keep)
 
 
-def _to_float_matmul(model: onnx.ModelProto, fp32: onnx.ModelProto, node_name: str) -> str:
-    """Replace Gemm ``node_name`` by MatMul(+Add) on the FP32 weights, without activation Q/DQ around it.
+def _to_float_matmul(model: onnx.ModelProto, node_name: str) -> str:
+    """Replace Gemm ``node_name`` by MatMul(+Add) on float weights, without activation Q/DQ around it.
     Returns the MatMul's name."""
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
@@ -120,7 +142,7 @@ def _to_float_matmul(model: onnx.ModelProto, fp32: onnx.ModelProto, node_name: s
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     gemm = next(n for n in g.node if n.name == node_name)
-    w, bias, _ = _fp32_weights(fp32, node_name)
+    w, bias = _gemm_weights(model, gemm, producer)
     a = gemm.input[0]
     dq = producer.get(a)
     if dq is not None and dq.op_type == "DequantizeLinear":
@@ -179,7 +201,7 @@ def _fuse_bias(model: onnx.ModelProto) -> None:
         g.node.remove(add)
 
 
-def to_int4(fp32: onnx.ModelProto, int8: onnx.ModelProto, cfg: Int4Config) -> onnx.ModelProto:
+def to_int4(int8: onnx.ModelProto, cfg: Int4Config) -> onnx.ModelProto:
     """The INT8 QDQ model with its FC layers (except ``cfg.keep_int8``) as INT4 weight-only layers."""
     cfg.validate()
     from alexnet_deploy.deps import require
@@ -196,7 +218,7 @@ def to_int4(fp32: onnx.ModelProto, int8: onnx.ModelProto, cfg: Int4Config) -> on
         raise UserInputError(f"cannot keep {unknown} in INT8: not a fully-connected layer (have {', '.join(layers)})")
     if any(n.op_type == "MatMul" for n in model.graph.node):
         raise UserInputError("the INT8 model already has MatMul nodes; give the QDQ model alexnet-calibrate wrote")
-    targets = [_to_float_matmul(model, fp32, node) for m, node in layers.items() if m not in cfg.keep_int8]
+    targets = [_to_float_matmul(model, node) for m, node in layers.items() if m not in cfg.keep_int8]
     _prune(model.graph)
     if not targets:
         return model
@@ -290,7 +312,7 @@ def quantize_fc(fp32_path: str | Path, int8_path: str | Path, output: str | Path
     if output.resolve() in (fp32_path.resolve(), int8_path.resolve()):
         raise UserInputError("the INT4 output would overwrite one of its inputs; choose another --output")
     meta, int8_meta = read_onnx_metadata(fp32_path), read_onnx_metadata(int8_path)
-    fp32, int8 = onnx.load(str(fp32_path)), onnx.load(str(int8_path))
+    int8 = onnx.load(str(int8_path))
     layers = list(fc_layers(int8))
     if not layers:
         raise UserInputError(f"{int8_path.name} has no fully-connected (Gemm) layers to put in INT4")
@@ -304,7 +326,7 @@ def quantize_fc(fp32_path: str | Path, int8_path: str | Path, output: str | Path
 
         def build(keep: list[str], tag: str):
             path = tmp / f"{tag}.onnx"
-            onnx.save(to_int4(fp32, int8, dataclasses.replace(cfg, keep_int8=keep)), str(path))
+            onnx.save(to_int4(int8, dataclasses.replace(cfg, keep_int8=keep)), str(path))
             return path, evaluate(path, "int4-fc", keep)
 
         path, ev = build([], "all")
