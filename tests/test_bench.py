@@ -92,18 +92,62 @@ def bench_json(digits_onnx, tmp_path_factory):
 def test_bench_outputs_and_schema(bench_json):
     d, out, data = bench_json
     assert data["schema"] == "alexnet-deploy.bench/1"
-    assert {"cpu", "cores", "versions"} <= set(data["machine"]) and data["peak_gflops"] > 0
+    assert {"cpu", "cores", "versions"} <= set(data["machine"])
+    ceil = data["ceilings"]
+    assert ceil["fp32_gemm_gflops"] > 0 and ceil["int8_gemm_gops"] > 0 and ceil["memory_bandwidth_gbs"] > 0
+    cost = data["costs"]["digits.onnx"]
+    assert cost["file_bytes"] > cost["weight_bytes"] > 0
     measured = [r for r in data["rows"] if not r["skipped"]]
     assert {(r["engine"], r["batch"]) for r in measured} == {("ort", 1), ("ort", 4), ("torch", 1), ("torch", 4)}
     for r in measured:
         assert r["n"] == 20 and r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
-        assert r["throughput_ips"] > 0 and r["vs_baseline"] > 0 and r["fraction_of_peak"] > 0
+        assert r["throughput_ips"] > 0 and r["vs_baseline"] > 0 and r["fraction_of_attainable"] > 0
+        # the roofline fields: weights streamed once per batch, attainable = min(compute, bandwidth x intensity)
+        assert r["weight_bytes_per_image"] == pytest.approx(cost["weight_bytes"] / r["batch"])
+        assert r["attainable_gflops"] == pytest.approx(min(
+            ceil["fp32_gemm_gflops"], ceil["memory_bandwidth_gbs"] * r["intensity_flop_per_byte"]))
+        assert r["achieved_gflops"] == pytest.approx(cost["flops_per_image"] * r["throughput_ips"] / 1e9)
+        assert r["bound"] in ("memory", "compute")
     assert next(r for r in measured if r["engine"] == "ort")["harness_overhead"] is not None
     skipped = [r for r in data["rows"] if r["skipped"]]
     assert skipped and skipped[0]["engine"] == "trt" and "skipped" in out
     assert data["costs"]["digits.onnx"]["flops_per_image"] == pytest.approx(2 * 14_857_216, rel=0.01)
     assert (d / "b.csv").read_text().startswith("key,") and (d / "b.md").read_text().startswith("| model")
     assert (d / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_roofline_on_known_numbers():
+    from alexnet_deploy.benchmarks.cost import roofline
+
+    # 1 GFLOP and 100 MB of weights per batch, 10 GB/s, 50 GFLOP/s compute
+    r = roofline(1e9, 100e6, 1, 5.0, 50.0, 10.0)
+    assert r["weight_bytes_per_image"] == 100e6 and r["intensity_flop_per_byte"] == pytest.approx(10.0)
+    # bandwidth x intensity = 10 GB/s x 10 FLOP/B = 100 GFLOP/s > 50: compute bound at 50
+    assert r["bound"] == "compute" and r["attainable_gflops"] == pytest.approx(50.0)
+    assert r["achieved_gflops"] == pytest.approx(5.0) and r["fraction_of_attainable"] == pytest.approx(0.1)
+    assert r["achieved_weight_gbs"] == pytest.approx(0.5)
+    # with a 1 GB/s memory the same row is memory bound at 10 GFLOP/s; batch 4 moves a quarter per image
+    r = roofline(1e9, 100e6, 1, 5.0, 50.0, 1.0)
+    assert r["bound"] == "memory" and r["attainable_gflops"] == pytest.approx(10.0)
+    assert r["fraction_of_attainable"] == pytest.approx(0.5)
+    r4 = roofline(1e9, 100e6, 4, 20.0, 50.0, 1.0)
+    assert r4["weight_bytes_per_image"] == 25e6 and r4["attainable_gflops"] == pytest.approx(40.0)
+    with pytest.raises(ValueError):
+        roofline(1e9, 0, 1, 1.0, 50.0, 1.0)
+
+
+def test_weight_bytes_follow_storage_dtypes():
+    from onnx import TensorProto, helper
+
+    from alexnet_deploy.benchmarks.cost import initializer_bytes
+
+    def init(dtype, n):
+        return helper.make_tensor("w", dtype, [n], [0] * n)
+
+    assert initializer_bytes(init(TensorProto.FLOAT, 10)) == 40
+    assert initializer_bytes(init(TensorProto.INT8, 10)) == 10
+    assert initializer_bytes(init(TensorProto.INT4, 10)) == 5 and initializer_bytes(init(TensorProto.INT4, 11)) == 6
+    assert initializer_bytes(init(TensorProto.FLOAT16, 3)) == 6
 
 
 def test_compare_gate(bench_json, digits_onnx, cli, tmp_path):
