@@ -66,7 +66,11 @@ def test_folder_layout_and_provenance(deployed):
             assert not os.path.isabs(rel) and (folder / rel).exists()
         assert (folder / "labels.txt").read_text().split() == [str(i) for i in range(10)]
     if HAS_TRT:
-        assert (out / "trt-int8" / "model.plan.manifest.json").is_file()
+        for p in ("fp32", "fp16", "int8"):  # the engine manifest names ONNX files that are there after the swap
+            manifest = json.loads((out / f"trt-{p}" / "model.plan.manifest.json").read_text())
+            for key in ("source_onnx", "built_onnx"):
+                if manifest.get(key):
+                    assert ".deploy-staging" not in manifest[key] and Path(manifest[key]).is_file(), manifest[key]
     assert (out / "triton/model_repository/alexnet-int8/config.pbtxt").is_file()
     for name in ("report.json", "report.md", "report.html"):
         assert (out / name).is_file()

@@ -221,6 +221,7 @@ def _run_step(ctx: Context, step: Step, input_sha: dict, available: set) -> Step
                     result = RUNNERS[step.kind](ctx, step, stage)
                 finally:
                     ctx.echo = echo
+                _relocate_json(stage, Path(final).resolve())
                 record = {"schema": PROVENANCE_SCHEMA, "artifact": step.artifact, "step": step.name,
                           "cache_key": key, "command": echo_cmd,
                           "inputs": _relative_inputs(out, step, input_sha, opts.weights, ctx.weights_sha256),
@@ -241,6 +242,29 @@ def _run_step(ctx: Context, step: Step, input_sha: dict, available: set) -> Step
         _drop_record(out, step)
         return StepOutcome(step, "failed", reason=str(exc).splitlines()[0], seconds=time.perf_counter() - t0)
     return StepOutcome(step, "ran", key, seconds=time.perf_counter() - t0, record=record)
+
+
+def _relocate_json(stage: Path, final: Path) -> None:
+    """Paths into the staging folder that a stage recorded (an engine manifest's ``source_onnx``) name the
+    artifact's final folder instead, so nothing points at a folder that is gone after the rename."""
+    prefixes = {str(stage), str(stage.resolve())}
+
+    def fix(v):
+        if isinstance(v, str):
+            for pre in prefixes:
+                if v == pre or v.startswith(pre + os.sep):
+                    return str(final) + v[len(pre):]
+            return v
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    for path in stage.rglob("*.json"):
+        data = _read_json(path)
+        if data is not None and (fixed := fix(data)) != data:
+            atomic_write_json(path, fixed)
 
 
 def _drop_record(out: Path, step: Step) -> None:
