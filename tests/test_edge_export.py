@@ -251,3 +251,89 @@ def test_jetson_inference_export_matches_emulated_imagenet(digits_onnx, raw_mode
                                                               meta.preprocessing)), "logits")
     assert np.abs(got - want).max() < 1e-5
     assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def test_calibrate_raw_pixel_models_on_their_own_input(raw_models, digits_onnx, tmp_path):
+    """alexnet-calibrate builds calibration and held-out batches with model_batch: a float-0-255 model is not
+    calibrated on normalized floats (INT8 would sit at chance, ~10 %), and a uint8 graph input stays uint8."""
+    from alexnet_deploy.calibration.data import load_calibration_set
+    from alexnet_deploy.calibration.run import calibrate
+    from alexnet_deploy.data.datasets import load_digits
+    from alexnet_deploy.runtime.metadata import read_onnx_metadata
+
+    held = load_digits("heldout")
+    images, labels = [held.image(i) for i in range(0, 359, 3)], held.labels[0:359:3]
+    for fmt in ("float-0-255", "uint8-nhwc"):
+        res = calibrate(raw_models[fmt], tmp_path / f"{fmt}-int8.onnx", num_images=64, eval_images=120,
+                        echo=lambda *a: None)
+        ev = res.chosen
+        assert ev.fp32_accuracy > 90 and abs(ev.int8_accuracy - ev.fp32_accuracy) <= 3, (fmt, ev)
+        dtype = [onnx.load(str(m)).graph.input[0].type.tensor_type.elem_type for m in (res.output, raw_models[fmt])]
+        assert dtype[0] == dtype[1]
+        logits, meta = _run(res.output, images)  # independently of the evaluator: held-out accuracy of the QDQ model
+        assert meta.precision == "int8" and np.mean(logits.argmax(1) == labels) > 0.9, fmt
+    meta = read_onnx_metadata(raw_models["uint8-nhwc"])
+    cal = load_calibration_set("synthetic", meta, 16, allow_synthetic=True)
+    assert cal.x.dtype == np.uint8 and cal.x.shape == (16, 32, 32, 3)
+    from alexnet_deploy.calibration.trt_calibrator import CalibrationFeeder
+
+    assert CalibrationFeeder(cal.x, 8, tmp_path / "c.cache", {}).x.dtype == np.uint8
+
+
+def test_bench_raw_pixel_model(raw_models, photos, cli, tmp_path):
+    import json
+
+    from alexnet_deploy.cli import bench_main
+
+    out = tmp_path / "out" / "bench.json"
+    code, _, err = cli(bench_main, raw_models["uint8-nhwc"], "--iterations", "3", "--warmup-ms", "5",
+                       "--batch-sizes", "2", "--no-roofline", "--overhead-check",
+                       "--end-to-end-images", next(iter(photos.values())).parent, "--json", out)
+    assert code == 0, err
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["mode"] for r in rows} == {"end-to-end", "images"} and all(r["batch"] == 2 for r in rows)
+
+
+def test_serve_and_triton_uint8_model(raw_models, digits_onnx, tmp_path):
+    """v2 metadata and infer in the model's own datatype (UINT8, [-1, H, W, 3]); classify; Triton config."""
+    from fastapi.testclient import TestClient
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from alexnet_deploy.data.datasets import load_digits
+    from alexnet_deploy.runtime.metadata import read_onnx_metadata
+    from alexnet_deploy.runtime.preprocess import model_batch
+    from alexnet_deploy.runtime.runners import open_runner
+    from alexnet_deploy.server.app import ServeOptions, create_app
+    from alexnet_deploy.server.triton import export_triton
+
+    held = load_digits("heldout")
+    images = [held.image(i) for i in range(0, 359, 45)]
+    expected = _run(digits_onnx, images)[0].argmax(1)
+    pixels = model_batch(images, read_onnx_metadata(raw_models["uint8-nhwc"]))  # what a client sends: (N, H, W, 3)
+    assert pixels.dtype == np.uint8
+    with TestClient(create_app(open_runner(raw_models["uint8-nhwc"]), ServeOptions())) as client:
+        meta = client.get("/v2/models/alexnet").json()
+        assert meta["inputs"] == [{"name": "pixels", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}]
+        body = {"inputs": [{"name": "pixels", "shape": list(pixels.shape), "datatype": "UINT8",
+                            "data": pixels.ravel().tolist()}]}
+        r = client.post("/v2/models/alexnet/infer", json=body)
+        assert r.status_code == 200, r.text
+        logits = np.asarray(r.json()["outputs"][0]["data"]).reshape(len(images), -1)
+        np.testing.assert_array_equal(logits.argmax(1), expected)
+        bad = [({**body["inputs"][0], "datatype": "FP32"}, "must be UINT8"),
+               ({**body["inputs"][0], "data": [0.5] * pixels.size}, "not all UINT8"),
+               ({**body["inputs"][0], "shape": [len(images), 3, 32, 32]}, "[N, 32, 32, 3]")]
+        for spec, message in bad:
+            r = client.post("/v2/models/alexnet/infer", json={"inputs": [spec]})
+            assert r.status_code == 400 and message in r.json()["error"], r.text
+        import io
+
+        buf = io.BytesIO()
+        images[1].save(buf, format="PNG")
+        r = client.post("/models/alexnet/classify", content=buf.getvalue())
+        assert r.status_code == 200 and r.json()["top"][0]["label"] == str(expected[1])
+    root = export_triton(raw_models["uint8-nhwc"], tmp_path / "repo", kind="cpu")
+    cfg = text_format.Parse((root / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.input[0].name == "pixels" and list(cfg.input[0].dims) == [32, 32, 3]
+    assert cfg.input[0].data_type == model_config_pb2.TYPE_UINT8

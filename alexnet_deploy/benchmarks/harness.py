@@ -81,21 +81,27 @@ def time_loop(step: Callable[[int], object], cfg: BenchConfig) -> list[float]:
     return lat
 
 
-def rotating_inputs(shape: tuple, seed: int = 0) -> list[np.ndarray]:
+def rotating_inputs(shape: tuple, seed: int = 0, meta=None) -> list[np.ndarray]:
+    """Input buffers of ``shape``; with ``meta`` (ModelMetadata), what that model's input takes
+    (``random_model_input``: uint8 NHWC pixels for a uint8-nhwc model, batch ``shape[0]``)."""
+    if meta is not None:
+        from alexnet_deploy.runtime.preprocess import random_model_input
+
+        return [random_model_input(meta, shape[0], seed + k) for k in range(ROTATING_BUFFERS)]
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(shape).astype(np.float32) for _ in range(ROTATING_BUFFERS)]
 
 
 def bench_runner(runner, batch: int, cfg: BenchConfig) -> tuple[Summary, float]:
-    bufs = rotating_inputs((batch, *runner.metadata.input_shape))
+    bufs = rotating_inputs((batch, *runner.metadata.input_dims), meta=runner.metadata)
     lat = time_loop(lambda i: runner.infer(bufs[i % len(bufs)]), cfg)
     s = summarize(lat, cfg.windows, cfg.cv_threshold)
     return s, batch * 1000.0 / s.mean_ms
 
 
-def bench_bare_ort(session, input_name: str, shape: tuple, cfg: BenchConfig) -> tuple[Summary, float]:
+def bench_bare_ort(session, input_name: str, shape: tuple, cfg: BenchConfig, meta=None) -> tuple[Summary, float]:
     """A bare ``session.run`` loop: the yardstick for the harness's own overhead."""
-    bufs = rotating_inputs(shape)
+    bufs = rotating_inputs(shape, meta=meta)
     lat = time_loop(lambda i: session.run(None, {input_name: bufs[i % len(bufs)]}), cfg)
     s = summarize(lat, cfg.windows, cfg.cv_threshold)
     return s, shape[0] * 1000.0 / s.mean_ms
@@ -103,13 +109,13 @@ def bench_bare_ort(session, input_name: str, shape: tuple, cfg: BenchConfig) -> 
 
 def bench_images(runner, files: list[str], batch: int, cfg: BenchConfig) -> tuple[Summary, float]:
     """End-to-end including JPEG/PNG decoding and preprocessing of real images."""
-    from alexnet_deploy.runtime.preprocess import load_image, preprocess_batch
+    from alexnet_deploy.runtime.preprocess import load_image, model_batch
 
-    prep = runner.metadata.preprocessing
+    meta = runner.metadata
 
     def step(i):
         chunk = [files[(i * batch + k) % len(files)] for k in range(batch)]
-        runner.infer(preprocess_batch([load_image(f) for f in chunk], prep))
+        runner.infer(model_batch([load_image(f) for f in chunk], meta))
 
     lat = time_loop(step, cfg)
     s = summarize(lat, cfg.windows, cfg.cv_threshold)

@@ -142,15 +142,17 @@ def run_bench(models: list[str], engines: list[str], cfg: BenchConfig, *, thread
                     result.rows.append(row)
                     echo(f"  {name:<28} {engine:<10} b{batch:<4} p50 {summary.p50_ms:8.3f} ms  {ips:9.1f} img/s")
                     if engine == "trt":  # device-side split of one run, CUDA events
-                        x = np.random.default_rng(0).standard_normal((batch, *runner.metadata.input_shape))
-                        stages = [runner.stage_times(x.astype(np.float32)) for _ in range(20)]
+                        from alexnet_deploy.runtime.preprocess import random_model_input
+
+                        x = random_model_input(runner.metadata, batch)
+                        stages = [runner.stage_times(x) for _ in range(20)]
                         row.extra.update({k: float(np.median([s[k] for s in stages])) for k in stages[0]})
                     if engine == "torch-cuda":
                         s, ips_d = _bench_torch_cuda_device_only(runner, batch, cfg)
                         result.rows.append(Row(name, engine, runner.provider, precision, batch, "device-only", s, ips_d))
                     if overhead_check and engine.startswith("ort"):
                         s, _ = bench_bare_ort(runner.session, runner.input_spec.name,
-                                                  (batch, *runner.metadata.input_shape), cfg)
+                                              (batch, *runner.metadata.input_dims), cfg, runner.metadata)
                         row.extra["bare_loop_p50_ms"] = s.p50_ms
                         row.extra["harness_overhead"] = summary.mean_ms / s.mean_ms - 1.0
                     if files:

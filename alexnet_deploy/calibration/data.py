@@ -17,7 +17,7 @@ MIN_IMAGES = 16  # fewer than this gives ranges that are noise, not statistics
 @dataclass
 class CalibrationSet:
     name: str
-    x: np.ndarray  # (N, 3, H, W) float32, preprocessed
+    x: np.ndarray  # (N, *meta.input_dims) in meta.input_dtype: what the model's input takes (model_batch)
     labels: np.ndarray | None
     class_names: list[str] | None
 
@@ -35,17 +35,19 @@ def _from_npy(path: Path, meta: ModelMetadata, n: int) -> CalibrationSet:
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read {path} as a .npy array: {exc}") from None
     c, h, w = meta.input_shape
-    if arr.ndim == 4 and arr.shape[1:] == (c, h, w) and arr.dtype.kind == "f":
+    normalized = meta.input_format == "float-nchw"  # raw-pixel models take only images (a float array is ambiguous)
+    if normalized and arr.ndim == 4 and arr.shape[1:] == (c, h, w) and arr.dtype.kind == "f":
         x = arr.astype(np.float32)  # already preprocessed NCHW
     elif arr.ndim == 4 and arr.shape[-1] == 3 and arr.dtype == np.uint8:
         from PIL import Image
 
-        from alexnet_deploy.runtime.preprocess import preprocess_batch
+        from alexnet_deploy.runtime.preprocess import model_batch
 
-        x = preprocess_batch([Image.fromarray(a) for a in arr], meta.preprocessing)
+        x = model_batch([Image.fromarray(a) for a in arr], meta)
     else:
-        raise DatasetError(f"{path} has shape {arr.shape} ({arr.dtype}); expected preprocessed float (N, {c}, {h}, {w}) "
-                           "or uint8 RGB images (N, H, W, 3)")
+        raise DatasetError(f"{path} has shape {arr.shape} ({arr.dtype}); expected "
+                           + (f"preprocessed float (N, {c}, {h}, {w}) or " if normalized else "")
+                           + "uint8 RGB images (N, H, W, 3)")
     return CalibrationSet(f"npy:{path.name}", x[:n], None, None)
 
 
@@ -58,15 +60,20 @@ def load_calibration_set(source: str, meta: ModelMetadata, num_images: int = 512
         if not allow_synthetic:
             raise UserInputError("calibrating on random data gives INT8 models that fail on real images; "
                                  "give a real dataset (--dataset digits | FOLDER | FILE.npy) or pass --allow-synthetic")
-        x = np.random.default_rng(seed).standard_normal((num_images, *meta.input_shape)).astype(np.float32)
-        return CalibrationSet("synthetic", x, None, None)
+        from alexnet_deploy.runtime.preprocess import random_model_input
+
+        return CalibrationSet("synthetic", random_model_input(meta, num_images, seed), None, None)
     if source.endswith(".npy"):
         cal = _from_npy(Path(source), meta, num_images)
     else:
         from alexnet_deploy.data.datasets import balanced_subset, load_dataset
 
+        from alexnet_deploy.runtime.preprocess import model_batch
+
         ds = balanced_subset(load_dataset(source, split), num_images, seed)
-        cal = CalibrationSet(f"{source}:{split}", ds.arrays(meta.preprocessing), ds.labels, ds.class_names)
+        x = np.concatenate([model_batch([ds.image(j) for j in range(i, min(i + 256, len(ds)))], meta)
+                            for i in range(0, len(ds), 256)]) if len(ds) else model_batch([], meta)
+        cal = CalibrationSet(f"{source}:{split}", x, ds.labels, ds.class_names)
     if len(cal.x) < min(MIN_IMAGES, num_images):
         raise DatasetError(f"{source} gave only {len(cal.x)} images; calibration needs at least "
                            f"{min(MIN_IMAGES, num_images)} (ideally 256-1024)")
@@ -74,7 +81,7 @@ def load_calibration_set(source: str, meta: ModelMetadata, num_images: int = 512
 
 
 class ArrayReader:
-    """onnxruntime.quantization.CalibrationDataReader over a preprocessed array, in batches."""
+    """onnxruntime.quantization.CalibrationDataReader over the model's input array (model_batch), in batches."""
 
     def __init__(self, x: np.ndarray, input_name: str, batch_size: int = 32, static_batch: int | None = None):
         self.x, self.input_name = x, input_name

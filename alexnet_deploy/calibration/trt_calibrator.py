@@ -28,7 +28,8 @@ class CalibrationFeeder:
                  force_cache: bool = False, device_alloc: Callable | None = None):
         if batch_size < 1:
             raise UserInputError("calibration batch size must be at least 1")
-        self.x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.asarray(x)  # the model's input dtype: uint8 for raw-pixel (uint8-nhwc) models, float32 otherwise
+        self.x = np.ascontiguousarray(x, dtype=np.uint8 if x.dtype == np.uint8 else np.float32)
         self.batch_size = int(batch_size)
         self.cache_path = Path(cache_path)
         self.provenance = provenance

@@ -29,7 +29,8 @@ from alexnet_deploy.runtime.preprocess import DEFAULT_MAX_PIXELS
 from alexnet_deploy.server.batcher import DynamicBatcher, QueueFull
 from alexnet_deploy.server.connections import ConnectionLimits
 from alexnet_deploy.server.metrics import Metrics, MetricsMiddleware
-from alexnet_deploy.server.protocol import HEADER_LENGTH, ProtocolError, build_infer_response, check_outputs, parse_infer_request
+from alexnet_deploy.server.protocol import (HEADER_LENGTH, NP_TO_V2, ProtocolError, build_infer_response, check_outputs,
+                                             parse_infer_request)
 
 PLATFORMS = {"ort": "onnxruntime_onnx", "trt": "tensorrt_plan", "torch": "pytorch_libtorch"}
 log = logging.getLogger("alexnet_deploy.server")
@@ -73,7 +74,8 @@ def create_app(runner, options: ServeOptions | None = None):
     meta = runner.metadata
     metrics = Metrics()
     state = {"ready": False, "batcher": None, "pool": None}
-    c, h, w = meta.input_shape
+    dims, dtype = tuple(meta.input_dims), np.dtype(meta.input_dtype)  # (H, W, 3) uint8 for uint8-nhwc models
+    v2_type = NP_TO_V2[dtype]
     max_batch = min(opts.max_batch, runner.max_batch or opts.max_batch) if runner.max_batch else opts.max_batch
     body_limit = int(opts.max_body_mb * 1024 * 1024)
     retry = {"retry-after": str(opts.retry_after_s)}
@@ -88,7 +90,7 @@ def create_app(runner, options: ServeOptions | None = None):
         batcher.start()
         if opts.warmup:
             for n in sorted({runner.min_batch or 1, max_batch}):
-                await batcher.run_direct(np.zeros((n, c, h, w), np.float32))
+                await batcher.run_direct(np.zeros((n, *dims), dtype))
         state["ready"] = True
         try:
             yield
@@ -161,7 +163,7 @@ def create_app(runner, options: ServeOptions | None = None):
 
     model_meta = {
         "name": opts.name, "versions": [opts.version], "platform": PLATFORMS.get(runner.engine.split("-")[0], runner.engine),
-        "inputs": [{"name": meta.input_name, "datatype": "FP32", "shape": [-1, c, h, w]}],
+        "inputs": [{"name": meta.input_name, "datatype": v2_type, "shape": [-1, *dims]}],
         "outputs": [{"name": meta.output_name, "datatype": "FP32", "shape": [-1, meta.num_classes]}],
         "parameters": {"variant": meta.variant, "precision": meta.precision, "output_kind": meta.output_kind,
                        "max_batch_size": max_batch, "engine": runner.engine},
@@ -173,12 +175,13 @@ def create_app(runner, options: ServeOptions | None = None):
             raise ProtocolError(f"inputs: this model takes one input named {meta.input_name!r}, "
                                 f"got {', '.join(repr(n) for n in req.inputs)}")
         x = req.inputs[meta.input_name]
-        if x.dtype != np.float32:
-            raise ProtocolError(f"inputs[0].datatype: input {meta.input_name!r} must be FP32, got {x.dtype}")
-        if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w) or x.shape[0] < 1:
-            raise ProtocolError(f"inputs[0].shape: input {meta.input_name!r} must have shape [N, {c}, {h}, {w}], "
-                                f"got {list(x.shape)}")
-        if not np.isfinite(x).all():
+        if x.dtype != dtype:
+            raise ProtocolError(f"inputs[0].datatype: input {meta.input_name!r} must be {v2_type}, "
+                                f"got {NP_TO_V2[x.dtype]}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != dims or x.shape[0] < 1:
+            raise ProtocolError(f"inputs[0].shape: input {meta.input_name!r} must have shape "
+                                f"[N, {', '.join(map(str, dims))}], got {list(x.shape)}")
+        if dtype.kind == "f" and not np.isfinite(x).all():
             raise ProtocolError(f"inputs[0].data: input {meta.input_name!r} holds NaN or infinite values")
         check_outputs(req, [meta.output_name])
         return req, x

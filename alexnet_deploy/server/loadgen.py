@@ -11,7 +11,7 @@ import numpy as np
 
 from alexnet_deploy.benchmarks.stats import summarize
 from alexnet_deploy.errors import UserInputError
-from alexnet_deploy.server.protocol import HEADER_LENGTH
+from alexnet_deploy.server.protocol import HEADER_LENGTH, NP_TO_V2
 
 
 def _target(url: str) -> tuple[str, int, str]:
@@ -21,9 +21,12 @@ def _target(url: str) -> tuple[str, int, str]:
     return u.hostname, u.port or 80, u.path.rstrip("/")
 
 
-def _request_body(input_name: str, shape: list[int], output_name: str, seed: int) -> tuple[bytes, dict]:
-    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    head = json.dumps({"inputs": [{"name": input_name, "shape": shape, "datatype": "FP32",
+def _request_body(input_name: str, shape: list[int], output_name: str, seed: int,
+                  datatype: str = "FP32") -> tuple[bytes, dict]:
+    rng = np.random.default_rng(seed)  # UINT8: raw pixels (a uint8-nhwc model); else normalized-looking floats
+    x = (rng.integers(0, 256, shape, dtype=np.uint8) if datatype == "UINT8"
+         else rng.standard_normal(shape).astype(np.float32))
+    head = json.dumps({"inputs": [{"name": input_name, "shape": shape, "datatype": NP_TO_V2[x.dtype],
                                    "parameters": {"binary_data_size": x.nbytes}}],
                        "outputs": [{"name": output_name, "parameters": {"binary_data": True}}]}).encode()
     return head + x.tobytes(), {HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"}
@@ -94,7 +97,7 @@ def run_load(url: str, concurrency_levels: list[int], duration_s: float, model: 
         stop = measure_from + duration_s
 
         def client(seed: int):
-            body, headers = _request_body(inp["name"], shape, out["name"], seed)
+            body, headers = _request_body(inp["name"], shape, out["name"], seed, inp.get("datatype", "FP32"))
             c = http.client.HTTPConnection(host, port, timeout=30)
             mine, last = [], 0.0
             while time.perf_counter() < stop:

@@ -140,6 +140,8 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
                 raise ProtocolError(f"{where}data must be a list of numbers")
             try:
                 arr = np.asarray(data, dtype=np_dtype)
+                if np_dtype.kind in "iu" and np.asarray(data).dtype.kind not in "iu":  # 1.5 would become 1
+                    raise TypeError
             except (TypeError, ValueError, OverflowError):
                 raise ProtocolError(f"{where}data: the values are not all {dtype} numbers "
                                     "(or the nested lists are ragged)") from None

@@ -42,7 +42,7 @@ def host_kind() -> str:
 
 def config_pbtxt(name: str, meta: ModelMetadata, platform: str, max_batch: int, instances: int, kind: str,
                  preferred: list[int], max_queue_delay_us: int, input_name: str, output_name: str) -> str:
-    c, h, w = meta.input_shape
+    dims = ", ".join(map(str, meta.input_dims))  # H, W, 3 for a uint8-nhwc model
     lines = [
         f'name: "{name}"',
         f'platform: "{platform}"',
@@ -50,8 +50,8 @@ def config_pbtxt(name: str, meta: ModelMetadata, platform: str, max_batch: int, 
         "input [",
         "  {",
         f'    name: "{input_name}"',
-        "    data_type: TYPE_FP32",
-        f"    dims: [ {c}, {h}, {w} ]",
+        f"    data_type: {'TYPE_UINT8' if meta.input_dtype == 'uint8' else 'TYPE_FP32'}",
+        f"    dims: [ {dims} ]",
         "  }",
         "]",
         "output [",
