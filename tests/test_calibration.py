@@ -26,14 +26,14 @@ def test_qdq_model_accuracy_and_provenance(int8_result, digits_onnx):
     model = onnx.load(str(int8_result.output))
     assert is_quantized(model)
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QuantizeLinear") == 6  # one per weighted layer's activation input (weights are INT8 + DQ)
+    assert ops.count("QuantizeLinear") == 15  # placement ort: every activation but the logits (weights INT8 + DQ)
     # biases stay float: no INT32 initializer feeds a DequantizeLinear (TensorRT rejects those)
     int32 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT32}
     assert not any(n.input[0] in int32 for n in model.graph.node if n.op_type == "DequantizeLinear")
     meta = read_onnx_metadata(int8_result.output)
     prov = meta.extra["calibration"]
     assert meta.precision == "int8" and prov["num_images"] == 500 and prov["method"] == "minmax"
-    assert prov["parameters"]["placement"] == "tensorrt" and prov["requested_images"] == 500
+    assert prov["parameters"]["placement"] == "ort" and prov["requested_images"] == 500
     assert "features.0->features.3" in prov["equalized_pairs"]
     ev_meta = meta.extra["int8_evaluation"]
     assert 0 < ev_meta["logit_max_abs_error"] < 1.0 and ev_meta["logit_cosine"] > 0.999
@@ -203,7 +203,8 @@ def test_too_small_dataset_is_refused(tmp_path, digits_onnx):
 @pytest.fixture(scope="module")
 def auto_result(digits_onnx, tmp_path_factory):
     out = tmp_path_factory.mktemp("auto") / "auto.onnx"
-    return calibrate(digits_onnx, out, method="auto", num_images=200, percentile=99.99, echo=lambda *_: None)
+    return calibrate(digits_onnx, out, method="auto", num_images=200, percentile=99.99, placement="tensorrt",
+                     echo=lambda *_: None)
 
 
 def _activation_scales(path) -> dict[str, float]:
@@ -258,10 +259,80 @@ def test_entropy_search_clips_long_tails_and_keeps_short_ones():
     assert p4 < p5 < amax and (p5 - p4) > 2 * amax / 2048
 
 
-def test_tensorrt_placement_has_qdq_only_ahead_of_weighted_layers(int8_result, digits_onnx, tmp_path):
+def _optimized_ops(path, tmp_path) -> list[str]:
+    """The node types ONNX Runtime's CPU provider runs after its QDQ fusions (saved optimized graph)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
+def test_default_ort_placement_keeps_logits_float_and_runs_int8_kernels(int8_result, tmp_path):
+    model = onnx.load(str(int8_result.output))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    # the logits come straight out of the last Gemm (float), which reads INT8 activations and weights
+    last = producer[model.graph.output[0].name]
+    assert last.op_type == "Gemm" and not consumers.get(last.output[0])
+    assert producer[last.input[0]].op_type == "DequantizeLinear" and producer[last.input[1]].op_type == "DequantizeLinear"
+    # every Conv's output is quantized: what lets ONNX Runtime fuse DQ -> Conv -> Q into QLinearConv
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 5 and all({c.op_type for c in consumers[n.output[0]]} == {"QuantizeLinear"} for n in convs)
+    assert int8_result.qdq_nodes == {"QuantizeLinear": 15, "DequantizeLinear": 21}
+    ops = _optimized_ops(int8_result.output, tmp_path)
+    assert ops.count("QLinearConv") == 5 and "Conv" not in ops, ops
+
+
+def test_output_tail_after_the_last_weighted_layer_stays_float(tmp_path):
+    """Gemm -> Softmax: ``ort`` leaves the Gemm output and the Softmax in float, quantizes the Gemm's inputs."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from alexnet_deploy.calibration.placement import output_tail, plan_qdq
+    from alexnet_deploy.calibration.qdq import QuantConfig, quantize
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                           helper.make_node("Gemm", ["r", "w"], ["z"], name="fc", transB=1),
+                           helper.make_node("Softmax", ["z"], ["prob"], name="softmax", axis=1)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [2, 3])], [w])
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))
+    assert output_tail(onnx.load(str(fp32))) == (["softmax"], ["prob", "z"])
+    plan = quantize(fp32, tmp_path / "q.onnx", {t: 4.0 for t in ["x", "r", "z", "prob"]}, QuantConfig())
+    assert plan.placement.value == "ort" and plan.float_tail == ["softmax"]
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    producer = {o: n for n in q.graph.node for o in n.output}
+    assert q.graph.output[0].name == "prob" and producer["prob"].op_type == "Softmax"
+    assert producer[producer["prob"].input[0]].op_type == "Gemm"
+    assert producer[producer["z"].input[0]].op_type == "DequantizeLinear"
+    assert not {"z_scale", "prob_scale"} & {i.name for i in q.graph.initializer}
+    x = rng.uniform(-2, 2, (2, 4)).astype(np.float32)
+    ref, = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    out, = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert np.abs(out - ref).max() < 0.05
+    every = plan_qdq(onnx.load(str(fp32)), "all")
+    assert not every.float_tensors and "softmax" in every.nodes
+
+
+@pytest.fixture(scope="module")
+def trt_result(digits_onnx, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8-trt") / "digits-int8-trt.onnx"
+    return calibrate(digits_onnx, out, placement="tensorrt", num_images=64, eval_images=100, echo=lambda *_: None)
+
+
+def test_tensorrt_placement_has_qdq_only_ahead_of_weighted_layers(trt_result, digits_onnx, tmp_path):
     from alexnet_deploy.calibration.placement import plan_qdq
 
-    model = onnx.load(str(int8_result.output))
+    model = onnx.load(str(trt_result.output))
     consumers = {}
     for n in model.graph.node:
         for i in n.input:
@@ -275,9 +346,11 @@ def test_tensorrt_placement_has_qdq_only_ahead_of_weighted_layers(int8_result, d
     assert len(weighted) == 6
     for n in weighted:  # activation and weight both come through a DequantizeLinear
         assert producer[n.input[0]].op_type == "DequantizeLinear" and producer[n.input[1]].op_type == "DequantizeLinear"
-    assert int8_result.qdq_nodes == {"QuantizeLinear": 6, "DequantizeLinear": 12}
-    plan = plan_qdq(onnx.load(str(digits_onnx)))
+    assert trt_result.qdq_nodes == {"QuantizeLinear": 6, "DequantizeLinear": 12}
+    assert read_onnx_metadata(trt_result.output).extra["calibration"]["parameters"]["placement"] == "tensorrt"
+    plan = plan_qdq(onnx.load(str(digits_onnx)), "tensorrt")
     assert len(plan.activations) == 6 and len(plan.weights) == 6 and plan.placement.value == "tensorrt"
+    assert "QLinearConv" not in _optimized_ops(trt_result.output, tmp_path)  # why CPU gets the ort placement
     # "all" (ONNX Runtime's default) quantizes every tensor, the logits included
     res = calibrate(digits_onnx, tmp_path / "all.onnx", placement="all", num_images=64, eval_images=100,
                     echo=lambda *_: None)

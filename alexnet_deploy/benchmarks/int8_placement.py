@@ -1,4 +1,4 @@
-"""INT8 study (issue 11): Q/DQ placement (tensorrt vs all), calibration methods, NVIDIA Model Optimizer.
+"""INT8 study (issue 11): Q/DQ placement (tensorrt, ort, all), calibration methods, NVIDIA Model Optimizer.
 
 For each variant (``cifar10``: digits at 32x32, ``bn``: digits at 128x128) it trains or reuses a digits
 checkpoint (cached under artifacts/int8/), exports FP32 ONNX, calibrates on 500 class-balanced training images
@@ -31,7 +31,7 @@ RECIPES = {  # digits upscaled to the variant's input size; modest epochs for tw
 }
 ARTIFACTS = Path("artifacts/int8")
 SHARED_CHECKPOINTS = {"bn": Path("artifacts/int4/bn-digits.pt")}  # issue 13's study trains the same recipe
-PLACEMENTS = ("tensorrt", "all")
+PLACEMENTS = ("tensorrt", "ort", "all")
 METHODS = ("minmax", "entropy", "percentile")
 MODELOPT_METHODS = ("max", "entropy")
 MAX_DROP = 0.1  # the issue's target, in points: layers are kept in float (sensitivity order) until it holds

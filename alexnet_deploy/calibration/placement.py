@@ -1,14 +1,20 @@
 """Where Q/DQ pairs go in a QDQ INT8 model.
 
-``tensorrt`` (default): TensorRT's guidance for explicit quantization - one Q/DQ pair on each input of the
+``ort`` (``alexnet-calibrate``'s default, for ONNX Runtime): ONNX Runtime's placement - every tensor it can
+quantize, so its CPU kernels run whole chains in INT8 (DequantizeLinear -> Conv -> QuantizeLinear becomes
+QLinearConv) - except the network output: the last weighted layer's output (the logits) and everything after
+it (a Softmax) stay float, the last Gemm reading INT8 inputs and writing float.
+
+``tensorrt`` (what TensorRT engines are built from): TensorRT's guidance for explicit quantization - one Q/DQ pair on each input of the
 weighted layers (the activation and the weight of every Conv, Gemm and MatMul) and nothing else. ReLU and
 MaxPool commute with a symmetric quantizer, so TensorRT moves the pair across them and fuses it into the
 layer; the network output (the logits) stays float.
 
-``all``: ONNX Runtime's default - every tensor ONNX Runtime can quantize (before and after each ReLU, after
-MaxPool and Flatten, and the logits). ONNX Runtime's CPU kernels then run whole chains in INT8 (QLinearConv
-with an INT8 output), which may be faster on CPU; it is kept as an option for that and measured in
-docs/benchmarks/int8-*.md.
+``all``: ONNX Runtime's own default - every tensor (before and after each ReLU, after MaxPool and Flatten,
+and the logits); ``ort`` without the float output, kept for comparison (docs/benchmarks/int8-placement.md).
+
+The TensorRT placement runs 3-10x slower than ``ort``/``all`` on ONNX Runtime CPU (a Conv whose output is not
+quantized is dequantized and run in float), hence two placements: see docs/benchmarks/int8-placement.md.
 
 :func:`plan_qdq` answers, for an FP32 model, which nodes are quantized and which tensors get a Q/DQ pair; the
 INT8 and INT4 paths both build from it.
@@ -27,6 +33,7 @@ WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
 class Placement(str, enum.Enum):
+    ORT = "ort"
     TENSORRT = "tensorrt"
     ALL = "all"
 
@@ -49,9 +56,15 @@ class QdqPlan:
     excluded: list[str] = field(default_factory=list)  # weighted nodes kept in float
     op_types: list[str] | None = None  # onnxruntime op_types_to_quantize (None: all)
     extra_options: dict = field(default_factory=dict)  # placement-specific onnxruntime extra_options
+    float_tail: list[str] = field(default_factory=list)  # nodes after the last weighted layer, left to float
+    float_tensors: list[str] = field(default_factory=list)  # tensors whose Q/DQ pair is removed after ORT
+
+    @property
+    def nodes_to_exclude(self) -> list[str]:
+        return [*self.excluded, *(n for n in self.float_tail if n not in self.excluded)]
 
     def ort_kwargs(self) -> dict:
-        return {"op_types_to_quantize": self.op_types, "nodes_to_exclude": list(self.excluded)}
+        return {"op_types_to_quantize": self.op_types, "nodes_to_exclude": self.nodes_to_exclude}
 
 
 def weighted_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -76,7 +89,72 @@ def float_activations(model: onnx.ModelProto) -> list[str]:
     return [t for t in names if not (t in seen or seen.add(t))]
 
 
-def plan_qdq(model: onnx.ModelProto, placement: "str | Placement" = Placement.TENSORRT,
+def output_tail(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """(nodes, tensors) from the last weighted layers' outputs to the graph outputs: walking back from each graph
+    output through non-weighted nodes (Softmax, Reshape...) until a Conv/Gemm/MatMul output is reached."""
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    inits = {i.name for i in model.graph.initializer}
+    nodes: list[str] = []
+    tensors: list[str] = []
+    todo = [o.name for o in model.graph.output]
+    while todo:
+        t = todo.pop()
+        if t in tensors or t in inits:
+            continue
+        tensors.append(t)
+        node = producer.get(t)
+        if node is None or node.op_type in WEIGHTED_OPS:
+            continue
+        if node.name not in nodes:
+            nodes.append(node.name)
+        todo += [i for i in node.input if i]
+    return nodes, tensors
+
+
+def remove_qdq_pairs(model: onnx.ModelProto, tensors: list[str] | tuple[str, ...]) -> int:
+    """Remove the QuantizeLinear -> DequantizeLinear pairs ONNX Runtime put on ``tensors``, in place: their
+    consumers (and a graph output) read the float tensor again. Returns the number of pairs removed."""
+    g = model.graph
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    producer = {o: n for n in g.node for o in n.output if o}
+    outputs = {o.name for o in g.output}
+    drop: list[onnx.NodeProto] = []
+    for q in [n for n in g.node if n.op_type == "QuantizeLinear"]:
+        src = q.input[0]
+        dqs = consumers.get(q.output[0], [])
+        # a graph output keeps its name: ONNX Runtime renamed the float tensor to <name>_QuantizeLinear_Input
+        name = next((d.output[0] for d in dqs if d.op_type == "DequantizeLinear" and d.output[0] in outputs), None)
+        wanted = name if name is not None else src
+        if wanted not in tensors and src not in tensors:
+            continue
+        if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
+            continue
+        if name is not None and src not in outputs and src in producer:  # give the float tensor its name back
+            for n in [producer[src], *consumers.get(src, [])]:
+                for lst in (n.output, n.input):
+                    for k, v in enumerate(lst):
+                        if v == src:
+                            lst[k] = name
+            src = name
+        for d in dqs:
+            for c in consumers.get(d.output[0], []):
+                for k, v in enumerate(c.input):
+                    if v == d.output[0]:
+                        c.input[k] = src
+            drop.append(d)
+        drop.append(q)
+    for n in drop:
+        g.node.remove(n)
+    used = {i for n in g.node for i in n.input}
+    for init in [i for i in g.initializer if i.name not in used and i.name not in outputs]:
+        g.initializer.remove(init)  # the removed pairs' scales and zero points
+    return sum(1 for n in drop if n.op_type == "QuantizeLinear")
+
+
+def plan_qdq(model: onnx.ModelProto, placement: "str | Placement" = Placement.ORT,
              keep_float: list[str] | tuple[str, ...] = ()) -> QdqPlan:
     """The Q/DQ plan for an FP32 ``model``; ``keep_float`` names PyTorch modules (or ONNX nodes) left in float."""
     placement = Placement.parse(placement)
@@ -95,6 +173,12 @@ def plan_qdq(model: onnx.ModelProto, placement: "str | Placement" = Placement.TE
                 activations.append(n.input[0])
         return QdqPlan(placement, [n.name for n in quantized], activations, weights, excluded, list(WEIGHTED_OPS),
                        {"OpTypesToExcludeOutputQuantization": list(WEIGHTED_OPS)})
+    if placement is Placement.ORT:
+        # ONNX Runtime quantizes the last weighted layer's output whatever nodes_to_exclude says (its operator
+        # quantizers mark their outputs); that pair is removed after quantize_static (remove_qdq_pairs)
+        tail_nodes, tail_tensors = output_tail(model)
+        return QdqPlan(placement, [n.name for n in model.graph.node if n.name not in excluded + tail_nodes],
+                       float_activations(model), weights, excluded, None, {}, tail_nodes, tail_tensors)
     return QdqPlan(placement, [n.name for n in model.graph.node if n.name not in excluded], float_activations(model),
                    weights, excluded, None, {})
 
@@ -104,4 +188,4 @@ def count_qdq(model: onnx.ModelProto) -> dict[str, int]:
     return {"QuantizeLinear": ops.count("QuantizeLinear"), "DequantizeLinear": ops.count("DequantizeLinear")}
 
 
-__all__ = ["Placement", "QdqPlan", "plan_qdq", "layer_names", "float_activations", "count_qdq", "WEIGHTED_OPS"]
+__all__ = ["Placement", "QdqPlan", "plan_qdq", "output_tail", "remove_qdq_pairs", "layer_names", "float_activations", "count_qdq", "WEIGHTED_OPS"]

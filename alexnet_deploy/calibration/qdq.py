@@ -2,7 +2,7 @@
 ONNX parser accepts (per-channel symmetric INT8 weights, symmetric INT8 activations, biases left in float:
 ORT's default INT32 bias behind DequantizeLinear is rejected by TensorRT).
 
-Where the Q/DQ pairs go is decided by :mod:`.placement` (TensorRT's placement by default); the activation
+Where the Q/DQ pairs go is decided by :mod:`.placement` (``ort`` by default, ``tensorrt`` for engines); the activation
 ranges come from :mod:`.ranges` (TensorRT's entropy search, fine-histogram percentiles, min/max) and reach
 ONNX Runtime as its TensorsData, so ONNX Runtime only inserts the nodes.
 """
@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from alexnet_deploy.calibration.data import CalibrationSet
-from alexnet_deploy.calibration.placement import Placement, QdqPlan, layer_names, plan_qdq
+from alexnet_deploy.calibration.placement import Placement, QdqPlan, layer_names, plan_qdq, remove_qdq_pairs
 from alexnet_deploy.calibration.ranges import Histograms, collect_histograms, tensors_data, thresholds
 from alexnet_deploy.fileio import atomic_write_json, sha256_file
 from alexnet_deploy.errors import UserInputError
@@ -48,7 +48,7 @@ class QuantConfig:
     percentile: float = 99.999
     per_channel: bool = True
     keep_float: list[str] = field(default_factory=list)  # PyTorch module names kept in float
-    placement: Placement = Placement.TENSORRT
+    placement: Placement = Placement.ORT
 
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
@@ -125,6 +125,10 @@ def quantize(fp32_path: Path, out_path: Path, amax: dict[str, float], cfg: Quant
                 _quantize_direct(fp32_path, out_path, data, cfg, plan, extra)
     finally:
         root.setLevel(level)
+    if plan.float_tensors:  # ``ort``: the network output stays float (ONNX Runtime quantized it regardless)
+        q = onnx.load(str(out_path))
+        if remove_qdq_pairs(q, plan.float_tensors):
+            onnx.save(q, str(out_path))
     return plan
 
 
@@ -138,10 +142,12 @@ def _quantize_direct(fp32_path: Path, out_path: Path, data, cfg: QuantConfig, pl
     """onnxruntime < 1.24 (no calibration cache): the steps quantize_static runs after calibrating."""
     from onnxruntime.quantization import QDQQuantizer, QuantType
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     model = load_model_with_shape_infer(Path(fp32_path))
-    q = QDQQuantizer(model, cfg.per_channel, False, QuantType.QInt8, QuantType.QInt8, data, None, plan.excluded,
-                     plan.op_types, extra)
+    op_types = plan.op_types or sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # quantize_static's "all"
+    q = QDQQuantizer(model, cfg.per_channel, False, QuantType.QInt8, QuantType.QInt8, data, None, plan.nodes_to_exclude,
+                     op_types, extra)
     q.quantize_model()
     q.model.save_model_to_file(str(out_path), False)
 

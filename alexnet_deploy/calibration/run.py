@@ -99,9 +99,10 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
               eval_images: int = 1000, method: str = "minmax", percentile: float = 99.999,
               max_drop: float | None = None, sensitivity: bool = False, allow_synthetic: bool = False,
               variant: str | None = None, cache: str | Path | None = None, force_cache: bool = False,
-              placement: str = "tensorrt", echo=print) -> CalibrationResult:
-    """FP32 ONNX -> QDQ INT8 ONNX. ``placement``: tensorrt (Q/DQ on the inputs of Conv/Gemm/MatMul only,
-    logits float) | all (every tensor, ONNX Runtime's default); see :mod:`.placement`."""
+              placement: str = "ort", echo=print) -> CalibrationResult:
+    """FP32 ONNX -> QDQ INT8 ONNX. ``placement``: ort (every tensor but the network output: fast on ONNX
+    Runtime CPU) | tensorrt (Q/DQ on the inputs of Conv/Gemm/MatMul only, for TensorRT engines) | all (every
+    tensor, logits too: ONNX Runtime's default); logits stay float with ort and tensorrt. See :mod:`.placement`."""
     model, output = Path(model), check_writable(output)
     if output.resolve() == model.resolve():
         raise UserInputError("the INT8 output would overwrite the FP32 model; choose another --output")

@@ -25,9 +25,10 @@ from alexnet_deploy.errors import UserInputError
 @click.option("--method", default="minmax", show_default=True, help="minmax | entropy | percentile | auto (best of the three).")
 @click.option("--percentile", type=float, default=99.999, show_default=True,
               help="With --method percentile: clip activations at this percentile of |x| (65,536-bin histogram).")
-@click.option("--placement", type=click.Choice(["tensorrt", "all"]), default="tensorrt", show_default=True,
-              help="tensorrt: Q/DQ only on the inputs of Conv/Gemm (logits float), as TensorRT wants; "
-                   "all: every tensor (ONNX Runtime's default), see docs/benchmarks/int8-placement.md.")
+@click.option("--placement", type=click.Choice(["ort", "tensorrt", "all"]), default="ort", show_default=True,
+              help="ort: every tensor but the logits (fast INT8 kernels on ONNX Runtime CPU); tensorrt: Q/DQ only "
+                   "on the inputs of Conv/Gemm (logits float), as TensorRT wants, 3-10x slower on ONNX Runtime CPU; "
+                   "all: every tensor, logits too (ONNX Runtime's default). See docs/benchmarks/int8-placement.md.")
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None,
               help="Keep the most sensitive layers in float until the held-out drop is within this many points.")
 @click.option("--sensitivity", is_flag=True, help="Report per-layer sensitivity (one layer in float at a time).")

@@ -129,7 +129,8 @@ def plan_steps(opts: DeployOptions, engines: tuple[str, ...]) -> list[Step]:
     if "trt" in opts.targets:
         for p in opts.built_precisions:
             a = trt_artifact(p)
-            steps.append(Step(f"trt {p}", "trt", a, p, needs=(onnx_artifact(p),)))
+            # INT8 engines are calibrated from FP32 with TensorRT's Q/DQ placement (onnx-int8 has ONNX Runtime's)
+            steps.append(Step(f"trt {p}", "trt", a, p, needs=(onnx_artifact("fp32" if p == "int8" else p),)))
             models.append(a)
     if "triton" in opts.targets:
         steps.append(Step("triton", "triton", "triton", needs=tuple(onnx_artifact(p) for p in opts.built_precisions)))

@@ -14,6 +14,10 @@ from alexnet_deploy.errors import InferenceError, MissingDependencyError, ModelL
 
 ARTIFACT_SCHEMA = "alexnet-deploy.artifact/1"
 MODEL_FILES = {"onnx": "model.onnx", "trt": "model.plan"}
+# Q/DQ placements (calibration/placement.py): onnx-int8 is for ONNX Runtime (fast INT8 CPU kernels, logits
+# float); trt-int8 is built from its own QDQ ONNX with TensorRT's placement, kept beside the engine
+ORT_PLACEMENT, TRT_PLACEMENT = "ort", "tensorrt"
+TRT_INT8_ONNX = "model.int8.onnx"
 
 
 class Skipped(Exception):
@@ -79,7 +83,7 @@ def key_parts(ctx: Context, step: Step, input_sha: dict[str, str]) -> dict:
                 "precision": step.precision, "versions": _versions("torch", "onnx", "onnxsim", "onnxruntime")}
     if step.kind == "calibrate":
         return {**base, "dataset": ctx.dataset_id, "images": o.calib_images, "method": o.calib_method,
-                "sensitivity": o.sensitivity, "max_drop": o.max_drop, "eval_images": o.parity_images,
+                "placement": ORT_PLACEMENT, "sensitivity": o.sensitivity, "max_drop": o.max_drop, "eval_images": o.parity_images,
                 "versions": _versions("onnxruntime", "onnx")}
     if step.kind == "trt":
         from alexnet_deploy.runtime.trt_library import load_library
@@ -88,8 +92,12 @@ def key_parts(ctx: Context, step: Step, input_sha: dict[str, str]) -> dict:
             lib = load_library(o.trt_library)
         except MissingDependencyError as exc:
             raise Skipped(str(exc)) from None
+        calib = {} if step.precision != "int8" else {
+            "calibration": {"dataset": ctx.dataset_id, "images": o.calib_images, "method": o.calib_method,
+                            "sensitivity": o.sensitivity, "max_drop": o.max_drop, "eval_images": o.parity_images,
+                            "placement": TRT_PLACEMENT, "versions": _versions("onnxruntime", "onnx")}}
         return {**base, "library": [lib.name, lib.version], "max_batch": o.max_batch,
-                "workspace_mb": o.workspace_mb, "compute_capability": o.compute_capability}
+                "workspace_mb": o.workspace_mb, "compute_capability": o.compute_capability, **calib}
     if step.kind == "triton":
         return {**base, "max_batch": o.max_batch, "kind": triton_kind(o), "preferred": _preferred(o)}
     model_sha = ctx.weights_sha256 if step.artifact == REFERENCE else input_sha[step.artifact]
@@ -134,19 +142,21 @@ def command(ctx: Context, step: Step) -> str:
         return " ".join(["alexnet-export onnx", "--weights", _q(w), *variant, "-o",
                          _q(out / step.artifact / "model.onnx"), *(["--fp16"] if step.precision == "fp16" else [])])
     if step.kind == "calibrate":
-        extra = (["--sensitivity"] if o.sensitivity else []) + (["--max-drop", str(o.max_drop)] if o.max_drop is not None else [])
-        return " ".join(["alexnet-calibrate", _q(out / onnx_artifact("fp32") / "model.onnx"), "-o",
-                         _q(out / step.artifact / "model.onnx"), "--dataset", _q(o.dataset), "--num-images",
-                         str(o.calib_images), "--eval-images", str(o.parity_images), "--method", o.calib_method, *extra])
+        return _calibrate_command(o, out / step.artifact / "model.onnx", ["--placement", ORT_PLACEMENT])
     if step.kind == "trt":
+        src = out / step.needs[0] / "model.onnx"
+        calib = ""
+        if step.precision == "int8":  # TensorRT's placement, calibrated into the engine's folder
+            src = out / step.artifact / TRT_INT8_ONNX
+            calib = _calibrate_command(o, src, ["--placement", TRT_PLACEMENT]) + " && "
         extra = ["--library", o.trt_library] if o.trt_library != "auto" else []
         if o.compute_capability:
             extra += ["--compute-capability", o.compute_capability]
         if o.workspace_mb != 1024:
             extra += ["--workspace-mb", str(o.workspace_mb)]
-        return " ".join(["alexnet-export trt", _q(out / step.needs[0] / "model.onnx"), "-o",
-                         _q(out / step.artifact / "model.plan"), "--precision", step.precision or "fp32",
-                         "--max-batch", str(o.max_batch), *extra])
+        return calib + " ".join(["alexnet-export trt", _q(src), "-o",
+                                 _q(out / step.artifact / "model.plan"), "--precision", step.precision or "fp32",
+                                 "--max-batch", str(o.max_batch), *extra])
     if step.kind == "triton":
         pref = ",".join(map(str, _preferred(o)))
         return " && ".join(
@@ -168,6 +178,14 @@ def command(ctx: Context, step: Step) -> str:
                      *([] if o.roofline else ["--no-roofline"])])
 
 
+def _calibrate_command(o: DeployOptions, output: Path, extra: list[str] | tuple[str, ...] = ()) -> str:
+    extra = [*extra, *(["--sensitivity"] if o.sensitivity else []),
+             *(["--max-drop", str(o.max_drop)] if o.max_drop is not None else [])]
+    return " ".join(["alexnet-calibrate", _q(o.out.resolve() / onnx_artifact("fp32") / "model.onnx"), "-o",
+                     _q(output), "--dataset", _q(o.dataset), "--num-images", str(o.calib_images),
+                     "--eval-images", str(o.parity_images), "--method", o.calib_method, *extra])
+
+
 # ------------------------------------------------------------------------------------------- artifacts
 def run_export(ctx: Context, step: Step, stage: Path) -> dict:
     from alexnet_deploy.exporter.onnx_export import ExportOptions, export_onnx
@@ -187,7 +205,7 @@ def run_calibrate(ctx: Context, step: Step, stage: Path) -> dict:
     src = o.out / step.needs[0] / "model.onnx"
     res = calibrate(src, stage / "model.onnx", dataset=o.dataset, num_images=o.calib_images,
                     eval_images=o.parity_images, method=o.calib_method, sensitivity=o.sensitivity,
-                    max_drop=o.max_drop, echo=_indent(ctx.echo))
+                    max_drop=o.max_drop, placement=ORT_PLACEMENT, echo=_indent(ctx.echo))
     _sidecars(stage, "onnx", "model.onnx", read_onnx_metadata(stage / "model.onnx"))
     chosen = res.chosen.row() if hasattr(res.chosen, "row") else {}
     return _jsonable({"chosen": chosen, "tried": [e.row() for e in getattr(res, "tried", []) if hasattr(e, "row")],
@@ -201,6 +219,13 @@ def run_trt(ctx: Context, step: Step, stage: Path) -> dict:
 
     o = ctx.opts
     src = o.out / step.needs[0] / "model.onnx"
+    if step.precision == "int8":  # a QDQ ONNX with TensorRT's Q/DQ placement (onnx-int8 has ONNX Runtime's)
+        from alexnet_deploy.calibration.run import calibrate
+
+        calibrate(src, stage / TRT_INT8_ONNX, dataset=o.dataset, num_images=o.calib_images,
+                  eval_images=o.parity_images, method=o.calib_method, sensitivity=o.sensitivity,
+                  max_drop=o.max_drop, placement=TRT_PLACEMENT, echo=_indent(ctx.echo))
+        src = stage / TRT_INT8_ONNX
     opts = TrtBuildOptions(precision=step.precision or "fp32", library=o.trt_library, max_batch=o.max_batch,
                            workspace_mb=o.workspace_mb, compute_capability=o.compute_capability)
     try:

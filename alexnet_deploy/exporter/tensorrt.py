@@ -157,6 +157,12 @@ def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOption
     trt = lib.module
     profile = _profile(opts, meta.batch)
     src_meta_precision = meta.precision
+    calib = (meta.extra or {}).get("calibration")
+    params = calib.get("parameters") if isinstance(calib, dict) else None
+    placement = params.get("placement") if isinstance(params, dict) else None
+    if placement in ("ort", "all"):  # Q/DQ pairs placed for ONNX Runtime's CPU kernels, not TensorRT's guidance
+        echo(f"note: {onnx_path.name} was calibrated with --placement {placement} (for ONNX Runtime); for "
+             "TensorRT calibrate with alexnet-calibrate --placement tensorrt or pass the FP32 ONNX")
     build_onnx, onnx_precision = _derived_onnx(onnx_path, meta, opts, lib, output, echo)
     extra_files = [build_onnx] if build_onnx != onnx_path else []
     if lib.strongly_typed and onnx_precision != opts.precision:
