@@ -10,7 +10,7 @@ from alexnet_deploy.errors import MissingDependencyError
 OPTIONAL = {
     "torch": ("'alexnet-deploy[export]'", "PyTorch models, training, export and the reference runner"),
     "torchvision": ("'alexnet-deploy[export]'", "torchvision's AlexNet and its weights"),
-    "onnx": ("'alexnet-deploy[build]'  (or [export] to export from PyTorch)", "reading and writing ONNX models"),
+    "onnx": ("'alexnet-deploy[build]' (engine builds, no PyTorch) or 'alexnet-deploy[export]' (export from PyTorch)", "reading and writing ONNX models"),
     "onnxruntime": ("onnxruntime  (or onnxruntime-gpu for CUDA/TensorRT)", "ONNX Runtime inference"),
     "onnxsim": ("'alexnet-deploy[export]'", "ONNX simplification"),
     "safetensors": ("'alexnet-deploy[export]'", ".safetensors weights"),

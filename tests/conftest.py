@@ -4,11 +4,21 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# A run started in the background (`cmd &` without job control, nohup, some CI runners) begins with SIGINT and/or
+# SIGHUP ignored, and child processes inherit an ignored disposition. The signal tests send real signals to real
+# subprocesses and expect what a terminal gives them, so restore the ordinary dispositions here.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+for _sig in (signal.SIGHUP, signal.SIGTERM):
+    if signal.getsignal(_sig) == signal.SIG_IGN:
+        signal.signal(_sig, signal.SIG_DFL)
 
 
 def _has_cuda() -> bool:
