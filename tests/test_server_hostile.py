@@ -317,7 +317,7 @@ def test_hostile_clients(digits_onnx, tmp_path):
     assert set(health_status) == {200}, report
     assert p99 <= HEALTH_P99_MS, report
     # 10k are sent when the machine keeps up (a 2-core CI box does ~1000/s); 300 already prove the label bound
-    assert result["not_found"] >= 300 and not result["not_404"], (result["not_404"][:5], report)
+    assert result["not_found"] >= 2000 and not result["not_404"], (result["not_404"][:5], report)
     assert not result["bomb_bad"] and not result["big_bad"] and result["big_ok"] > 0, (result["bomb_bad"][:3], result["big_bad"][:3])
     assert not result["malformed_bad"] and result["malformed"] > 0, result["malformed_bad"][:5]
     assert result["loris_closed"] >= LORIS and result["loris_max_s"] < 6, report
@@ -337,3 +337,43 @@ def test_busy_port_is_one_line(digits_onnx, cli):
         s.listen()
         code, out, err = cli(serve_main, digits_onnx, "--port", s.getsockname()[1])
     assert code == 2 and err.count("\n") == 1 and "cannot listen on 127.0.0.1" in err and "--port" in err, err
+
+
+def test_keep_alive_requests_are_not_held_by_nagle(digits_onnx, tmp_path):
+    """h11 writes a response's head and body separately: without TCP_NODELAY on the accepted socket each
+    keep-alive request waited for the client's delayed ACK (~40 ms, 24 requests/s on one connection)."""
+    import socket
+
+    from alexnet_deploy.server.connections import _set_nodelay
+
+    listener = socket.socket()  # proto 0, like uvicorn's and ours: asyncio does not set TCP_NODELAY for it
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+
+    class Transport:
+        def get_extra_info(self, name):
+            return accepted if name == "socket" else None
+
+    try:
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        _set_nodelay(Transport())
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        for s in (client, accepted, listener):
+            s.close()
+
+    port = _free_port()
+    proc = _start(digits_onnx, port, tmp_path / "serve.log")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        t0 = time.perf_counter()
+        for _ in range(100):
+            conn.request("GET", "/v2/health/live")
+            conn.getresponse().read()
+        elapsed = time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert elapsed < 2.0, f"100 keep-alive health requests took {elapsed:.2f} s (Nagle + delayed ACK is ~4 s)"
