@@ -408,3 +408,19 @@ def test_cross_layer_equalization_keeps_the_fp32_function(digits_onnx, tmp_path)
     a = ort.InferenceSession(str(digits_onnx), providers=["CPUExecutionProvider"]).run(None, {meta.input_name: x})[0]
     b = ort.InferenceSession(str(tmp_path / "eq.onnx"), providers=["CPUExecutionProvider"]).run(None, {meta.input_name: x})[0]
     assert np.abs(a - b).max() < 1e-3 * np.abs(a).max()
+
+
+def test_short_held_out_part_is_named(tmp_path, digits_onnx):
+    """60 images, no train/val: 50 calibrate, 10 are held out; the error says which part is short."""
+    from alexnet_deploy.data.datasets import load_digits
+
+    ds, seen = load_digits("heldout"), {}
+    for i in range(len(ds)):
+        c = ds.class_names[ds.labels[i]]
+        if seen.get(c, 0) < 6:
+            seen[c] = seen.get(c, 0) + 1
+            (tmp_path / "folder" / c).mkdir(parents=True, exist_ok=True)
+            ds.image(i).convert("RGB").save(tmp_path / "folder" / c / f"{i}.png")
+    with pytest.raises(DatasetError, match="held-out part of .* has only 10 images"):
+        calibrate(digits_onnx, tmp_path / "q.onnx", dataset=str(tmp_path / "folder"), echo=lambda *_: None)
+    assert not (tmp_path / "q.onnx").exists()

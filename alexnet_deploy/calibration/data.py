@@ -75,6 +75,10 @@ def load_calibration_set(source: str, meta: ModelMetadata, num_images: int = 512
                             for i in range(0, len(ds), 256)]) if len(ds) else model_batch([], meta)
         cal = CalibrationSet(f"{source}:{split}", x, ds.labels, ds.class_names)
     if len(cal.x) < min(MIN_IMAGES, num_images):
+        if split == "heldout":  # the evaluation half: say which part is short, not "the dataset"
+            raise DatasetError(f"the held-out part of {source} has only {len(cal.x)} images; the INT8 accuracy check "
+                               f"needs at least {min(MIN_IMAGES, num_images)}: add images, or give a folder with "
+                               "train/ and val/ sub-folders")
         raise DatasetError(f"{source} gave only {len(cal.x)} images; calibration needs at least "
                            f"{min(MIN_IMAGES, num_images)} (ideally 256-1024)")
     return cal
