@@ -87,3 +87,9 @@ def test_imagenet_from_hub_cache(tmp_path, monkeypatch):
     loaded = load_model("torchvision", "imagenet")
     assert loaded.num_classes == 1000 and loaded.class_names[0] == "tench"
     assert torch.equal(loaded.model.state_dict()["features.0.weight"], sd["features.0.weight"])
+
+
+def test_corrupt_checkpoint_message_is_readable(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"hi\n")  # torch reports just the pickle opcode: "105"
+    with pytest.raises(ModelLoadError, match=r"\(not a torch.save file"):
+        load_model("cifar10", str(tmp_path / "x.pt"))

@@ -86,7 +86,7 @@ def _read_file(path: Path) -> tuple[dict, dict]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors of many kinds
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if first.startswith("Weights only load failed"):  # torch's multi-paragraph advice, condensed
+        if first.startswith("Weights only load failed") or first.isdigit():  # torch's advice / a bare pickle opcode
             first = "not a torch.save file, or it holds objects other than tensors"
         raise ModelLoadError(
             f"cannot read {path} as a PyTorch checkpoint ({first}); expected a state_dict or an "
