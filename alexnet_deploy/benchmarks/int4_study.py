@@ -15,7 +15,8 @@ from pathlib import Path
 
 # Training recipes as data: modest epochs so the torchvision variant (61 M parameters) trains on two
 # shared CPU cores in well under an hour; digits are upscaled to the variant's input size.
-RECIPES = {
+RECIPES = {  # digits upscaled to the variant's input size; shared with int8_placement.py
+    "cifar10": {"epochs": 30, "batch_size": 64, "lr": 0.02},
     "bn": {"epochs": 12, "batch_size": 32, "lr": 0.02},
     "torchvision": {"epochs": 5, "batch_size": 32, "lr": 0.01},
 }
@@ -26,7 +27,7 @@ def checkpoint_path(variant: str, root: Path = ARTIFACTS) -> Path:
     return root / f"{variant}-digits.pt"
 
 
-def train_variant(variant: str, root: Path = ARTIFACTS, threads: int | None = None) -> Path:
+def train_variant(variant: str, root: Path = ARTIFACTS, threads: int | None = None, progress: bool = True) -> Path:
     """Train ``variant`` on the digits train split unless a checkpoint is already cached."""
     path = checkpoint_path(variant, root)
     if path.is_file():
@@ -41,7 +42,7 @@ def train_variant(variant: str, root: Path = ARTIFACTS, threads: int | None = No
     loaded = load_model(variant, "random", num_classes=10, seed=0, class_names=train_set.class_names)
     r = RECIPES[variant]
     cfg = TrainConfig(epochs=r["epochs"], batch_size=r["batch_size"], lr=r["lr"], seed=0, threads=threads)
-    result = train(loaded, train_set, held, cfg, path, progress=True)
+    result = train(loaded, train_set, held, cfg, path, progress=progress)
     print(f"{variant}: held-out {result.heldout_accuracy:.2%} after {cfg.epochs} epochs, {result.seconds:.0f} s")
     return path
 

@@ -25,10 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-RECIPES = {  # digits upscaled to the variant's input size; modest epochs for two shared CPU cores
-    "cifar10": {"epochs": 30, "batch_size": 64, "lr": 0.02},
-    "bn": {"epochs": 12, "batch_size": 32, "lr": 0.02},
-}
+VARIANTS = ("cifar10", "bn")  # trained by int4_study.train_variant with its RECIPES
 ARTIFACTS = Path("artifacts/int8")
 SHARED_CHECKPOINTS = {"bn": Path("artifacts/int4/bn-digits.pt")}  # issue 13's study trains the same recipe
 PLACEMENTS = ("tensorrt", "ort", "all")
@@ -48,18 +45,9 @@ def checkpoint(variant: str, root: Path) -> Path:
         shutil.copy(shared, path)
         print(f"{variant}: reusing {shared}")
         return path
-    from alexnet_deploy.data.datasets import load_dataset
-    from alexnet_deploy.models.weights import load_model
-    from alexnet_deploy.training.train import TrainConfig, train
+    from alexnet_deploy.benchmarks.int4_study import train_variant
 
-    root.mkdir(parents=True, exist_ok=True)
-    train_set, held = load_dataset("digits", "train"), load_dataset("digits", "heldout")
-    loaded = load_model(variant, "random", num_classes=10, seed=0, class_names=train_set.class_names)
-    r = RECIPES[variant]
-    result = train(loaded, train_set, held, TrainConfig(epochs=r["epochs"], batch_size=r["batch_size"], lr=r["lr"],
-                                                        seed=0), path, progress=False)
-    print(f"{variant}: trained, held-out {result.heldout_accuracy:.2%} in {result.seconds:.0f} s")
-    return path
+    return train_variant(variant, root, progress=False)
 
 
 def fp32_onnx(variant: str, root: Path) -> Path:
@@ -255,7 +243,7 @@ def markdown(doc: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variant", action="append", choices=sorted(RECIPES))
+    p.add_argument("--variant", action="append", choices=VARIANTS)
     p.add_argument("--modelopt-python", default=None, help="Python of a virtualenv with nvidia-modelopt[onnx].")
     p.add_argument("--work", type=Path, default=ARTIFACTS)
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks/int8-placement.json"))
@@ -288,14 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"machine": f"{cpu}, {os.cpu_count()} cores (shared with other jobs), onnxruntime {onnxruntime.__version__}",
            "command": "python -m alexnet_deploy.benchmarks.int8_placement " + " ".join(argv or sys.argv[1:]),
            "latency_protocol": {k: v if not isinstance(v, dict) else {str(a): b for a, b in v.items()} for k, v in LATENCY.items()},
-           "variants": [study(v, args.work, args.modelopt_python) for v in (args.variant or ["cifar10", "bn"])]}
+           "variants": [study(v, args.work, args.modelopt_python) for v in (args.variant or VARIANTS)]}
     if args.out.is_file():  # keep the variants this run did not redo (each variant is measured in one run)
         import json
 
         done = {r["variant"] for r in doc["variants"]}
         doc["variants"] = [r for r in json.loads(args.out.read_text()).get("variants", []) if r["variant"] not in done] \
             + doc["variants"]
-        doc["variants"].sort(key=lambda r: list(RECIPES).index(r["variant"]))
+        doc["variants"].sort(key=lambda r: list(VARIANTS).index(r["variant"]))
     if args.notes and args.notes.is_file():
         doc["notes"] = args.notes.read_text()
     atomic_write_json(args.out, doc)
