@@ -18,7 +18,7 @@ from pathlib import Path
 RECIPES = {  # digits upscaled to the variant's input size; shared with int8_placement.py
     "cifar10": {"epochs": 30, "batch_size": 64, "lr": 0.02},
     "bn": {"epochs": 12, "batch_size": 32, "lr": 0.02},
-    "torchvision": {"epochs": 5, "batch_size": 32, "lr": 0.01},
+    "torchvision": {"epochs": 15, "batch_size": 32, "lr": 0.01},
 }
 ARTIFACTS = Path("artifacts/int4")
 
