@@ -136,6 +136,40 @@ def test_roofline_on_known_numbers():
         roofline(1e9, 0, 1, 1.0, 50.0, 1.0)
 
 
+def test_layered_roofline_on_known_numbers():
+    from alexnet_deploy.benchmarks.cost import layered_roofline, roofline
+
+    # a compute-bound conv (1 GFLOP, 1 MB) then a bandwidth-bound FC (0.1 GFLOP, 100 MB), 10 MB of other
+    # weights; int8 compute 100 GOP/s, 10 GB/s: floors 10 ms + 10 ms + 1 ms = 21 ms per batch of 1
+    layers = [{"name": "conv", "flops": 1e9, "weight_bytes": 1e6, "compute": "int8"},
+              {"name": "fc", "flops": 1e8, "weight_bytes": 100e6, "compute": "int8"}]
+    r = layered_roofline(layers, 10e6, 1, 1000 / 42, {"int8": 100.0, "fp32": 25.0}, 10.0)
+    assert r["layered_floor_ms"] == pytest.approx(21.0) and r["layered_fraction"] == pytest.approx(0.5)
+    assert r["layered_memory_share"] == pytest.approx(11 / 21)
+    assert [x["bound"] for x in r["layered_layers"]] == ["compute", "memory"]
+    # the whole-model roofline sees only max(11 ms compute, 11.1 ms memory): a floor that layers run one after
+    # another cannot reach, so it reads the same run as 26 %
+    whole = roofline(1.1e9, 111e6, 1, 1000 / 42, 100.0, 10.0)
+    assert whole["fraction_of_attainable"] == pytest.approx(11.1 / 42)
+    # batch 4: the conv's compute scales with the batch, the weights stream once: 40 + 10 + 1 ms
+    assert layered_roofline(layers, 10e6, 4, 4000 / 51, {"int8": 100.0, "fp32": 25.0}, 10.0)[
+        "layered_fraction"] == pytest.approx(1.0)
+    # a layer kind without its own ceiling runs at the FP32 one
+    r = layered_roofline([{"name": "x", "flops": 1e9, "weight_bytes": 0, "compute": "fp16"}], 0, 1, 10.0,
+                         {"fp32": 25.0}, 10.0)
+    assert r["layered_floor_ms"] == pytest.approx(40.0)
+    with pytest.raises(ValueError):
+        layered_roofline(layers, 0, 0, 1.0, {"fp32": 1.0}, 1.0)
+
+
+def test_memory_ceilings_measure_read_and_copy():
+    from alexnet_deploy.benchmarks.machine import memory_bandwidth_gbs, memory_copy_gbs, memory_read_gbs
+
+    read, copy = memory_read_gbs(0.2, mb=32), memory_copy_gbs(0.2, mb=32)
+    assert read > 0.1 and copy > 0.1
+    assert memory_bandwidth_gbs(0.2, mb=32) > 0.5 * max(read, copy)  # the better of the two (noisy machine)
+
+
 def test_weight_bytes_follow_storage_dtypes():
     from onnx import TensorProto, helper
 

@@ -284,9 +284,15 @@ def test_default_ort_placement_keeps_logits_float_and_runs_int8_kernels(int8_res
     # every Conv's output is quantized: what lets ONNX Runtime fuse DQ -> Conv -> Q into QLinearConv
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     assert len(convs) == 5 and all({c.op_type for c in consumers[n.output[0]]} == {"QuantizeLinear"} for n in convs)
-    assert int8_result.qdq_nodes == {"QuantizeLinear": 15, "DequantizeLinear": 21}
+    assert int8_result.qdq_nodes == {"QuantizeLinear": 15, "DequantizeLinear": 22}  # 21 + the INT32 bias
     ops = _optimized_ops(int8_result.output, tmp_path)
     assert ops.count("QLinearConv") == 5 and "Conv" not in ops, ops
+    # the float-output Gemm runs as QGemm too: its bias is INT32 behind DequantizeLinear (ONNX Runtime keeps a
+    # Gemm with a float bias in float and dequantizes its INT8 weights on every call)
+    bias = producer[last.input[2]]
+    assert bias.op_type == "DequantizeLinear" and \
+        next(i for i in model.graph.initializer if i.name == bias.input[0]).data_type == onnx.TensorProto.INT32
+    assert ops.count("QGemm") == sum(n.op_type == "Gemm" for n in model.graph.node) and "Gemm" not in ops, ops
 
 
 def test_output_tail_after_the_last_weighted_layer_stays_float(tmp_path):

@@ -204,6 +204,14 @@ def test_bench_rows_label_int4_and_count_4bit_weights(int4_cli, digits_onnx, int
     for r in rows.values():
         assert r.extra["weight_bytes_per_image"] == b[r.model] and 0 < r.extra["fraction_of_attainable"]
         assert r.extra["compute_ceiling"] == ("fp32_gemm_gflops" if r.precision == "fp32" else "int8_gemm_gops")
+        assert 0 < r.extra["layered_fraction"] and r.extra["layered_floor_ms"] > 0
+    # per layer: every weight byte is a layer's or counted as other; MatMulNBits (level 4) computes in int8
+    for m, kinds in (("digits.onnx", {"fp32"}), ("digits-int8.onnx", {"int8"}), ("w4.onnx", {"int8"})):
+        c = res.costs[m]
+        assert sum(x["weight_bytes"] for x in c["layers"]) + c["other_weight_bytes"] == c["weight_bytes"]
+        assert {x["compute"] for x in c["layers"]} == kinds and sum(x["flops"] for x in c["layers"]) == c["flops_per_image"]
+    nbits = sum(n.op_type == "MatMulNBits" for n in onnx.load(str(d / "w4.onnx")).graph.node)
+    assert nbits >= 1 and [x["op"] for x in res.costs["w4.onnx"]["layers"]].count("MatMulNBits") == nbits
 
 
 @pytest.mark.trt

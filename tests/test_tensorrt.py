@@ -186,3 +186,25 @@ def test_rebuild_if_stale_rebuilds_from_recorded_onnx(engines, tmp_path):
     with pytest.raises(InferenceError, match="no CUDA GPU"):  # rebuilt, then stopped by the missing GPU
         runner.activate()
     assert json.loads(manifest_path(eng).read_text())["library"]["version"] == current
+
+
+def test_ort_placement_int32_bias_is_folded_for_the_parser(digits_onnx, tmp_path):
+    """An ``ort``-placement QDQ model (alexnet-calibrate's default) has an INT32 bias behind DequantizeLinear on
+    its float-output Gemm for ONNX Runtime's QGemm; TensorRT's parser refuses INT32 there, so the build parses
+    a copy with that bias folded to float, and the result matches the original's function."""
+    import onnxruntime as ort
+
+    from alexnet_deploy.calibration.run import calibrate
+
+    q = tmp_path / "ort.onnx"
+    calibrate(digits_onnx, q, num_images=64, eval_images=64, placement="ort", echo=lambda *_: None)
+    assert any(i.data_type == onnx.TensorProto.INT32 for i in onnx.load(str(q)).graph.initializer)
+    res = build_engine(q, tmp_path / "ort.plan", TrtBuildOptions(precision="int8"), **quiet)
+    folded = res.extra_files[0]
+    assert folded.name == "ort.float-bias.onnx" and json.loads(manifest_path(res.engine).read_text())[
+        "built_onnx"] == str(folded.resolve())
+    model = onnx.load(str(folded))
+    assert not any(i.data_type == onnx.TensorProto.INT32 for i in model.graph.initializer)
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]  # noqa: E731
+    np.testing.assert_allclose(run(folded), run(q), atol=1e-4)

@@ -12,7 +12,8 @@ COLUMNS = [("model", "model"), ("engine", "engine"), ("prec", "precision"), ("ba
            ("p50 ms", "p50_ms"), ("p90", "p90_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"), ("mean", "mean_ms"),
            ("min", "min_ms"), ("max", "max_ms"), ("img/s", "throughput_ips"), ("x base", "vs_baseline"),
            ("MB w/img", "weight_bytes_per_image"), ("GFLOP/s", "achieved_gflops"), ("roof GFLOP/s", "attainable_gflops"),
-           ("% roof", "fraction_of_attainable"), ("bound", "bound"), ("note", "note")]
+           ("% roof", "fraction_of_attainable"), ("bound", "bound"), ("floor ms", "layered_floor_ms"),
+           ("% floor", "layered_fraction"), ("note", "note")]
 
 
 def _cells(row: dict) -> list[str]:
@@ -33,7 +34,7 @@ def _cells(row: dict) -> list[str]:
                 p = row["power"]
                 notes.append(f"{p['avg_power_w']:.1f} W, {p['images_per_joule']:.1f} img/J")
             v = "; ".join(notes)
-        elif key == "fraction_of_attainable" and v is not None:
+        elif key in ("fraction_of_attainable", "layered_fraction") and v is not None:
             v = f"{100 * v:.1f}"
         elif key == "weight_bytes_per_image" and v is not None:
             v = f"{v / 1e6:.2f}"
@@ -77,8 +78,9 @@ def ceilings_line(c: dict | None) -> str:
     if not c:
         return ""
     int8 = f", INT8 GEMM {c['int8_gemm_gops']:.0f} GOP/s" if c.get("int8_gemm_gops") else ""
+    parts = [f"{k} {c[key]:.1f}" for k, key in (("read", "memory_read_gbs"), ("copy", "memory_copy_gbs")) if c.get(key)]
     return (f"; ceilings: FP32 GEMM {c['fp32_gemm_gflops']:.1f} GFLOP/s{int8}, "
-            f"memory {c['memory_bandwidth_gbs']:.1f} GB/s")
+            f"memory {c['memory_bandwidth_gbs']:.1f} GB/s" + (f" ({', '.join(parts)})" if parts else ""))
 
 
 def to_json(result: dict) -> str:
@@ -90,6 +92,7 @@ def to_csv(result: dict) -> str:
     keys = ["key", "model", "engine", "provider", "precision", "batch", "mode", "p50_ms", "p90_ms", "p95_ms",
             "p99_ms", "mean_ms", "min_ms", "max_ms", "throughput_ips", "vs_baseline", "weight_bytes_per_image",
             "intensity_flop_per_byte", "achieved_gflops", "attainable_gflops", "fraction_of_attainable", "bound",
+            "layered_floor_ms", "layered_fraction", "layered_memory_share",
             "achieved_weight_gbs", "window_cv", "stable", "skipped"]
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     w.writeheader()

@@ -196,6 +196,13 @@ def _add_roofline(r: Row, cost: dict | None, ceil: dict | None) -> None:
     compute = ceil.get(key) or ceil["fp32_gemm_gflops"]
     if r.engine == "torch":  # PyTorch eager runs the FP32 source whatever the ONNX holds
         compute = ceil["fp32_gemm_gflops"]
-    r.extra.update(roofline(cost["flops_per_image"], cost["weight_bytes"], r.batch, r.throughput, compute,
-                            ceil["memory_bandwidth_gbs"]))
+    bandwidth = ceil["memory_bandwidth_gbs"]
+    r.extra.update(roofline(cost["flops_per_image"], cost["weight_bytes"], r.batch, r.throughput, compute, bandwidth))
     r.extra["compute_ceiling"] = key
+    if cost.get("layers"):
+        from alexnet_deploy.benchmarks.cost import layered_roofline
+
+        fp32 = ceil["fp32_gemm_gflops"]  # PyTorch eager runs the FP32 source: every layer at the FP32 rate
+        kinds = {"fp32": fp32, "int8": fp32 if r.engine == "torch" else (ceil.get("int8_gemm_gops") or fp32)}
+        r.extra.update(layered_roofline(cost["layers"], cost.get("other_weight_bytes", 0), r.batch, r.throughput,
+                                        kinds, bandwidth))

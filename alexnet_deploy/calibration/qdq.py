@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 
 from alexnet_deploy.calibration.data import CalibrationSet
-from alexnet_deploy.calibration.placement import Placement, QdqPlan, layer_names, plan_qdq, remove_qdq_pairs
+from alexnet_deploy.calibration.placement import (Placement, QdqPlan, layer_names, plan_qdq,
+                                                  quantize_float_output_bias, remove_qdq_pairs)
 from alexnet_deploy.calibration.ranges import Histograms, collect_histograms, tensors_data, thresholds
 from alexnet_deploy.fileio import atomic_write_json, sha256_file
 from alexnet_deploy.errors import UserInputError
@@ -127,7 +128,8 @@ def quantize(fp32_path: Path, out_path: Path, amax: dict[str, float], cfg: Quant
         root.setLevel(level)
     if plan.float_tensors:  # ``ort``: the network output stays float (ONNX Runtime quantized it regardless)
         q = onnx.load(str(out_path))
-        if remove_qdq_pairs(q, plan.float_tensors):
+        removed = remove_qdq_pairs(q, plan.float_tensors)
+        if quantize_float_output_bias(q) or removed:  # so ONNX Runtime fuses the float-output Gemm (QGemm)
             onnx.save(q, str(out_path))
     return plan
 

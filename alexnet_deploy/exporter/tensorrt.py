@@ -118,6 +118,8 @@ def _parse(trt, lib: TrtLibrary, logger, onnx_path: Path, strongly_typed: bool):
 
 def _derived_onnx(onnx_path: Path, meta, opts: TrtBuildOptions, lib: TrtLibrary, engine: Path, echo) -> tuple[Path, str]:
     """The ONNX the strongly typed builder needs for ``opts.precision`` (made on the fly from FP32)."""
+    if meta.precision == "int8" and opts.precision == "int8":
+        return _float_bias_onnx(onnx_path, engine, echo), "int8"
     if opts.precision == meta.precision or not lib.strongly_typed:
         return onnx_path, meta.precision
     if meta.precision != "fp32":
@@ -140,6 +142,22 @@ def _derived_onnx(onnx_path: Path, meta, opts: TrtBuildOptions, lib: TrtLibrary,
     calibrate(onnx_path, out, dataset=opts.calib_dataset, num_images=opts.calib_images, method=opts.calib_method,
               placement=opts.qdq_placement, echo=echo)
     return out, "int8"
+
+
+def _float_bias_onnx(onnx_path: Path, engine: Path, echo) -> Path:
+    """``onnx_path`` itself, or (an ``ort``-placement model, whose float-output Gemm has an INT32 bias behind
+    DequantizeLinear for ONNX Runtime's QGemm) a copy next to the engine with that bias folded to float:
+    TensorRT's parser accepts only 8-bit and smaller types behind DequantizeLinear."""
+    from alexnet_deploy.calibration.placement import dequantize_int32_biases
+
+    model = onnx.load(str(onnx_path))
+    if not dequantize_int32_biases(model):
+        return onnx_path
+    out = engine.with_name(engine.stem + ".float-bias.onnx")
+    with atomic_path(out) as tmp:
+        onnx.save(model, str(tmp))
+    echo(f"made {out.name}: INT32 biases folded to float for the TensorRT parser")
+    return out
 
 
 def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOptions | None = None,
