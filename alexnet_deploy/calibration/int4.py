@@ -34,7 +34,10 @@ from alexnet_deploy.fileio import sha256_file
 
 FORMS = ("ort", "trt")
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits supports powers of two from 16
-DEFAULT_BLOCK_SIZE = 128
+# 256: on the 2-core EPYC MatMulNBits (level 4) streamed torchvision's FC layers at ~45 GB/s with blocks of
+# 256 against ~29 GB/s with 128 (0.64 vs 0.96 ms at batch 1: per-block work, not bytes, limited it), at the
+# same held-out accuracy on digits (docs/benchmarks/int4-torchvision-epyc.md)
+DEFAULT_BLOCK_SIZE = 256
 ACCURACY_LEVEL = 4  # MatMulNBits: int8 activations, int32 accumulation (the fast CPU path)
 TRT_OPSET = 21  # INT4 tensors and blocked DequantizeLinear
 METHOD = "rtn-blockwise-symmetric"  # round to nearest per block of block_size input features

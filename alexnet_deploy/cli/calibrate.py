@@ -40,7 +40,8 @@ from alexnet_deploy.errors import UserInputError
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
 @click.option("--weights-fc", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
               help="Classifier (FC) weights: int8 QDQ, or int4 block-wise weight-only (convolutions stay INT8).")
-@click.option("--block-size", type=int, default=128, show_default=True, help="With --weights-fc int4: weights per scale.")
+@click.option("--block-size", type=int, default=256, show_default=True,
+              help="With --weights-fc int4: input features per 4-bit scale (16..256, a power of two).")
 @click.option("--int4-format", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
               help="With --weights-fc int4: ort = MatMulNBits (fastest on ONNX Runtime CPU); trt = opset-21 "
                    "blocked DequantizeLinear on INT4 weights + MatMul (TensorRT).")
