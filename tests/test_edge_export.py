@@ -337,3 +337,20 @@ def test_serve_and_triton_uint8_model(raw_models, digits_onnx, tmp_path):
     cfg = text_format.Parse((root / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert cfg.input[0].name == "pixels" and list(cfg.input[0].dims) == [32, 32, 3]
     assert cfg.input[0].data_type == model_config_pb2.TYPE_UINT8
+
+
+def test_edge_exports_of_an_ort_placement_int8_model_parse_in_tensorrt(digits_onnx, tmp_path):
+    """alexnet-calibrate's default (ort placement) gives the float-output Gemm an INT32 bias behind
+    DequantizeLinear for ONNX Runtime; DeepStream and jetson-inference parse with TensorRT, which refuses it,
+    so their ONNX has that bias folded to float (and still matches the source on ONNX Runtime)."""
+    from alexnet_deploy.calibration.run import calibrate
+    from alexnet_deploy.exporter.deepstream import export_deepstream
+    from alexnet_deploy.exporter.jetson_inference import export_jetson_inference
+
+    q = tmp_path / "q.onnx"
+    calibrate(digits_onnx, q, num_images=64, eval_images=64, echo=lambda *_: None)
+    int32 = lambda m: [i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT32]  # noqa: E731
+    assert int32(onnx.load(str(q)))
+    for res in (export_deepstream(q, tmp_path / "ds"), export_jetson_inference(q, tmp_path / "ji")):
+        made = [onnx.load(str(f)) for f in res.files.values() if str(f).endswith(".onnx")]
+        assert made and not any(int32(m) for m in made)
