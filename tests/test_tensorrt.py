@@ -199,6 +199,9 @@ def test_ort_placement_int32_bias_is_folded_for_the_parser(digits_onnx, tmp_path
     q = tmp_path / "ort.onnx"
     calibrate(digits_onnx, q, num_images=64, eval_images=64, placement="ort", echo=lambda *_: None)
     assert any(i.data_type == onnx.TensorProto.INT32 for i in onnx.load(str(q)).graph.initializer)
+    with pytest.raises(UserInputError, match="DLA"):  # a failed build leaves no derived ONNX behind
+        build_engine(q, tmp_path / "ort.plan", TrtBuildOptions(precision="int8", dla_core=0), **quiet)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ort.onnx"]
     res = build_engine(q, tmp_path / "ort.plan", TrtBuildOptions(precision="int8"), **quiet)
     folded = res.extra_files[0]
     assert folded.name == "ort.float-bias.onnx" and json.loads(manifest_path(res.engine).read_text())[

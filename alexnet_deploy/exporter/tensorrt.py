@@ -182,6 +182,18 @@ def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOption
         echo(f"note: {onnx_path.name} was calibrated with --placement {placement} (for ONNX Runtime); for "
              "TensorRT calibrate with alexnet-calibrate --placement tensorrt or pass the FP32 ONNX")
     build_onnx, onnx_precision = _derived_onnx(onnx_path, meta, opts, lib, output, echo)
+    try:
+        return _build(trt, lib, meta, opts, onnx_path, output, build_onnx, onnx_precision, profile,
+                      src_meta_precision, echo)
+    except BaseException:  # a failed or interrupted build leaves no derived ONNX next to the engine
+        if build_onnx != onnx_path:
+            build_onnx.unlink(missing_ok=True)
+        raise
+
+
+def _build(trt, lib: TrtLibrary, meta, opts: TrtBuildOptions, onnx_path: Path, output: Path, build_onnx: Path,
+           onnx_precision: str, profile: dict, src_meta_precision: str, echo) -> BuildResult:
+    """Parse ``build_onnx`` and build the engine (the part of :func:`build_engine` after its inputs are checked)."""
     extra_files = [build_onnx] if build_onnx != onnx_path else []
     if lib.strongly_typed and onnx_precision != opts.precision:
         raise UserInputError(f"{lib.name} is strongly typed: a {opts.precision} engine needs a {opts.precision} ONNX")
