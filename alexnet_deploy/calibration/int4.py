@@ -34,9 +34,9 @@ from alexnet_deploy.fileio import sha256_file
 
 FORMS = ("ort", "trt")
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits supports powers of two from 16
-# 256: on the 2-core EPYC MatMulNBits (level 4) streamed torchvision's FC layers at ~45 GB/s with blocks of
-# 256 against ~29 GB/s with 128 (0.64 vs 0.96 ms at batch 1: per-block work, not bytes, limited it), at the
-# same held-out accuracy on digits (docs/benchmarks/int4-torchvision-epyc.md)
+# 256: on the 2-core EPYC MatMulNBits (level 4) ran torchvision's three FC layers in 0.73 ms at batch 1 with
+# blocks of 256 against 0.93 ms with 128 (FC6 streams ~42 vs ~34 GB/s: per-block work, not the 3 % more
+# scale bytes, is what 128 costs), at the same held-out accuracy on digits (docs/benchmarks/int4-torchvision-epyc.md)
 DEFAULT_BLOCK_SIZE = 256
 ACCURACY_LEVEL = 4  # MatMulNBits: int8 activations, int32 accumulation (the fast CPU path)
 TRT_OPSET = 21  # INT4 tensors and blocked DequantizeLinear
