@@ -26,7 +26,8 @@ def test_qdq_model_accuracy_and_provenance(int8_result, digits_onnx):
     model = onnx.load(str(int8_result.output))
     assert is_quantized(model)
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QuantizeLinear") == 15  # placement ort: every activation but the logits (weights INT8 + DQ)
+    # placement ort: every activation but the logits (weights INT8 + DQ); the 5 ReLUs are folded into UINT8 pairs
+    assert ops.count("QuantizeLinear") == 10 and "Relu" not in ops
     # biases stay float except the float-output Gemm's, INT32 behind DequantizeLinear so ONNX Runtime fuses it
     # into QGemm (TensorRT rejects INT32 there: its builds fold it back, test_tensorrt.py)
     int32 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT32}
@@ -287,7 +288,13 @@ def test_default_ort_placement_keeps_logits_float_and_runs_int8_kernels(int8_res
     # every Conv's output is quantized: what lets ONNX Runtime fuse DQ -> Conv -> Q into QLinearConv
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     assert len(convs) == 5 and all({c.op_type for c in consumers[n.output[0]]} == {"QuantizeLinear"} for n in convs)
-    assert int8_result.qdq_nodes == {"QuantizeLinear": 15, "DequantizeLinear": 22}  # 21 + the INT32 bias
+    assert int8_result.qdq_nodes == {"QuantizeLinear": 10, "DequantizeLinear": 17}  # weights, activations, bias
+    # activations are UINT8; after a (folded) ReLU the range is [0, amax]: zero point 0, the clamp is the ReLU
+    inits = {i.name: i for i in model.graph.initializer}
+    qs = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert all(inits[q.input[2]].data_type == onnx.TensorProto.UINT8 for q in qs)
+    zero = [q for q in qs if not onnx.numpy_helper.to_array(inits[q.input[2]]).any()]
+    assert len(zero) >= 5 and all(q.input[0] != model.graph.input[0].name for q in zero)
     ops = _optimized_ops(int8_result.output, tmp_path)
     assert ops.count("QLinearConv") == 5 and "Conv" not in ops, ops
     # the float-output Gemm runs as QGemm too: its bias is INT32 behind DequantizeLinear (ONNX Runtime keeps a

@@ -339,18 +339,20 @@ def test_serve_and_triton_uint8_model(raw_models, digits_onnx, tmp_path):
     assert cfg.input[0].data_type == model_config_pb2.TYPE_UINT8
 
 
-def test_edge_exports_of_an_ort_placement_int8_model_parse_in_tensorrt(digits_onnx, tmp_path):
-    """alexnet-calibrate's default (ort placement) gives the float-output Gemm an INT32 bias behind
-    DequantizeLinear for ONNX Runtime; DeepStream and jetson-inference parse with TensorRT, which refuses it,
-    so their ONNX has that bias folded to float (and still matches the source on ONNX Runtime)."""
+def test_edge_exports_refuse_an_ort_placement_int8_model(digits_onnx, tmp_path):
+    """alexnet-calibrate's default (ort placement: UINT8 asymmetric activations for ONNX Runtime's CPU kernels)
+    cannot be parsed by the TensorRT inside DeepStream and jetson-inference: both exports say so in one line and
+    write nothing; a tensorrt-placement model exports."""
     from alexnet_deploy.calibration.run import calibrate
+    from alexnet_deploy.errors import UserInputError
     from alexnet_deploy.exporter.deepstream import export_deepstream
     from alexnet_deploy.exporter.jetson_inference import export_jetson_inference
 
-    q = tmp_path / "q.onnx"
+    q, t = tmp_path / "q.onnx", tmp_path / "t.onnx"
     calibrate(digits_onnx, q, num_images=64, eval_images=64, echo=lambda *_: None)
-    int32 = lambda m: [i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT32]  # noqa: E731
-    assert int32(onnx.load(str(q)))
-    for res in (export_deepstream(q, tmp_path / "ds"), export_jetson_inference(q, tmp_path / "ji")):
-        made = [onnx.load(str(f)) for f in res.files.values() if str(f).endswith(".onnx")]
-        assert made and not any(int32(m) for m in made)
+    for export, d in ((export_deepstream, "ds"), (export_jetson_inference, "ji")):
+        with pytest.raises(UserInputError, match="calibrated for ONNX Runtime"):
+            export(q, tmp_path / d)
+        assert not (tmp_path / d).exists()
+    calibrate(digits_onnx, t, num_images=64, eval_images=64, placement="tensorrt", echo=lambda *_: None)
+    assert export_deepstream(t, tmp_path / "ds").files

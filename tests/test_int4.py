@@ -22,6 +22,17 @@ def int8_onnx(digits_onnx, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def int8_trt_onnx(digits_onnx, tmp_path_factory):
+    """The INT8 model with TensorRT's Q/DQ placement: what the trt form is built from."""
+    from alexnet_deploy.calibration.run import calibrate
+
+    out = tmp_path_factory.mktemp("int4trt") / "digits-int8-trt.onnx"
+    calibrate(digits_onnx, out, dataset="digits", num_images=64, eval_images=64, placement="tensorrt",
+              echo=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="module")
 def int4_cli(digits_onnx, tmp_path_factory):
     """alexnet-calibrate --weights-fc int4 on the trained cifar10 digits model (one FC layer, 256 -> 10)."""
     from click.testing import CliRunner
@@ -77,8 +88,11 @@ def test_int4_accuracy_close_to_fp32_on_digits(int4_cli, digits_onnx):
     assert ev["accuracy_pct"] == pytest.approx(acc["int4"]) and ev["fp32_accuracy_pct"] == pytest.approx(acc["fp32"])
 
 
-def test_trt_form_is_blocked_int4_dequantize(digits_onnx, int8_onnx):
-    int8 = onnx.load(str(int8_onnx))
+def test_trt_form_is_blocked_int4_dequantize(digits_onnx, int8_trt_onnx, int8_onnx):
+    # from an ort-placement model (UINT8 activations for ONNX Runtime) the trt form is refused in one line
+    with pytest.raises(UserInputError, match="trt form is for TensorRT.*--placement tensorrt"):
+        to_int4(onnx.load(str(int8_onnx)), Int4Config(form="trt"))
+    int8 = onnx.load(str(int8_trt_onnx))
     trt = to_int4(int8, Int4Config(block_size=64, form="trt"))
     ort_form = to_int4(int8, Int4Config(block_size=64, form="ort"))
     assert int4_layers(trt) == {"classifier.0": "DequantizeLinear-int4"}
@@ -163,6 +177,43 @@ def _two_fc_models(digits_onnx, int8_onnx, tmp_path):
     return paths
 
 
+def test_relu_folded_into_uint8_pairs_comes_back_with_int4(digits_onnx, int8_onnx, tmp_path):
+    """The ort placement's UINT8 pairs after a ReLU clamp at 0 and ONNX Runtime's quantizer drops the ReLU
+    into them; taking such a pair away for an INT4 layer must put the ReLU back (a 2-layer head: FC, ReLU, FC).
+    An FC layer kept in INT8 in front of an INT4 one still runs as QGemm (INT32 bias on its float output)."""
+    import onnxruntime as ort
+
+    from alexnet_deploy.calibration.run import calibrate
+
+    fp32, _ = _two_fc_models(digits_onnx, int8_onnx, tmp_path)
+    from alexnet_deploy.runtime.metadata import set_metadata
+
+    m = onnx.load(str(fp32))
+    set_metadata(m, read_onnx_metadata(digits_onnx))
+    onnx.save(m, str(fp32))
+    q = tmp_path / "two-fc-int8.onnx"
+    calibrate(fp32, q, num_images=64, eval_images=64, echo=lambda *_: None)
+    int8 = onnx.load(str(q))
+    assert "Relu" not in [n.op_type for n in int8.graph.node]  # folded into the UINT8 clamp
+    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    run = lambda model: ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {"input": x})[0]
+    ref = run(onnx.load(str(fp32)))
+    for keep in ([], ["classifier.0"], ["classifier.2"]):
+        w4 = to_int4(int8, Int4Config(block_size=64, keep_int8=keep))
+        ops = [n.op_type for n in w4.graph.node]
+        assert "Relu" in ops or keep == ["classifier.0"], (keep, ops)  # kept INT8: the UINT8 clamp stays
+        y = run(w4)
+        cos = float((y * ref).sum() / np.linalg.norm(y) / np.linalg.norm(ref))
+        assert cos > 0.98, (keep, cos)
+        if keep == ["classifier.0"]:
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+            ort.InferenceSession(w4.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            assert "QGemm" in [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--block-size", "17"], "--block-size must be one of"),
     (["--int4-format", "tensorrt"], "Invalid value for '--int4-format'"),
@@ -215,13 +266,13 @@ def test_bench_rows_label_int4_and_count_4bit_weights(int4_cli, digits_onnx, int
 
 
 @pytest.mark.trt
-def test_tensorrt_rtx_parses_and_builds_the_trt_form(digits_onnx, int8_onnx, tmp_path):
+def test_tensorrt_rtx_parses_and_builds_the_trt_form(digits_onnx, int8_trt_onnx, tmp_path):
     from alexnet_deploy.exporter.tensorrt import TrtBuildOptions, build_engine
 
-    model = to_int4(onnx.load(str(int8_onnx)), Int4Config(block_size=64, form="trt"))
+    model = to_int4(onnx.load(str(int8_trt_onnx)), Int4Config(block_size=64, form="trt"))
     from alexnet_deploy.runtime.metadata import set_metadata
 
-    meta = read_onnx_metadata(int8_onnx)
+    meta = read_onnx_metadata(int8_trt_onnx)
     set_metadata(model, dataclasses.replace(meta, extra={**meta.extra, "weights_fc": {"bits": 4, "form": "trt"}}))
     onnx.save(model, str(tmp_path / "w4-trt.onnx"))
     res = build_engine(tmp_path / "w4-trt.onnx", tmp_path / "w4.plan", TrtBuildOptions(precision="int8"),

@@ -188,26 +188,23 @@ def test_rebuild_if_stale_rebuilds_from_recorded_onnx(engines, tmp_path):
     assert json.loads(manifest_path(eng).read_text())["library"]["version"] == current
 
 
-def test_ort_placement_int32_bias_is_folded_for_the_parser(digits_onnx, tmp_path):
-    """An ``ort``-placement QDQ model (alexnet-calibrate's default) has an INT32 bias behind DequantizeLinear on
-    its float-output Gemm for ONNX Runtime's QGemm; TensorRT's parser refuses INT32 there, so the build parses
-    a copy with that bias folded to float, and the result matches the original's function."""
-    import onnxruntime as ort
-
+def test_ort_placement_model_is_refused_with_one_line(digits_onnx, tmp_path, cli):
+    """alexnet-calibrate's default (ort placement: UINT8 asymmetric activations, an INT32 bias on the
+    float-output Gemm) is for ONNX Runtime; TensorRT's parser cannot read it, so export trt says so in one line,
+    before any work, and writes nothing. The FP32 model or a tensorrt-placement model builds."""
     from alexnet_deploy.calibration.run import calibrate
+    from alexnet_deploy.cli import export_main
 
     q = tmp_path / "ort.onnx"
     calibrate(digits_onnx, q, num_images=64, eval_images=64, placement="ort", echo=lambda *_: None)
-    assert any(i.data_type == onnx.TensorProto.INT32 for i in onnx.load(str(q)).graph.initializer)
-    with pytest.raises(UserInputError, match="DLA"):  # a failed build leaves no derived ONNX behind
-        build_engine(q, tmp_path / "ort.plan", TrtBuildOptions(precision="int8", dla_core=0), **quiet)
+    with pytest.raises(UserInputError, match="calibrated for ONNX Runtime .*--placement tensorrt"):
+        build_engine(q, tmp_path / "ort.plan", TrtBuildOptions(precision="int8"), **quiet)
+    code, _, err = cli(export_main, "trt", q, "-o", tmp_path / "cli.plan", "--precision", "int8")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--placement tensorrt" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ort.onnx"]
-    res = build_engine(q, tmp_path / "ort.plan", TrtBuildOptions(precision="int8"), **quiet)
-    folded = res.extra_files[0]
-    assert folded.name == "ort.float-bias.onnx" and json.loads(manifest_path(res.engine).read_text())[
-        "built_onnx"] == str(folded.resolve())
-    model = onnx.load(str(folded))
-    assert not any(i.data_type == onnx.TensorProto.INT32 for i in model.graph.initializer)
-    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
-    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]  # noqa: E731
-    np.testing.assert_allclose(run(folded), run(q), atol=1e-4)
+    t = tmp_path / "trt.onnx"
+    calibrate(digits_onnx, t, num_images=64, eval_images=64, placement="tensorrt", echo=lambda *_: None)
+    with pytest.raises(UserInputError, match="DLA"):  # a failed build leaves no derived ONNX behind
+        build_engine(digits_onnx, tmp_path / "f.plan", TrtBuildOptions(precision="fp16", dla_core=0), **quiet)
+    assert not list(tmp_path.glob("f.*"))
+    assert build_engine(t, tmp_path / "trt.plan", TrtBuildOptions(precision="int8"), **quiet).engine.is_file()

@@ -78,18 +78,23 @@ def study_variant(variant: str, root: Path = ARTIFACTS, block_size: int = 256, c
     if not int8.is_file():
         # placement "ort" (alexnet-calibrate's default): ORT fuses it into QLinearConv / QGemm, the fast CPU INT8 model
         calibrate(fp32, int8, dataset="digits", num_images=calib_images, eval_images=1000, placement=placement)
+    int8_trt = root / f"{tag}-int8-tensorrt.onnx"  # the trt form's convolutions: TensorRT's Q/DQ placement
+    if not int8_trt.is_file():
+        calibrate(fp32, int8_trt, dataset="digits", num_images=calib_images, eval_images=1000, placement="tensorrt")
     res = {}
-    for form in ("ort", "trt"):
+    for form, base in (("ort", int8), ("trt", int8_trt)):
         out = root / f"{tag}-int4fc-{form}.onnx"
-        r = quantize_fc(fp32, int8, out, block_size=block_size, form=form, dataset="digits", eval_images=1000,
+        r = quantize_fc(fp32, base, out, block_size=block_size, form=form, dataset="digits", eval_images=1000,
                         sensitivity=form == "ort")
         print(summary_table(r))
         res[form] = r
     meta = read_onnx_metadata(fp32)
     held = load_calibration_set("digits", meta, 1000, "heldout")
     rows = []
-    for label, path in (("FP32", fp32), ("INT8 QDQ", int8), ("INT8 conv + INT4 FC (ort: MatMulNBits)", res["ort"].output),
-                        ("INT8 conv + INT4 FC (trt: INT4 DequantizeLinear)", res["trt"].output)):
+    for label, path in (("FP32", fp32), (f"INT8 QDQ ({placement} placement)", int8),
+                        ("INT8 QDQ (tensorrt placement)", int8_trt),
+                        ("INT8 conv + INT4 FC (ort: MatMulNBits)", res["ort"].output),
+                        ("INT8 conv + INT4 FC (trt: INT4 DequantizeLinear, tensorrt-placement conv)", res["trt"].output)):
         acc = _accuracy(path, held.x, held.labels)
         rows.append({"model": label, "file": path.name, "file_bytes": path.stat().st_size,
                      "sha256": sha256_file(path), "heldout_top1_pct": acc})
@@ -104,7 +109,7 @@ def study_variant(variant: str, root: Path = ARTIFACTS, block_size: int = 256, c
     if trt_build:
         out["tensorrt_rtx"] = _trt_build(res["trt"].output, root)
     for r in rows:
-        print(f"{r['model']:<52} {r['heldout_top1_pct']:6.2f}%  drop {r['drop_vs_fp32_pct']:+.2f}  "
+        print(f"{r['model']:<72} {r['heldout_top1_pct']:6.2f}%  drop {r['drop_vs_fp32_pct']:+.2f}  "
               f"{r['file_bytes'] / 1e6:6.1f} MB")
     return out
 

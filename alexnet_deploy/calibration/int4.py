@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from alexnet_deploy.calibration.placement import quantize_float_output_bias, tensorrt_qdq_problem
 from alexnet_deploy.errors import UserInputError
 from alexnet_deploy.exporter.naming import module_of_node
 from alexnet_deploy.fileio import sha256_file
@@ -135,6 +136,18 @@ def _prune(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(keep)
 
 
+def _clamps_at_zero(model: onnx.ModelProto, q: onnx.NodeProto) -> bool:
+    """Whether QuantizeLinear ``q`` clamps at 0 (zero point at its type's minimum: UINT8 0, INT8 -128): an
+    asymmetric ``ort``-placement pair after a ReLU that ONNX Runtime's quantizer removed into it. Taking the pair
+    away must put the ReLU back."""
+    inits = {i.name: i for i in model.graph.initializer}
+    if len(q.input) < 3 or q.input[2] not in inits:
+        return False
+    zp = numpy_helper.to_array(inits[q.input[2]])
+    lowest = {np.dtype(np.uint8): 0, np.dtype(np.int8): -128}.get(zp.dtype)
+    return lowest is not None and bool(np.all(zp == lowest))
+
+
 def _to_float_matmul(model: onnx.ModelProto, node_name: str) -> str:
     """Replace Gemm ``node_name`` by MatMul(+Add) on float weights, without activation Q/DQ around it.
     Returns the MatMul's name."""
@@ -146,28 +159,36 @@ def _to_float_matmul(model: onnx.ModelProto, node_name: str) -> str:
             consumers.setdefault(i, []).append(n)
     gemm = next(n for n in g.node if n.name == node_name)
     w, bias = _gemm_weights(model, gemm, producer)
+    base = node_name.rsplit("/", 1)[0] if "/" in node_name else node_name
+    new: list[onnx.NodeProto] = []
     a = gemm.input[0]
     dq = producer.get(a)
     if dq is not None and dq.op_type == "DequantizeLinear":
         q = producer.get(dq.input[0])
-        if q is not None and q.op_type == "QuantizeLinear":
-            a = q.input[0]  # weight-only: the float activation, not its INT8 round trip
+        # weight-only: the float activation, not its INT8 round trip; but a pair that clamps at 0 is also the
+        # ReLU ONNX Runtime folded into it: it stays (the layer before still writes INT8, e.g. a QGemm)
+        if q is not None and q.op_type == "QuantizeLinear" and not _clamps_at_zero(model, q):
+            a = q.input[0]
     out = gemm.output[0]
+    relu_after = False
     graph_outputs = {o.name for o in g.output}
     nxt = consumers.get(out, [])
     if out not in graph_outputs and len(nxt) == 1 and nxt[0].op_type == "QuantizeLinear":
         q_out = consumers.get(nxt[0].output[0], [])
         if len(q_out) == 1 and q_out[0].op_type == "DequantizeLinear":
             out = q_out[0].output[0]  # the Q/DQ after the layer goes too (the logits stay float)
-    base = node_name.rsplit("/", 1)[0] if "/" in node_name else node_name
+            relu_after = _clamps_at_zero(model, nxt[0])
     w_name, b_name = f"{base}/weight_kn", f"{base}/bias"
     g.initializer.append(numpy_helper.from_array(w, w_name))
     mm_name = f"{base}/MatMul"
-    mm_out = out if bias is None else f"{base}/MatMul_output_0"
-    new = [onnx.helper.make_node("MatMul", [a, w_name], [mm_out], name=mm_name)]
+    final = f"{base}/Relu_input_0" if relu_after else out
+    mm_out = final if bias is None else f"{base}/MatMul_output_0"
+    new.append(onnx.helper.make_node("MatMul", [a, w_name], [mm_out], name=mm_name))
     if bias is not None:
         g.initializer.append(numpy_helper.from_array(bias, b_name))
-        new.append(onnx.helper.make_node("Add", [mm_out, b_name], [out], name=f"{base}/Add"))
+        new.append(onnx.helper.make_node("Add", [mm_out, b_name], [final], name=f"{base}/Add"))
+    if relu_after:
+        new.append(onnx.helper.make_node("Relu", [final], [out], name=f"{base}/Relu"))
     # the replaced node's output may be re-produced further down (out = DQ output): drop that producer first
     if out != gemm.output[0]:
         g.node.remove(producer[out])
@@ -221,6 +242,9 @@ def to_int4(int8: onnx.ModelProto, cfg: Int4Config) -> onnx.ModelProto:
         raise UserInputError(f"cannot keep {unknown} in INT8: not a fully-connected layer (have {', '.join(layers)})")
     if any(n.op_type == "MatMul" for n in model.graph.node):
         raise UserInputError("the INT8 model already has MatMul nodes; give the QDQ model alexnet-calibrate wrote")
+    if cfg.form == "trt" and tensorrt_qdq_problem(model):
+        raise UserInputError(f"the trt form is for TensorRT, but the INT8 model was calibrated for ONNX Runtime "
+                             f"({tensorrt_qdq_problem(model)}); calibrate its convolutions with --placement tensorrt")
     targets = [_to_float_matmul(model, node) for m, node in layers.items() if m not in cfg.keep_int8]
     _prune(model.graph)
     if not targets:
@@ -243,6 +267,8 @@ def to_int4(int8: onnx.ModelProto, cfg: Int4Config) -> onnx.ModelProto:
         raise UserInputError(f"onnxruntime could not quantize {left} to INT4")
     if cfg.form == "ort":
         _fuse_bias(out)
+        # an FC layer kept in INT8 ahead of an INT4 one now writes float: INT32 bias, so it still runs as QGemm
+        quantize_float_output_bias(out)
     _prune(out.graph)
     return out
 

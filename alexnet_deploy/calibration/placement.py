@@ -89,6 +89,27 @@ def float_activations(model: onnx.ModelProto) -> list[str]:
     return [t for t in names if not (t in seen or seen.add(t))]
 
 
+# ops whose output is non-negative whatever the input, and ops that keep a non-negative input non-negative
+_NONNEGATIVE_OPS = {"Relu", "Softmax", "Sigmoid"}
+_SIGN_PRESERVING_OPS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape",
+                        "Identity", "Transpose", "Squeeze", "Unsqueeze", "LRN", "Dropout", "Concat"}
+
+
+def nonnegative_tensors(model: onnx.ModelProto) -> set[str]:
+    """Activation tensors that are >= 0 by construction (a ReLU's output and what pooling, flattening or LRN
+    make of it), read from the graph, not from data: the ``ort`` placement gives them the range [0, amax],
+    a UINT8 zero point of 0 (twice the resolution of a symmetric range, and ONNX Runtime's quantizer then drops
+    the ReLU into the clamp)."""
+    inits = {i.name for i in model.graph.initializer}
+    out: set[str] = set()
+    for n in model.graph.node:  # ONNX graphs are topologically sorted
+        data = [i for i in n.input[:1] if i] if n.op_type != "Concat" else [i for i in n.input if i]
+        if n.op_type in _NONNEGATIVE_OPS or (
+                n.op_type in _SIGN_PRESERVING_OPS and data and all(i in out and i not in inits for i in data)):
+            out.update(o for o in n.output[:1] if o)
+    return out
+
+
 def output_tail(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     """(nodes, tensors) from the last weighted layers' outputs to the graph outputs: walking back from each graph
     output through non-weighted nodes (Softmax, Reshape...) until a Conv/Gemm/MatMul output is reached."""
@@ -218,31 +239,33 @@ def quantize_float_output_bias(model: onnx.ModelProto) -> list[str]:
     return changed
 
 
-def dequantize_int32_biases(model: onnx.ModelProto) -> int:
-    """The inverse of :func:`quantize_float_output_bias`, in place: every DequantizeLinear of an INT32
-    initializer becomes the float initializer it computes (what TensorRT's parser needs: it accepts only
-    8-bit and smaller types behind DequantizeLinear). Returns how many were folded."""
+def tensorrt_qdq_problem(model: onnx.ModelProto) -> str | None:
+    """Why TensorRT's ONNX parser cannot take this QDQ model (None when it can): TensorRT's explicit
+    quantization is symmetric, signed 8-bit (or smaller) with zero points of 0, and no INT32 behind
+    DequantizeLinear. The ``ort`` placement's UINT8 asymmetric activations and INT32 biases are for ONNX
+    Runtime's CPU kernels only."""
     import numpy as np
     from onnx import numpy_helper
 
-    g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    folded = 0
-    for n in list(g.node):
-        if n.op_type != "DequantizeLinear" or n.input[0] not in inits \
-                or inits[n.input[0]].data_type != onnx.TensorProto.INT32 or n.input[1] not in inits:
+    inits = {i.name: i for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        q = numpy_helper.to_array(inits[n.input[0]]).astype(np.float64)
-        zp = numpy_helper.to_array(inits[n.input[2]]).astype(np.float64) if len(n.input) > 2 and n.input[2] else 0.0
-        scale = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
-        g.initializer.append(numpy_helper.from_array(((q - zp) * scale).astype(np.float32), n.output[0]))
-        g.node.remove(n)
-        folded += 1
-    if folded:
-        used = {i for node in g.node for i in node.input}
-        for init in [i for i in g.initializer if i.name not in used]:
-            g.initializer.remove(init)
-    return folded
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type in (
+                onnx.TensorProto.INT32, onnx.TensorProto.UINT8):
+            return "INT32/UINT8 tensors behind DequantizeLinear"
+        zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if zp is not None and (zp.data_type == onnx.TensorProto.UINT8 or np.any(numpy_helper.to_array(zp) != 0)):
+            return "asymmetric UINT8 activations (zero points other than 0)"
+    return None
+
+
+def require_tensorrt_qdq(model: onnx.ModelProto, name: str) -> None:
+    """One clear line when a QDQ model calibrated for ONNX Runtime is handed to a TensorRT stack."""
+    problem = tensorrt_qdq_problem(model)
+    if problem:
+        raise UserInputError(f"{name} was calibrated for ONNX Runtime ({problem}), which TensorRT cannot parse; "
+                             "give the FP32 ONNX, or calibrate with alexnet-calibrate --placement tensorrt")
 
 
 def plan_qdq(model: onnx.ModelProto, placement: "str | Placement" = Placement.ORT,
@@ -279,5 +302,5 @@ def count_qdq(model: onnx.ModelProto) -> dict[str, int]:
     return {"QuantizeLinear": ops.count("QuantizeLinear"), "DequantizeLinear": ops.count("DequantizeLinear")}
 
 
-__all__ = ["Placement", "QdqPlan", "plan_qdq", "output_tail", "remove_qdq_pairs", "quantize_float_output_bias", "dequantize_int32_biases",
-           "layer_names", "float_activations", "count_qdq", "WEIGHTED_OPS"]
+__all__ = ["Placement", "QdqPlan", "plan_qdq", "output_tail", "remove_qdq_pairs", "nonnegative_tensors", "quantize_float_output_bias", "tensorrt_qdq_problem",
+           "require_tensorrt_qdq", "layer_names", "float_activations", "count_qdq", "WEIGHTED_OPS"]

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from alexnet_deploy.calibration.data import CalibrationSet
-from alexnet_deploy.calibration.placement import (Placement, QdqPlan, layer_names, plan_qdq,
+from alexnet_deploy.calibration.placement import (Placement, QdqPlan, layer_names, nonnegative_tensors, plan_qdq,
                                                   quantize_float_output_bias, remove_qdq_pairs)
 from alexnet_deploy.calibration.ranges import Histograms, collect_histograms, tensors_data, thresholds
 from alexnet_deploy.fileio import atomic_write_json, sha256_file
@@ -106,14 +106,19 @@ def quantize(fp32_path: Path, out_path: Path, amax: dict[str, float], cfg: Quant
         raise UserInputError(f"the calibration ranges lack {len(missing)} tensors the model needs "
                              f"({', '.join(missing[:3])}...); recalibrate without the cache")
     extra = {**BASE_EXTRA_OPTIONS, **plan.extra_options}
-    data = tensors_data({t: amax[t] for t in plan.activations}, cfg.method.value)
+    act_type = QuantType.QInt8
+    nonneg: set[str] = set()
+    if plan.placement is Placement.ORT:  # ONNX Runtime only: UINT8 asymmetric activations (see the module doc)
+        act_type, extra["ActivationSymmetric"] = QuantType.QUInt8, False
+        nonneg = nonnegative_tensors(model)
+    data = tensors_data({t: amax[t] for t in plan.activations}, cfg.method.value, nonneg)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # ORT logs advice on the root logger for every call
     try:
         with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory(prefix=".alexnet-q.",
                                                                                     dir=Path(out_path).parent) as tmp:
-            kwargs = dict(quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, activation_type=QuantType.QInt8,
+            kwargs = dict(quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, activation_type=act_type,
                           weight_type=QuantType.QInt8, calibrate_method=data.calibration_method, extra_options=extra,
                           **plan.ort_kwargs())
             if _takes_range_cache():
@@ -123,7 +128,7 @@ def quantize(fp32_path: Path, out_path: Path, amax: dict[str, float], cfg: Quant
                 save_tensors_data(data, cache)
                 quantize_static(str(fp32_path), str(out_path), None, calibration_cache_path=str(cache), **kwargs)
             else:
-                _quantize_direct(fp32_path, out_path, data, cfg, plan, extra)
+                _quantize_direct(fp32_path, out_path, data, cfg, plan, extra, act_type)
     finally:
         root.setLevel(level)
     if plan.float_tensors:  # ``ort``: the network output stays float (ONNX Runtime quantized it regardless)
@@ -140,7 +145,8 @@ def _takes_range_cache() -> bool:
     return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
-def _quantize_direct(fp32_path: Path, out_path: Path, data, cfg: QuantConfig, plan: QdqPlan, extra: dict) -> None:
+def _quantize_direct(fp32_path: Path, out_path: Path, data, cfg: QuantConfig, plan: QdqPlan, extra: dict,
+                     act_type) -> None:
     """onnxruntime < 1.24 (no calibration cache): the steps quantize_static runs after calibrating."""
     from onnxruntime.quantization import QDQQuantizer, QuantType
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
@@ -148,7 +154,7 @@ def _quantize_direct(fp32_path: Path, out_path: Path, data, cfg: QuantConfig, pl
 
     model = load_model_with_shape_infer(Path(fp32_path))
     op_types = plan.op_types or sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # quantize_static's "all"
-    q = QDQQuantizer(model, cfg.per_channel, False, QuantType.QInt8, QuantType.QInt8, data, None, plan.nodes_to_exclude,
+    q = QDQQuantizer(model, cfg.per_channel, False, QuantType.QInt8, act_type, data, None, plan.nodes_to_exclude,
                      op_types, extra)
     q.quantize_model()
     q.model.save_model_to_file(str(out_path), False)

@@ -156,15 +156,17 @@ def thresholds(h: Histograms, method: str, percentile: float = 99.999) -> dict[s
     raise UserInputError(f"unknown calibration method {method!r}; choose minmax, entropy, percentile or auto")
 
 
-def tensors_data(amax: dict[str, float], method: str):
-    """ONNX Runtime's TensorsData for symmetric ranges [-amax, amax]."""
+def tensors_data(amax: dict[str, float], method: str, nonnegative: set[str] | frozenset = frozenset()):
+    """ONNX Runtime's TensorsData for ranges [-amax, amax], or [0, amax] for the tensors in ``nonnegative``
+    (ReLU outputs, for asymmetric UINT8 activations)."""
     from onnxruntime.quantization import TensorData, TensorsData
     from onnxruntime.quantization.calibrate import CalibrationMethod
 
     ort_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[method]
     # a tensor that is always zero (a dead channel group) still needs a positive scale for TensorRT
-    data = {t: TensorData(lowest=np.float32(-max(a, MIN_AMAX)), highest=np.float32(max(a, MIN_AMAX)))
+    data = {t: TensorData(lowest=np.float32(0.0 if t in nonnegative else -max(a, MIN_AMAX)),
+                          highest=np.float32(max(a, MIN_AMAX)))
             for t, a in amax.items()}
     return TensorsData(ort_method, data)
 

@@ -25,10 +25,12 @@ from alexnet_deploy.errors import UserInputError
 @click.option("--method", default="minmax", show_default=True, help="minmax | entropy | percentile | auto (best of the three).")
 @click.option("--percentile", type=float, default=99.999, show_default=True,
               help="With --method percentile: clip activations at this percentile of |x| (65,536-bin histogram).")
-@click.option("--placement", type=click.Choice(["ort", "tensorrt", "all"]), default="ort", show_default=True,
-              help="ort: every tensor but the logits (fast INT8 kernels on ONNX Runtime CPU); tensorrt: Q/DQ only "
-                   "on the inputs of Conv/Gemm (logits float), as TensorRT wants, 3-10x slower on ONNX Runtime CPU; "
-                   "all: every tensor, logits too (ONNX Runtime's default). See docs/benchmarks/int8-placement.md.")
+@click.option("--placement", type=click.Choice(["ort", "tensorrt", "all"]), default=None,
+              help="ort (default; tensorrt with --int4-format trt): every tensor but the logits, UINT8 asymmetric "
+                   "activations (the fast INT8 kernels of ONNX Runtime CPU; TensorRT cannot parse it); tensorrt: "
+                   "symmetric Q/DQ only on the inputs of Conv/Gemm (logits float), as TensorRT wants, 3-10x slower "
+                   "on ONNX Runtime CPU; all: every tensor, logits too, symmetric INT8. "
+                   "See docs/benchmarks/int8-placement.md.")
 @click.option("--max-drop", type=click.FloatRange(min=0), default=None,
               help="Keep the most sensitive layers in float until the held-out drop is within this many points.")
 @click.option("--sensitivity", is_flag=True, help="Report per-layer sensitivity (one layer in float at a time).")
@@ -74,6 +76,9 @@ def calibrate_cmd(model, output, dataset, num_images, eval_images, method, perce
         raise UserInputError("calibration needs images: give --dataset (none is not an option here)")
     from alexnet_deploy.calibration.int4 import FcStage
     from alexnet_deploy.calibration.int4 import summary_table as int4_table
+
+    if placement is None:  # the trt INT4 form is for TensorRT: its convolutions need TensorRT's Q/DQ too
+        placement = "tensorrt" if weights_fc == "int4" and int4_format == "trt" else "ort"
 
     with FcStage(weights_fc, output, block_size, int4_format) as fc:  # int4: INT8 to a temporary first
         result = calibrate(model, fc.int8_output, dataset=dataset, num_images=num_images, eval_images=eval_images,

@@ -50,9 +50,9 @@ def load_source(path: str | os.PathLike) -> Source:
         raise ModelLoadError(f"{printable_path(path)} is not a readable ONNX model: "
                              f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
     meta = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, printable_path(path))
-    from alexnet_deploy.calibration.placement import dequantize_int32_biases
+    from alexnet_deploy.calibration.placement import require_tensorrt_qdq
 
-    dequantize_int32_biases(model)  # both stacks parse with TensorRT, which refuses INT32 behind DequantizeLinear
+    require_tensorrt_qdq(model, printable_path(path))  # both stacks parse the model with TensorRT
     return Source(path, model, meta, sha256_bytes(data))
 
 

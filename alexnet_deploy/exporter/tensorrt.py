@@ -118,8 +118,6 @@ def _parse(trt, lib: TrtLibrary, logger, onnx_path: Path, strongly_typed: bool):
 
 def _derived_onnx(onnx_path: Path, meta, opts: TrtBuildOptions, lib: TrtLibrary, engine: Path, echo) -> tuple[Path, str]:
     """The ONNX the strongly typed builder needs for ``opts.precision`` (made on the fly from FP32)."""
-    if meta.precision == "int8" and opts.precision == "int8":
-        return _float_bias_onnx(onnx_path, engine, echo), "int8"
     if opts.precision == meta.precision or not lib.strongly_typed:
         return onnx_path, meta.precision
     if meta.precision != "fp32":
@@ -144,22 +142,6 @@ def _derived_onnx(onnx_path: Path, meta, opts: TrtBuildOptions, lib: TrtLibrary,
     return out, "int8"
 
 
-def _float_bias_onnx(onnx_path: Path, engine: Path, echo) -> Path:
-    """``onnx_path`` itself, or (an ``ort``-placement model, whose float-output Gemm has an INT32 bias behind
-    DequantizeLinear for ONNX Runtime's QGemm) a copy next to the engine with that bias folded to float:
-    TensorRT's parser accepts only 8-bit and smaller types behind DequantizeLinear."""
-    from alexnet_deploy.calibration.placement import dequantize_int32_biases
-
-    model = onnx.load(str(onnx_path))
-    if not dequantize_int32_biases(model):
-        return onnx_path
-    out = engine.with_name(engine.stem + ".float-bias.onnx")
-    with atomic_path(out) as tmp:
-        onnx.save(model, str(tmp))
-    echo(f"made {out.name}: INT32 biases folded to float for the TensorRT parser")
-    return out
-
-
 def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOptions | None = None,
                  echo=print) -> BuildResult:
     opts = opts or TrtBuildOptions()
@@ -178,8 +160,12 @@ def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOption
     calib = (meta.extra or {}).get("calibration")
     params = calib.get("parameters") if isinstance(calib, dict) else None
     placement = params.get("placement") if isinstance(params, dict) else None
-    if placement in ("ort", "all"):  # Q/DQ pairs placed for ONNX Runtime's CPU kernels, not TensorRT's guidance
-        echo(f"note: {onnx_path.name} was calibrated with --placement {placement} (for ONNX Runtime); for "
+    if meta.precision == "int8":
+        from alexnet_deploy.calibration.placement import require_tensorrt_qdq
+
+        require_tensorrt_qdq(onnx.load(str(onnx_path)), onnx_path.name)  # ort placement: UINT8, INT32 bias
+    if placement == "all":  # Q/DQ pairs placed for ONNX Runtime's CPU kernels, not TensorRT's guidance
+        echo(f"note: {onnx_path.name} was calibrated with --placement all (for ONNX Runtime); for "
              "TensorRT calibrate with alexnet-calibrate --placement tensorrt or pass the FP32 ONNX")
     build_onnx, onnx_precision = _derived_onnx(onnx_path, meta, opts, lib, output, echo)
     try:
