@@ -3,15 +3,17 @@
 ``ort`` (``alexnet-calibrate``'s default, for ONNX Runtime): ONNX Runtime's placement - every tensor it can
 quantize, so its CPU kernels run whole chains in INT8 (DequantizeLinear -> Conv -> QuantizeLinear becomes
 QLinearConv) - except the network output: the last weighted layer's output (the logits) and everything after
-it (a Softmax) stay float, the last Gemm reading INT8 inputs and writing float.
+it (a Softmax) stay float, the last Gemm reading INT8 inputs and writing float (an INT32 bias keeps it a
+QGemm). Its activations are UINT8 asymmetric, [0, amax] after a ReLU (:func:`nonnegative_tensors`), which
+lets ONNX Runtime fold each ReLU into its pair's clamp: for ONNX Runtime only (:func:`require_tensorrt_qdq`).
 
 ``tensorrt`` (what TensorRT engines are built from): TensorRT's guidance for explicit quantization - one Q/DQ pair on each input of the
 weighted layers (the activation and the weight of every Conv, Gemm and MatMul) and nothing else. ReLU and
 MaxPool commute with a symmetric quantizer, so TensorRT moves the pair across them and fuses it into the
 layer; the network output (the logits) stays float.
 
-``all``: ONNX Runtime's own default - every tensor (before and after each ReLU, after MaxPool and Flatten,
-and the logits); ``ort`` without the float output, kept for comparison (docs/benchmarks/int8-placement.md).
+``all``: every tensor (before and after each ReLU, after MaxPool and Flatten, and the logits) in symmetric
+INT8, as ``ort`` was before its UINT8 activations; kept for comparison (docs/benchmarks/int8-placement.md).
 
 The TensorRT placement runs 3-10x slower than ``ort``/``all`` on ONNX Runtime CPU (a Conv whose output is not
 quantized is dequantized and run in float), hence two placements: see docs/benchmarks/int8-placement.md.

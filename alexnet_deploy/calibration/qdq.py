@@ -1,6 +1,12 @@
-"""Explicit INT8: a QDQ ONNX model made with onnxruntime.quantization that ONNX Runtime runs and TensorRT's
-ONNX parser accepts (per-channel symmetric INT8 weights, symmetric INT8 activations, biases left in float:
-ORT's default INT32 bias behind DequantizeLinear is rejected by TensorRT).
+"""Explicit INT8: a QDQ ONNX model made with onnxruntime.quantization. Weights are per-channel symmetric INT8
+everywhere. The ``tensorrt`` and ``all`` placements are what TensorRT's parser accepts: symmetric INT8
+activations (zero points 0) and float biases (TensorRT rejects an INT32 bias behind DequantizeLinear).
+The ``ort`` placement (the default, for ONNX Runtime's CPU kernels) uses what those kernels run fastest:
+UINT8 asymmetric activations, [0, amax] after a ReLU (ONNX Runtime's quantizer then folds the ReLU into the
+pair's clamp, and its NHWC pooling kernels take the UINT8 tensors) and an INT32 bias on the float-output Gemm
+(so it still fuses into QGemm). On the 2-core EPYC that took torchvision's batch-1 INT8 run from 4.3 to
+3.7 ms (docs/benchmarks/int4-torchvision-epyc.md); TensorRT stacks refuse such a model in one line
+(:func:`.placement.require_tensorrt_qdq`).
 
 Where the Q/DQ pairs go is decided by :mod:`.placement` (``ort`` by default, ``tensorrt`` for engines); the activation
 ranges come from :mod:`.ranges` (TensorRT's entropy search, fine-histogram percentiles, min/max) and reach
@@ -54,7 +60,8 @@ class QuantConfig:
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
 # onnxruntime extra_options common to every placement: symmetric INT8 (TensorRT needs zero points of 0), float
-# biases (TensorRT rejects an INT32 bias behind DequantizeLinear)
+# biases (TensorRT rejects an INT32 bias behind DequantizeLinear); ``ort`` then switches activations to
+# asymmetric UINT8 (quantize) and gives its float-output Gemm an INT32 bias (placement.quantize_float_output_bias)
 BASE_EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
 
 
