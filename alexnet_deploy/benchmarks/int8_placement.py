@@ -188,7 +188,8 @@ def markdown(doc: dict) -> str:
     lines = ["# INT8: Q/DQ placement, calibration methods and NVIDIA Model Optimizer", "",
              f"Machine: {doc['machine']}. Rerun: `{doc['command']}`.", "",
              "Held-out: the digits held-out split; calibration: 500 class-balanced training images; per-channel "
-             "symmetric INT8 weights, symmetric INT8 activations, float biases; auto = best held-out accuracy.", ""]
+             "symmetric INT8 weights; activations symmetric INT8 (tensorrt, all) or UINT8 asymmetric (ort); float biases "
+             "(ort: INT32 on its float-output last Gemm); auto = best held-out accuracy.", ""]
     for r in doc["variants"]:
         lines += [f"## {r['variant']} ({r['input_size'][0]}x{r['input_size'][1]}), FP32 held-out "
                   f"{r['fp32_heldout_accuracy_pct']:.2f} % on {r['heldout_images']} images", "",
@@ -273,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime
 
-    doc = {"machine": f"{cpu}, {os.cpu_count()} cores (shared with other jobs), onnxruntime {onnxruntime.__version__}",
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    doc = {"machine": f"{cpu}, {os.cpu_count()} cores, load average {load:.1f} at the start, "
+                      f"onnxruntime {onnxruntime.__version__}",
            "command": "python -m alexnet_deploy.benchmarks.int8_placement " + " ".join(argv or sys.argv[1:]),
            "latency_protocol": {k: v if not isinstance(v, dict) else {str(a): b for a, b in v.items()} for k, v in LATENCY.items()},
            "variants": [study(v, args.work, args.modelopt_python) for v in (args.variant or VARIANTS)]}
