@@ -217,6 +217,7 @@ def test_relu_folded_into_uint8_pairs_comes_back_with_int4(digits_onnx, int8_onn
 @pytest.mark.parametrize("args, message", [
     (["--block-size", "17"], "--block-size must be one of"),
     (["--int4-format", "tensorrt"], "Invalid value for '--int4-format'"),
+    (["--int4-format", "trt", "--placement", "ort"], "cannot parse --placement ort"),
 ])
 def test_cli_rejects_bad_int4_options(cli, digits_onnx, tmp_path, args, message):
     from alexnet_deploy.cli import calibrate_main
@@ -278,3 +279,18 @@ def test_tensorrt_rtx_parses_and_builds_the_trt_form(digits_onnx, int8_trt_onnx,
     res = build_engine(tmp_path / "w4-trt.onnx", tmp_path / "w4.plan", TrtBuildOptions(precision="int8"),
                        echo=lambda *_: None)
     assert res.manifest["precision_path"] == "strongly-typed-qdq-int8" and res.engine.stat().st_size > 0
+
+
+def test_cli_trt_form_calibrates_with_the_tensorrt_placement(cli, digits_onnx, tmp_path):
+    """--int4-format trt is for TensorRT: without --placement the convolutions get TensorRT's symmetric Q/DQ
+    (the ort default's UINT8 activations would be refused by the parser)."""
+    from alexnet_deploy.calibration.placement import tensorrt_qdq_problem
+    from alexnet_deploy.cli import calibrate_main
+
+    code, out, err = cli(calibrate_main, digits_onnx, "-o", tmp_path / "t.onnx", "--weights-fc", "int4",
+                         "--int4-format", "trt", "--num-images", "32", "--eval-images", "64")
+    assert code == 0, err
+    meta = read_onnx_metadata(tmp_path / "t.onnx")
+    assert meta.extra["calibration"]["parameters"]["placement"] == "tensorrt"
+    model = onnx.load(str(tmp_path / "t.onnx"))
+    assert tensorrt_qdq_problem(model) is None and int4_layers(model) == {"classifier.0": "DequantizeLinear-int4"}

@@ -77,8 +77,12 @@ def calibrate_cmd(model, output, dataset, num_images, eval_images, method, perce
     from alexnet_deploy.calibration.int4 import FcStage
     from alexnet_deploy.calibration.int4 import summary_table as int4_table
 
+    trt_form = weights_fc == "int4" and int4_format == "trt"
     if placement is None:  # the trt INT4 form is for TensorRT: its convolutions need TensorRT's Q/DQ too
-        placement = "tensorrt" if weights_fc == "int4" and int4_format == "trt" else "ort"
+        placement = "tensorrt" if trt_form else "ort"
+    if trt_form and placement == "ort":  # before any calibration work
+        raise UserInputError("--int4-format trt is for TensorRT, which cannot parse --placement ort (UINT8 "
+                             "activations for ONNX Runtime); use --placement tensorrt (the default with trt)")
 
     with FcStage(weights_fc, output, block_size, int4_format) as fc:  # int4: INT8 to a temporary first
         result = calibrate(model, fc.int8_output, dataset=dataset, num_images=num_images, eval_images=eval_images,
