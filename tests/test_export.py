@@ -62,6 +62,9 @@ def test_every_variant_exports_with_parity(variant, tmp_path):
         assert "LRN" in ops  # one LRN node, not torch's pad/avg-pool decomposition
     if variant == "bn":
         assert result.folded_batchnorms == ["features.10", "features.13", "features.16"]
+    # torchvision's AdaptiveAvgPool2d((6, 6)) on its 6x6 map is the identity: removed (parity above still holds)
+    assert "AveragePool" not in ops
+    assert result.metadata.extra["identity_nodes_removed"] == (["/avgpool/AveragePool"] if variant == "torchvision" else [])
 
 
 def test_batchnorm_folding_is_exact_with_real_statistics():
@@ -128,3 +131,18 @@ def test_parity_json_from_cli(cli, digits_checkpoint, tmp_path):
     assert code == 0, err
     assert "digits:heldout" in out and "wrote" in out
     assert json.loads((tmp_path / "r.json").read_text())["passed"] is True
+
+
+def test_only_identity_pools_are_dropped():
+    from onnx import TensorProto, helper
+
+    from alexnet_deploy.exporter.onnx_export import drop_identity_pools
+
+    nodes = [helper.make_node("AveragePool", ["x"], ["a"], name="id", kernel_shape=[1, 1], strides=[1, 1]),
+             helper.make_node("AveragePool", ["a"], ["b"], name="k2", kernel_shape=[2, 2]),
+             helper.make_node("MaxPool", ["b"], ["c"], name="padded", kernel_shape=[1, 1], pads=[1, 1, 1, 1]),
+             helper.make_node("AveragePool", ["c"], ["y"], name="last", kernel_shape=[1, 1])]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("x", "y")]
+    model = helper.make_model(helper.make_graph(nodes, "g", io[:1], io[1:]))
+    assert drop_identity_pools(model) == ["id"]  # a graph output keeps its producer
+    assert [n.name for n in model.graph.node] == ["k2", "padded", "last"] and model.graph.node[0].input[0] == "x"
