@@ -35,9 +35,9 @@ from alexnet_deploy.fileio import sha256_file
 
 FORMS = ("ort", "trt")
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits supports powers of two from 16
-# 256: on the 2-core EPYC MatMulNBits (level 4) ran torchvision's three FC layers in 0.73 ms at batch 1 with
-# blocks of 256 against 0.93 ms with 128 (FC6 streams ~42 vs ~34 GB/s: per-block work, not the 3 % more
-# scale bytes, is what 128 costs), at the same held-out accuracy on digits (docs/benchmarks/int4-torchvision-epyc.md)
+# 256: on the 2-core EPYC MatMulNBits (level 4) ran torchvision's three FC layers in 0.63 ms at batch 1 with
+# blocks of 256 against 0.75 ms with 128 (per-block work, not the 3 % more scale bytes, is what 128 costs),
+# at the same held-out accuracy on digits (docs/benchmarks/int4-torchvision-epyc.md)
 DEFAULT_BLOCK_SIZE = 256
 ACCURACY_LEVEL = 4  # MatMulNBits: int8 activations, int32 accumulation (the fast CPU path)
 TRT_OPSET = 21  # INT4 tensors and blocked DequantizeLinear
@@ -242,9 +242,10 @@ def to_int4(int8: onnx.ModelProto, cfg: Int4Config) -> onnx.ModelProto:
         raise UserInputError(f"cannot keep {unknown} in INT8: not a fully-connected layer (have {', '.join(layers)})")
     if any(n.op_type == "MatMul" for n in model.graph.node):
         raise UserInputError("the INT8 model already has MatMul nodes; give the QDQ model alexnet-calibrate wrote")
-    if cfg.form == "trt" and tensorrt_qdq_problem(model):
+    problem = tensorrt_qdq_problem(model) if cfg.form == "trt" else None
+    if problem:
         raise UserInputError(f"the trt form is for TensorRT, but the INT8 model was calibrated for ONNX Runtime "
-                             f"({tensorrt_qdq_problem(model)}); calibrate its convolutions with --placement tensorrt")
+                             f"({problem}); calibrate its convolutions with --placement tensorrt")
     targets = [_to_float_matmul(model, node) for m, node in layers.items() if m not in cfg.keep_int8]
     _prune(model.graph)
     if not targets:
@@ -267,7 +268,7 @@ def to_int4(int8: onnx.ModelProto, cfg: Int4Config) -> onnx.ModelProto:
         raise UserInputError(f"onnxruntime could not quantize {left} to INT4")
     if cfg.form == "ort":
         _fuse_bias(out)
-        # an FC layer kept in INT8 ahead of an INT4 one now writes float: INT32 bias, so it still runs as QGemm
+        # an INT8 FC layer whose output Q/DQ the next (INT4) layer bypassed writes float: INT32 bias, still QGemm
         quantize_float_output_bias(out)
     _prune(out.graph)
     return out
