@@ -224,3 +224,6 @@ def test_bench_static_batch_and_bad_model(cli, tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"junk")
     code, out, err = cli(bench_main, tmp_path / "bad.onnx", "--iterations", "5", "--no-roofline")
     assert code == 2 and "not a readable ONNX model" in err
+    # with the roofline (its FLOP count reads the graph first) too: one line, no traceback
+    code, out, err = cli(bench_main, tmp_path / "bad.onnx", "--iterations", "5")
+    assert code == 2 and "not a readable ONNX model" in err and "Traceback" not in err

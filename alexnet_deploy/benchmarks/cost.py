@@ -27,7 +27,12 @@ def model_cost(path) -> dict:
     import onnx
     from onnx import shape_inference
 
-    model = onnx.load(str(path))
+    from alexnet_deploy.errors import ModelLoadError
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError and friends: one line, as onnx_props says it
+        raise ModelLoadError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:200]}") from None
     try:
         inferred = shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - contrib ops (MatMulNBits) can stop onnx's inference; weights suffice
