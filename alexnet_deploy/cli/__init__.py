@@ -14,6 +14,7 @@ from alexnet_deploy.cli.predict import predict_cmd as predict_main
 from alexnet_deploy.cli.serve import serve_cmd as serve_main
 from alexnet_deploy.cli.stream import stream_cmd as stream_main
 from alexnet_deploy.cli.train import train_cmd as train_main
+from alexnet_deploy.cli.verify import verify_cmd as verify_main
 
 __all__ = ["bench_main", "calibrate_main", "demo_main", "deploy_main", "export_main", "parity_main", "predict_main",
-           "serve_main", "stream_main", "train_main"]
+           "serve_main", "stream_main", "train_main", "verify_main"]

@@ -39,7 +39,10 @@ def _names(text: str, option: str) -> tuple[str, ...]:
 @click.option("--no-roofline", is_flag=True, help="Skip measuring the CPU ceilings (the roofline column).")
 @click.option("--parity-images", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Held-out images for parity and the INT8 evaluation.")
-@click.option("--tol", multiple=True, metavar="NAME=VALUE", help="Override a parity gate, e.g. min_top1_agreement=0.98.")
+@click.option("--golden-images", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Held-out images in DIR/golden, the set alexnet-verify checks the artifacts against on the target.")
+@click.option("--tol", multiple=True, metavar="NAME=VALUE",
+              help="Override a parity gate, e.g. min_top1_agreement=0.98 (the golden set carries it too).")
 @click.option("--calib-images", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--calib-method", default="minmax", show_default=True, help="minmax | entropy | percentile | auto.")
 @click.option("--no-sensitivity", is_flag=True, help="Skip the per-layer calibration sensitivity (and its plot).")
@@ -53,7 +56,7 @@ def _names(text: str, option: str) -> tuple[str, ...]:
 @click.option("-v", "--verbose", is_flag=True)
 @_handle_errors
 def deploy_cmd(weights, variant, dataset, out, precisions, targets, engines, batch_sizes, bench_duration_s,
-               bench_iterations, bench_warmup_ms, no_roofline, parity_images, tol, calib_images, calib_method, no_sensitivity,
+               bench_iterations, bench_warmup_ms, no_roofline, parity_images, golden_images, tol, calib_images, calib_method, no_sensitivity,
                max_drop, trt_library, compute_capability, triton_kind, force, verbose):
     """Checkpoint -> verified deployment folder: ONNX (FP32/FP16/INT8), TensorRT engines, a Triton repository,
     parity against PyTorch and benchmarks of every artifact, with report.json, report.md and report.html.
@@ -70,7 +73,7 @@ def deploy_cmd(weights, variant, dataset, out, precisions, targets, engines, bat
         engines=None if engines.strip().lower() == "auto" else _names(engines, "--engines"),
         batch_sizes=tuple(sorted(set(_int_list(batch_sizes)))),
         bench_duration_s=None if bench_iterations else bench_duration_s, bench_iterations=bench_iterations,
-        bench_warmup_ms=bench_warmup_ms, roofline=not no_roofline, parity_images=parity_images, tolerances=parse_overrides(tol),
+        bench_warmup_ms=bench_warmup_ms, roofline=not no_roofline, parity_images=parity_images, golden_images=golden_images, tolerances=parse_overrides(tol),
         calib_images=calib_images, calib_method=calib_method, sensitivity=not no_sensitivity, max_drop=max_drop,
         trt_library=trt_library, compute_capability=compute_capability,
         triton_kind=None if triton_kind == "auto" else triton_kind, force=force)
@@ -85,6 +88,10 @@ def finish(report: dict, out: Path) -> None:
     click.echo("")
     click.echo(text_table(report))
     click.echo(f"\nreport: {out / 'report.html'} (also report.md, report.json)")
+    golden = report.get("golden") or {}
+    if golden.get("status") == "written":
+        click.echo(f"golden set: {out / golden['folder']} ({golden.get('images')} images); on the target: "
+                   f"alexnet-verify {out}")
     if not report["passed"]:
         click.echo(f"error: {len(report['failures'])} row(s) failed: " + "; ".join(report["failures"])[:400], err=True)
         sys.exit(1)

@@ -14,6 +14,9 @@ from alexnet_deploy.cli.common import (
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("candidate", type=click.Path())
 @click.option("--engine", default=None, help="Engine for CANDIDATE (default: from its suffix).")
+@click.option("--golden", "golden", type=click.Path(), default=None,
+              help="Check against a deployment folder's golden set (DIR/golden: inputs, labels, PyTorch outputs and "
+                   "gates) instead of running PyTorch: no torch and no dataset needed (e.g. an engine built on the device).")
 @click.option("--reference", default=None,
               help="PyTorch FP32 reference weights (default: the weights recorded in the candidate's metadata).")
 @click.option("--variant", default=None, help="Variant defaults for a candidate without metadata.")
@@ -33,7 +36,7 @@ from alexnet_deploy.cli.common import (
               help="stretch: also run the dataset resized to the input size without the center crop, as DeepStream "
                    "and jetson-inference do, and report the accuracy change.")
 @_handle_errors
-def parity_cmd(candidate, engine, reference, variant, dataset, num_images, random_samples, precision, tol,
+def parity_cmd(candidate, engine, golden, reference, variant, dataset, num_images, random_samples, precision, tol,
                json_path, junit_path, rebuild_if_stale, preprocess):
     """Compare a candidate model with the PyTorch FP32 reference; non-zero exit when a gate fails."""
     _setup_logging()
@@ -46,10 +49,31 @@ def parity_cmd(candidate, engine, reference, variant, dataset, num_images, rando
     for p in (json_path, junit_path):
         if p:
             check_writable(p)
+    if golden is not None:
+        from alexnet_deploy.errors import UserInputError
+
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in ("reference", "variant", "dataset", "num_images", "random_samples",
+                                                       "preprocess", "rebuild_if_stale")
+                 if ctx.get_parameter_source(n) is not None and ctx.get_parameter_source(n).name != "DEFAULT"]
+        if given:
+            raise UserInputError(f"--golden brings its own inputs and reference outputs; drop {', '.join(given)}")
+        from alexnet_deploy.parity.verify import check_with_golden
+
+        report = check_with_golden(candidate, golden, engine=engine,
+                                   precision=None if precision == "auto" else precision, tolerances=parse_overrides(tol))
+        _finish(report, json_path, junit_path, preprocess)
+        return
     report = check_parity(candidate, engine=engine, reference=reference, variant=variant,
                           dataset=None if dataset == "none" else (dataset or "auto"), num_images=num_images,
                           random_samples=random_samples, precision=precision,
                           rebuild_if_stale=rebuild_if_stale, preprocess=preprocess, **parse_overrides(tol))
+    _finish(report, json_path, junit_path, preprocess)
+
+
+def _finish(report, json_path, junit_path, preprocess) -> None:
+    from alexnet_deploy.fileio import atomic_write_bytes
+
     click.echo(report.table())
     if preprocess != "default":
         from alexnet_deploy.parity.sets import resize_effect

@@ -18,6 +18,7 @@ TARGETS = ("onnx", "trt", "triton")
 ONNX_ENGINES = ("ort", "ort-cuda", "ort-trt")
 TORCH_ENGINES = ("torch", "torch-cuda")
 ENGINES = (*TORCH_ENGINES, *ONNX_ENGINES, "trt")
+GOLDEN = "golden"  # DIR/golden: held-out inputs, labels, PyTorch outputs and gates for alexnet-verify
 REFERENCE = "pytorch"  # the checkpoint itself: the reference row (engine torch)
 KEY_SCHEMA = "alexnet-deploy.deploy-step/1"  # bump to invalidate every cached step
 MAX_BATCH = 1024  # benchmark buffers and engine profiles grow with it; AlexNet at 224x224 is ~600 KB per image
@@ -38,6 +39,7 @@ class DeployOptions:
     bench_warmup_ms: float = 200.0
     roofline: bool = True  # measure the CPU ceilings (~1.5 s per ONNX artifact) for the roofline column
     parity_images: int = 1000
+    golden_images: int = 256  # DIR/golden: what alexnet-verify checks on the target (parity/golden.py)
     random_samples: int = 16
     tolerances: dict = field(default_factory=dict)
     calib_images: int = 512
@@ -72,7 +74,7 @@ class DeployOptions:
 
         for p in PRECISIONS:  # unknown names or values: one line now, not a failed step later
             tolerances_for(p, self.tolerances)
-        for name in ("parity_images", "calib_images"):
+        for name in ("parity_images", "calib_images", "golden_images"):
             if getattr(self, name) < 1:
                 raise UserInputError(f"--{name.replace('_', '-')} must be at least 1")
 
@@ -90,7 +92,7 @@ class DeployOptions:
 @dataclass(frozen=True)
 class Step:
     name: str  # unique, e.g. "export fp32", "parity onnx-int8 ort"
-    kind: str  # export | calibrate | trt | triton | parity | bench
+    kind: str  # export | calibrate | trt | triton | golden | parity | bench
     artifact: str  # the folder the step writes (export/calibrate/trt/triton) or reads (parity/bench)
     precision: str | None = None
     engine: str | None = None
@@ -134,6 +136,7 @@ def plan_steps(opts: DeployOptions, engines: tuple[str, ...]) -> list[Step]:
             models.append(a)
     if "triton" in opts.targets:
         steps.append(Step("triton", "triton", "triton", needs=tuple(onnx_artifact(p) for p in opts.built_precisions)))
+    steps.append(Step("golden", "golden", GOLDEN))  # from the checkpoint and the dataset: needs no artifact
     for a in models:
         prec = a.split("-", 1)[1]
         for e in engines_for(a, engines):

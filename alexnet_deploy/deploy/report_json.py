@@ -7,7 +7,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from alexnet_deploy.deploy.plan import REFERENCE, engines_for
+from alexnet_deploy.deploy.plan import GOLDEN, REFERENCE, engines_for
 from alexnet_deploy.deploy.steps import MODEL_FILES, model_path
 
 SCHEMA = "alexnet-deploy.deploy-report/1"
@@ -84,7 +84,8 @@ def build(ctx, steps, outcomes: dict, seconds: float) -> dict:
 
     opts, out = ctx.opts, ctx.out
     by_name = {n: o for n, o in outcomes.items()}
-    art_outcome = {s.artifact: by_name[s.name] for s in steps if s.kind in ("export", "calibrate", "trt", "triton")}
+    art_outcome = {s.artifact: by_name[s.name] for s in steps
+                   if s.kind in ("export", "calibrate", "trt", "triton", "golden")}
     parity = {(s.artifact, s.engine): by_name[s.name] for s in steps if s.kind == "parity"}
     bench = {s.artifact: by_name[s.name] for s in steps if s.kind == "bench"}
     bench_records = {a: o.record for a, o in bench.items() if o.status in ("ran", "reused")}
@@ -151,7 +152,7 @@ def build(ctx, steps, outcomes: dict, seconds: float) -> dict:
 
     artifacts = {}
     for s in steps:
-        if s.kind in ("export", "calibrate", "trt", "triton"):
+        if s.kind in ("export", "calibrate", "trt", "triton", "golden"):
             o = art_outcome[s.artifact]
             rec = o.record if o.status in ("ran", "reused") else {}
             artifacts[s.artifact] = {"step": s.name, "status": o.status, "folder": s.artifact,
@@ -160,13 +161,17 @@ def build(ctx, steps, outcomes: dict, seconds: float) -> dict:
     calib = next((art_outcome[s.artifact].record.get("result") for s in steps if s.kind == "calibrate"
                   and art_outcome[s.artifact].status in ("ran", "reused")), None)
     failed = [r for r in rows if r["status"] in ("fail", "failed")]
+    failures = [f"{r['artifact']} / {r['engine']}: {r['reason'] or r['status']}" for r in failed]
+    golden = _golden_summary(art_outcome.get(GOLDEN))
+    if golden and golden["status"] == "failed":
+        failures.append(f"golden: {golden['reason']}")
     from alexnet_deploy.deploy.steps import command
 
     return {
         "schema": SCHEMA,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "passed": not failed,
-        "failures": [f"{r['artifact']} / {r['engine']}: {r['reason'] or r['status']}" for r in failed],
+        "passed": not failures,
+        "failures": failures,
         "seconds": round(seconds, 2),
         "inputs": {"weights": str(opts.weights), "weights_sha256": ctx.weights_sha256, "variant": opts.variant,
                    "dataset": opts.dataset, "dataset_id": ctx.dataset_id, "out": str(out.resolve())},
@@ -176,7 +181,9 @@ def build(ctx, steps, outcomes: dict, seconds: float) -> dict:
         "steps": [outcomes[s.name].as_dict() for s in steps],
         "artifacts": artifacts,
         "commands": {s.name: (artifacts.get(s.artifact, {}).get("command") if s.kind in
-                              ("export", "calibrate", "trt", "triton") else None) or command(ctx, s) for s in steps},
+                              ("export", "calibrate", "trt", "triton", "golden") else None) or command(ctx, s)
+                     for s in steps},
+        "golden": golden,
         "calibration": calib,
         "benchmarks": {a: r.get("result") for a, r in bench_records.items()},
         "parity": {f"{a} {e}": o.record.get("report") for (a, e), o in parity.items() if o.status in ("ran", "reused")},
@@ -184,11 +191,23 @@ def build(ctx, steps, outcomes: dict, seconds: float) -> dict:
     }
 
 
+def _golden_summary(outcome) -> dict | None:
+    """What DIR/golden holds now (None when this plan has no golden step)."""
+    if outcome is None:
+        return None
+    ok = outcome.status in ("ran", "reused")
+    res = (outcome.record.get("result") or {}) if ok else {}
+    return {"status": "written" if ok else outcome.status, "folder": GOLDEN, "manifest": f"{GOLDEN}/manifest.json",
+            "images": res.get("images"), "stored": res.get("stored"), "labelled": res.get("labelled"),
+            "size_mb": round(res["bytes"] / 1e6, 3) if res.get("bytes") else None, "reason": outcome.reason,
+            "verify": "alexnet-verify DIR (on the target, with alexnet-deploy[runtime] only)" if ok else None}
+
+
 def _options(opts) -> dict:
     return {"precisions": list(opts.precisions), "targets": list(opts.targets), "batch_sizes": list(opts.batch_sizes),
             "bench_duration_s": opts.bench_duration_s, "bench_iterations": opts.bench_iterations,
             "bench_warmup_ms": opts.bench_warmup_ms, "roofline": opts.roofline, "parity_images": opts.parity_images,
-            "random_samples": opts.random_samples, "tolerances": opts.tolerances, "calib_images": opts.calib_images,
+            "golden_images": opts.golden_images, "random_samples": opts.random_samples, "tolerances": opts.tolerances, "calib_images": opts.calib_images,
             "calib_method": opts.calib_method, "sensitivity": opts.sensitivity, "max_drop": opts.max_drop,
             "trt_library": opts.trt_library, "compute_capability": opts.compute_capability,
             "workspace_mb": opts.workspace_mb, "triton_kind": opts.triton_kind, "force": opts.force}

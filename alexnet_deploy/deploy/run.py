@@ -132,7 +132,7 @@ def _relative_inputs(out: Path, step: Step, input_sha: dict, weights: Path, weig
     """Inputs as paths relative to the artifact folder, each with its sha256 (provenance is bytes on disk)."""
     here = out / step.artifact
     rel = {os.path.relpath(model_path(out, a, weights), here): input_sha[a] for a in step.needs}
-    if step.kind == "export":
+    if step.kind in ("export", "golden"):
         rel[os.path.relpath(weights, here)] = weights_sha
     return rel
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from alexnet_deploy.deploy.plan import REFERENCE, DeployOptions, Step, engines_for, onnx_artifact
+from alexnet_deploy.deploy.plan import GOLDEN, REFERENCE, DeployOptions, Step, engines_for, onnx_artifact
 from alexnet_deploy.errors import InferenceError, MissingDependencyError, ModelLoadError
 
 ARTIFACT_SCHEMA = "alexnet-deploy.artifact/1"
@@ -50,6 +50,8 @@ class Context:
 def model_path(out: Path, artifact: str, weights: Path) -> Path:
     if artifact == REFERENCE:
         return weights
+    if artifact == GOLDEN:
+        return out / artifact / "manifest.json"
     if artifact == "triton":
         return out / artifact / "model_repository"
     return out / artifact / MODEL_FILES[artifact.split("-", 1)[0]]
@@ -100,6 +102,15 @@ def key_parts(ctx: Context, step: Step, input_sha: dict[str, str]) -> dict:
                 "workspace_mb": o.workspace_mb, "compute_capability": o.compute_capability, **calib}
     if step.kind == "triton":
         return {**base, "max_batch": o.max_batch, "kind": triton_kind(o), "preferred": _preferred(o)}
+    if step.kind == "golden":
+        from alexnet_deploy.deploy.golden import gates_for
+        from alexnet_deploy.parity.golden import FLOAT_INPUTS_MAX_BYTES, GOLDEN_SCHEMA
+
+        # the gates themselves (project defaults + --tol) are in the key: changed defaults rewrite gates.json
+        return {**base, "schema": GOLDEN_SCHEMA, "weights_sha256": ctx.weights_sha256, "variant": o.variant,
+                "dataset": ctx.dataset_id, "images": o.golden_images, "input_format": _export_input_format(),
+                "float_inputs_max_bytes": FLOAT_INPUTS_MAX_BYTES, "gates": gates_for(o.tolerances),
+                "versions": _versions("torch", "numpy", "PIL")}
     model_sha = ctx.weights_sha256 if step.artifact == REFERENCE else input_sha[step.artifact]
     if step.kind == "parity":
         return {**base, "model_sha256": model_sha, "weights_sha256": ctx.weights_sha256, "engine": step.engine,
@@ -109,7 +120,7 @@ def key_parts(ctx: Context, step: Step, input_sha: dict[str, str]) -> dict:
     if step.kind == "bench":
         from alexnet_deploy.benchmarks.machine import machine_info
 
-        machine = {k: v for k, v in machine_info(None).items() if k not in ("threads",)}
+        machine = {k: v for k, v in machine_info(None).items() if k not in ("threads", "load_average")}
         return {**base, "model_sha256": model_sha, "engines": engines_for(step.artifact, ctx.engines),
                 "batch_sizes": list(o.batch_sizes), "duration_s": o.bench_duration_s,
                 "iterations": o.bench_iterations, "warmup_ms": o.bench_warmup_ms, "roofline": o.roofline,
@@ -164,6 +175,8 @@ def command(ctx: Context, step: Step) -> str:
                       "--name", f"alexnet-{a.split('-', 1)[1]}", "--max-batch", str(o.max_batch), "--kind", triton_kind(o),
                       *(["--preferred-batch", pref] if pref else [])])
             for a in step.needs)
+    if step.kind == "golden":  # written by alexnet-deploy itself: the command that makes this folder
+        return deploy_command(o)
     model = model_path(o.out, step.artifact, o.weights).resolve()
     if step.kind == "parity":
         tol = [f"--tol {k}={v}" for k, v in o.tolerances.items()]
@@ -176,6 +189,34 @@ def command(ctx: Context, step: Step) -> str:
     return " ".join(["alexnet-bench", _q(model), "--engine", engines, "--batch-sizes",
                      ",".join(map(str, o.batch_sizes)), "--warmup-ms", f"{o.bench_warmup_ms:g}", *timing,
                      *([] if o.roofline else ["--no-roofline"])])
+
+
+def deploy_command(o: DeployOptions) -> str:
+    """The alexnet-deploy command line of these options (what writes the golden set)."""
+    d = DeployOptions(weights=o.weights, out=o.out, dataset=o.dataset)
+    args = ["alexnet-deploy", "--weights", _q(o.weights.resolve()), "--dataset", _q(o.dataset), "--out",
+            _q(o.out.resolve())]
+    if o.variant:
+        args += ["--variant", o.variant]
+    for flag, value, default in (("--precisions", ",".join(o.precisions), ",".join(d.precisions)),
+                                 ("--targets", ",".join(o.targets), ",".join(d.targets)),
+                                 ("--engines", ",".join(o.engines) if o.engines else "auto", "auto"),
+                                 ("--batch-sizes", ",".join(map(str, o.batch_sizes)), ",".join(map(str, d.batch_sizes))),
+                                 ("--parity-images", str(o.parity_images), str(d.parity_images)),
+                                 ("--golden-images", str(o.golden_images), str(d.golden_images)),
+                                 ("--calib-images", str(o.calib_images), str(d.calib_images)),
+                                 ("--calib-method", o.calib_method, d.calib_method)):
+        if value != default:
+            args += [flag, _q(value)]
+    args += [f"--tol {k}={v}" for k, v in o.tolerances.items()]
+    return " ".join(args)
+
+
+def _export_input_format() -> str:
+    """The input format of the models alexnet-deploy exports (the golden set stores inputs for it)."""
+    from alexnet_deploy.exporter.onnx_export import ExportOptions
+
+    return ExportOptions().input_format
 
 
 def _calibrate_command(o: DeployOptions, output: Path, extra: list[str] | tuple[str, ...] = ()) -> str:
@@ -260,7 +301,16 @@ def run_triton(ctx: Context, step: Step, stage: Path) -> dict:
     return {"models": names}
 
 
-RUNNERS = {"export": run_export, "calibrate": run_calibrate, "trt": run_trt, "triton": run_triton}
+def run_golden(ctx: Context, step: Step, stage: Path) -> dict:
+    from alexnet_deploy.deploy.golden import write_golden
+
+    o = ctx.opts
+    return write_golden(ctx.loaded, o.dataset, o.golden_images, stage, tolerances=o.tolerances,
+                        dataset_id=ctx.dataset_id, input_format=_export_input_format(), echo=_indent(ctx.echo))
+
+
+RUNNERS = {"export": run_export, "calibrate": run_calibrate, "trt": run_trt, "triton": run_triton,
+           "golden": run_golden}
 
 
 def _sidecars(stage: Path, kind: str, model: str, meta, extra: dict | None = None) -> None:

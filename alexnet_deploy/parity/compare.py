@@ -33,6 +33,8 @@ class ParityReport:
     precision: str
     tolerances: Tolerances
     sets: list[SetResult] = field(default_factory=list)
+    machine: dict | None = None  # benchmarks.machine.machine_info() of where the candidate ran
+    extra: dict = field(default_factory=dict)  # e.g. the candidate's sha256 and the golden set it was checked on
 
     @property
     def passed(self) -> bool:
@@ -48,6 +50,8 @@ class ParityReport:
             "passed": self.passed, "tolerances": self.tolerances.as_dict(),
             "sets": [{"name": s.name, "n": s.n, "passed": s.passed, "metrics": s.metrics, "failures": s.failures}
                      for s in self.sets],
+            **self.extra,
+            **({"machine": self.machine} if self.machine is not None else {}),
         }
 
     def to_json(self) -> str:
