@@ -44,6 +44,12 @@ class ParityError(AlexnetDeployError):
         self.report = report
 
 
+class KernelMismatchError(AlexnetDeployError):
+    """A model gives other results on this host's integer kernels than its exact math (e.g. int16 saturation)."""
+
+    exit_code = 1
+
+
 class DatasetError(AlexnetDeployError):
     """A dataset folder or file is missing, empty or malformed."""
 

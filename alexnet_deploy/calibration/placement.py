@@ -60,6 +60,8 @@ class QdqPlan:
     extra_options: dict = field(default_factory=dict)  # placement-specific onnxruntime extra_options
     float_tail: list[str] = field(default_factory=list)  # nodes after the last weighted layer, left to float
     float_tensors: list[str] = field(default_factory=list)  # tensors whose Q/DQ pair is removed after ORT
+    # filled by qdq.quantize: which weight channels were requantized against int16 pair overflow (overflow.py)
+    overflow_fix: dict = field(default_factory=dict)
 
     @property
     def nodes_to_exclude(self) -> list[str]:

@@ -27,7 +27,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnx import numpy_helper
+
 from alexnet_deploy.calibration.data import CalibrationSet
+from alexnet_deploy.calibration.overflow import fix_pair_overflow
+from alexnet_deploy.calibration.overflow import summary as overflow_summary
 from alexnet_deploy.calibration.placement import (Placement, QdqPlan, layer_names, nonnegative_tensors, plan_qdq,
                                                   quantize_float_output_bias, remove_qdq_pairs)
 from alexnet_deploy.calibration.ranges import Histograms, collect_histograms, tensors_data, thresholds
@@ -56,6 +60,9 @@ class QuantConfig:
     per_channel: bool = True
     keep_float: list[str] = field(default_factory=list)  # PyTorch module names kept in float
     placement: Placement = Placement.ORT
+    # requantize the INT8 weight channels whose UINT8 x INT8 pair sums can saturate int16 on x86 without VNNI
+    # (ort and all placements, whose layers ONNX Runtime runs on its integer kernels; see overflow.py)
+    overflow_fix: bool = True
 
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
@@ -138,10 +145,19 @@ def quantize(fp32_path: Path, out_path: Path, amax: dict[str, float], cfg: Quant
                 _quantize_direct(fp32_path, out_path, data, cfg, plan, extra, act_type)
     finally:
         root.setLevel(level)
-    if plan.float_tensors:  # ``ort``: the network output stays float (ONNX Runtime quantized it regardless)
+    fix_overflow = cfg.overflow_fix and plan.placement is not Placement.TENSORRT  # tensorrt: float convs on ORT
+    if plan.float_tensors or fix_overflow:
         q = onnx.load(str(out_path))
-        removed = remove_qdq_pairs(q, plan.float_tensors)
-        if quantize_float_output_bias(q) or removed:  # so ONNX Runtime fuses the float-output Gemm (QGemm)
+        changed = False
+        if fix_overflow:  # before the INT32 bias below, whose scale is activation x weight scale
+            fixes = fix_pair_overflow(q, {i.name: numpy_helper.to_array(i) for i in model.graph.initializer})
+            plan.overflow_fix = overflow_summary(fixes)
+            changed = any(f.changed for f in fixes)
+        if plan.float_tensors:  # ``ort``: the network output stays float (ONNX Runtime quantized it regardless)
+            removed = remove_qdq_pairs(q, plan.float_tensors)
+            # so ONNX Runtime fuses the float-output Gemm (QGemm)
+            changed = bool(quantize_float_output_bias(q)) or bool(removed) or changed
+        if changed:
             onnx.save(q, str(out_path))
     return plan
 

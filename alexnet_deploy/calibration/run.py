@@ -16,8 +16,9 @@ from alexnet_deploy.calibration.equalize import equalize
 from alexnet_deploy.calibration.placement import Placement, count_qdq
 from alexnet_deploy.calibration.qdq import (Method, QuantConfig, is_quantized, load_ranges, measure, provenance,
                                             quantize, ranges_for, save_ranges, temp_dir, weighted_layers)
-from alexnet_deploy.errors import UserInputError
+from alexnet_deploy.errors import KernelMismatchError, UserInputError
 from alexnet_deploy.fileio import atomic_path, check_writable, sha256_file
+from alexnet_deploy.runtime.cpu_features import kernel_family
 from alexnet_deploy.runtime.metadata import read_onnx_metadata, set_metadata
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,33 @@ class CalibrationResult:
     provenance: dict = field(default_factory=dict)
     ranges: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> tensor -> amax
     qdq_nodes: dict[str, int] = field(default_factory=dict)  # Q/DQ node counts of the written model
+    exact: Evaluation | None = None  # the chosen model on the exact QDQ emulation (no ORT kernel fusion)
+    kernel_mismatch: str | None = None  # how this host's kernels differed from it beyond KERNEL_GATE
+
+
+@dataclass(frozen=True)
+class KernelGate:
+    """How far INT8 on this host's ONNX Runtime kernels may be from the exact QDQ math (the same model with
+    no graph optimizations: QuantizeLinear/DequantizeLinear as float ops) before calibration calls it a kernel
+    fault (int16 saturation on x86 without VNNI, see overflow.py) rather than quantization error. Fused kernels
+    requantize once per layer where the emulation rounds twice, so small differences are normal."""
+
+    min_top1_agreement: float = 0.99  # host vs exact
+    max_error_ratio: float = 2.0  # host max |logit - FP32| <= ratio x exact's ...
+    error_floor: float = 1e-3  # ... + floor x the largest |FP32 logit| (exact errors near 0)
+
+    def problem(self, host: np.ndarray, exact: np.ndarray, ref: np.ndarray) -> str | None:
+        agree = float(np.mean(host.argmax(1) == exact.argmax(1))) if len(ref) else 1.0
+        host_err = float(np.abs(host - ref).max()) if ref.size else 0.0
+        exact_err = float(np.abs(exact - ref).max()) if ref.size else 0.0
+        limit = self.max_error_ratio * exact_err + self.error_floor * (float(np.abs(ref).max()) if ref.size else 0)
+        if agree < self.min_top1_agreement or host_err > limit:
+            return (f"max logit error {host_err:.3g} vs {exact_err:.3g} exact (limit {limit:.3g}), "
+                    f"top-1 agreement {agree:.2%} (needs >= {self.min_top1_agreement:.0%})")
+        return None
+
+
+KERNEL_GATE = KernelGate()
 
 
 class _Evaluator:
@@ -70,15 +98,17 @@ class _Evaluator:
         with OrtRunner(fp32_path, meta) as r:
             self.ref = self._run(r)
         self.labels = held.labels if held.labels is not None and held.class_names == meta.class_names else None
+        self.outputs: dict = {}  # model path (or "exact": the last exact evaluation) -> its outputs
 
     def _run(self, runner) -> np.ndarray:
         return runner.infer_batches(self.held.x, 64)
 
-    def __call__(self, int8_path: Path, method: str, kept: list[str]) -> Evaluation:
+    def __call__(self, int8_path: Path, method: str, kept: list[str], exact: bool = False) -> Evaluation:
+        """Evaluate on this host's ONNX Runtime kernels, or (``exact``) on the exact QDQ emulation."""
         from alexnet_deploy.runtime.runners.ort import OrtRunner
 
-        with OrtRunner(int8_path, self.meta) as r:
-            out = self._run(r)
+        with OrtRunner(int8_path, self.meta, exact_qdq=exact) as r:
+            out = self.outputs["exact" if exact else int8_path] = self._run(r)
         agree = float(np.mean(out.argmax(1) == self.ref.argmax(1)))
         diff = np.abs(out - self.ref)
         err = float(diff.mean() / max(np.abs(self.ref).mean(), 1e-12))
@@ -99,10 +129,15 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
               eval_images: int = 1000, method: str = "minmax", percentile: float = 99.999,
               max_drop: float | None = None, sensitivity: bool = False, allow_synthetic: bool = False,
               variant: str | None = None, cache: str | Path | None = None, force_cache: bool = False,
-              placement: str = "ort", echo=print) -> CalibrationResult:
+              placement: str = "ort", overflow_fix: bool = True, allow_kernel_mismatch: bool = False,
+              echo=print) -> CalibrationResult:
     """FP32 ONNX -> QDQ INT8 ONNX. ``placement``: ort (every tensor but the network output: fast on ONNX
     Runtime CPU) | tensorrt (Q/DQ on the inputs of Conv/Gemm/MatMul only, for TensorRT engines) | all (every
-    tensor, logits too: ONNX Runtime's default); logits stay float with ort and tensorrt. See :mod:`.placement`."""
+    tensor, logits too: ONNX Runtime's default); logits stay float with ort and tensorrt. See :mod:`.placement`.
+    ``overflow_fix``: requantize the weight channels that could saturate int16 on x86 without VNNI (ort, all;
+    :mod:`.overflow`). The chosen model is evaluated twice, on this host's kernels and on the exact QDQ
+    emulation; when they differ beyond :data:`KERNEL_GATE` nothing is written (:class:`KernelMismatchError`)
+    unless ``allow_kernel_mismatch``."""
     model, output = Path(model), check_writable(output)
     if output.resolve() == model.resolve():
         raise UserInputError("the INT8 output would overwrite the FP32 model; choose another --output")
@@ -132,6 +167,7 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
     hist = []  # histograms, measured once for every method (lazily: a reused cache needs none)
     channel_amax: dict = {}  # per-channel max |x| of the quantized activations
     source = {"path": model, "dead": None}  # the FP32 model quantization starts from
+    plans: dict[Path, object] = {}  # built model -> its QdqPlan (what the overflow fix changed)
 
     with temp_dir(output.parent) as tmp:
         tmp = Path(tmp)
@@ -166,7 +202,7 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
         def build(cfg: QuantConfig, tag: str) -> tuple[Path, Evaluation]:
             path = tmp / f"{tag}.onnx"
             r = ranges(cfg)
-            quantize(quant_source(), path, r, cfg)
+            plans[path] = quantize(quant_source(), path, r, cfg)
             return path, evaluate(path, cfg.method.value, list(cfg.keep_float))
 
         if cache is not None:  # user-kept range cache, checked against provenance
@@ -178,7 +214,7 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
                 echo(f"reusing calibration ranges from {cache}")
         best: tuple[Path, Evaluation, QuantConfig] | None = None
         for m in methods:
-            cfg = QuantConfig(m, percentile, placement=place)
+            cfg = QuantConfig(m, percentile, placement=place, overflow_fix=overflow_fix)
             path, ev = build(cfg, m.value)
             result_tried.append(ev)
             echo(f"  {m.value:<10} drop {ev.drop:+.2f} pts, top-1 agreement {ev.agreement:.2%}, "
@@ -190,7 +226,8 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
         if sensitivity or (max_drop is not None and ev.drop > max_drop):
             echo(f"per-layer sensitivity ({cfg.method.value}): keeping one layer in float at a time")
             for layer in layers:
-                _, e = build(QuantConfig(cfg.method, percentile, keep_float=[layer], placement=place),
+                _, e = build(QuantConfig(cfg.method, percentile, keep_float=[layer], placement=place,
+                                             overflow_fix=overflow_fix),
                              f"sens-{layer}")
                 sens_rows.append({"layer": layer, "drop_with_layer_float": e.drop,
                                   "gain_points": ev.drop - e.drop, "top1_agreement": e.agreement,
@@ -200,22 +237,38 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
             kept: list[str] = []
             for row in sens_rows:
                 kept.append(row["layer"])
-                path, ev = build(QuantConfig(cfg.method, percentile, keep_float=list(kept), placement=place),
+                path, ev = build(QuantConfig(cfg.method, percentile, keep_float=list(kept), placement=place,
+                                             overflow_fix=overflow_fix),
                                  f"keep{len(kept)}")
                 echo(f"  keeping {', '.join(kept)} in float: drop {ev.drop:+.2f} pts")
                 if ev.drop <= max_drop:
                     break
-            cfg = QuantConfig(cfg.method, percentile, keep_float=kept, placement=place)
+            cfg = QuantConfig(cfg.method, percentile, keep_float=kept, placement=place, overflow_fix=overflow_fix)
             if ev.drop > max_drop:
                 echo(f"warning: even with {len(kept)} layers in float the drop is {ev.drop:.2f} > {max_drop} points")
+        exact = evaluate(path, ev.method, list(ev.kept_float), exact=True)
+        mismatch = KERNEL_GATE.problem(evaluate.outputs[path], evaluate.outputs["exact"], evaluate.ref)
+        kernels = kernel_family()
+        if mismatch:
+            line = (f"INT8 on this CPU's ONNX Runtime kernels ({kernels}) differs from the exact QDQ math: "
+                    f"{mismatch}; likely int16 saturation on this CPU")
+            if not allow_kernel_mismatch:
+                raise KernelMismatchError(f"{line}; nothing written (--allow-kernel-mismatch writes it anyway, "
+                                          "for a target whose kernels do not saturate)")
+            echo(f"warning: {line}")
         prov = provenance(model, meta, cal, cfg)
         prov["requested_images"] = int(num_images)
         prov["dead_input_channels_zeroed"] = dict(source["dead"] or {})
         prov["equalized_pairs"] = equalized  # first->second: input-channel weight range spread before
+        prov["int16_overflow_fix"] = (plans[path].overflow_fix if plans[path].overflow_fix
+                                      else {"applied": False, "reason": "--no-overflow-fix" if not overflow_fix
+                                            else "tensorrt placement: ONNX Runtime runs its layers in float"})
         out_meta = dataclasses.replace(
             meta, precision="int8", fp32_onnx_sha256=prov["source_onnx_sha256"],
             extra={**meta.extra, "calibration": prov,
-                   "int8_evaluation": ev.row() | {"dataset": held.name, "images": int(len(held.x))}})
+                   "int8_evaluation": ev.row() | {"dataset": held.name, "images": int(len(held.x)),
+                                                  "kernels": kernels},
+                   "int8_evaluation_exact_qdq": exact.row() | {"kernel_mismatch": mismatch}})
         q = onnx.load(str(path))
         set_metadata(q, out_meta)
         qdq_nodes = count_qdq(q)
@@ -225,7 +278,7 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
             save_ranges(Path(cache), amax[cfg.method.value], cfg, channel_amax)
             write_sidecar(Path(cache), provenance(model, meta, cal, QuantConfig(cfg.method, percentile,
                                                                                 placement=place)))
-    return CalibrationResult(output, ev, result_tried, sens_rows, prov, amax, qdq_nodes)
+    return CalibrationResult(output, ev, result_tried, sens_rows, prov, amax, qdq_nodes, exact, mismatch)
 
 
 def summary_table(result: CalibrationResult) -> str:

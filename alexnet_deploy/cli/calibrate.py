@@ -47,10 +47,16 @@ from alexnet_deploy.errors import UserInputError
 @click.option("--int4-format", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
               help="With --weights-fc int4: ort = MatMulNBits (fastest on ONNX Runtime CPU); trt = opset-21 "
                    "blocked DequantizeLinear on INT4 weights + MatMul (TensorRT).")
+@click.option("--no-overflow-fix", is_flag=True,
+              help="Keep 8-bit weights in channels whose UINT8 x INT8 pair sums can saturate int16 on x86 AVX2 / "
+                   "AVX-512 without VNNI (only for targets with VNNI, AMX or ARM64; see docs/calibration.md).")
+@click.option("--allow-kernel-mismatch", is_flag=True,
+              help="Write the model even when this host's ONNX Runtime kernels give other results than the exact "
+                   "QDQ math (int16 saturation on this CPU); it is refused by default.")
 @_handle_errors
 def calibrate_cmd(model, output, dataset, num_images, eval_images, method, percentile, max_drop, sensitivity,
                   allow_synthetic, variant, cache, force_cache, json_path, weights_fc, block_size, int4_format,
-                  placement):
+                  placement, no_overflow_fix, allow_kernel_mismatch):
     """Quantize an FP32 ONNX model to QDQ INT8 (ONNX Runtime, TensorRT 11, TensorRT-RTX), accuracy first."""
     _setup_logging()
     from alexnet_deploy.calibration.qdq import dump
@@ -88,7 +94,8 @@ def calibrate_cmd(model, output, dataset, num_images, eval_images, method, perce
         result = calibrate(model, fc.int8_output, dataset=dataset, num_images=num_images, eval_images=eval_images,
                            method=method, percentile=percentile, max_drop=max_drop, sensitivity=sensitivity,
                            allow_synthetic=allow_synthetic, variant=variant, cache=cache, force_cache=force_cache,
-                           placement=placement, echo=click.echo)
+                           placement=placement, overflow_fix=not no_overflow_fix,
+                           allow_kernel_mismatch=allow_kernel_mismatch, echo=click.echo)
         click.echo(summary_table(result))
         if fc.finish(model, dataset=dataset, eval_images=eval_images, max_drop=max_drop, sensitivity=sensitivity,
                      allow_synthetic=allow_synthetic, echo=click.echo):

@@ -24,7 +24,7 @@ class OrtRunner(Runner):
     engine = "ort"
 
     def __init__(self, path, metadata: ModelMetadata, provider: str = "cpu", threads: int | None = None,
-                 provider_options: dict | None = None):
+                 provider_options: dict | None = None, exact_qdq: bool = False):
         super().__init__(metadata)
         if provider not in PROVIDERS:
             raise InferenceError(f"unknown ONNX Runtime provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
@@ -32,6 +32,9 @@ class OrtRunner(Runner):
         self.requested = provider
         self.threads = threads
         self.provider_options = provider_options or {}
+        # exact_qdq: no graph optimizations, so QuantizeLinear/DequantizeLinear run as the float ops they define
+        # (the exact INT8 math, on every CPU) instead of being fused into the host's integer kernels
+        self.exact_qdq = exact_qdq
         self.engine = "ort" if provider == "cpu" else f"ort-{'trt' if provider == 'tensorrt' else provider}"
         self.session = None
 
@@ -53,6 +56,8 @@ class OrtRunner(Runner):
         if self.threads:
             so.intra_op_num_threads = int(self.threads)
         so.log_severity_level = 3
+        if self.exact_qdq:
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         providers = [(wanted, self.provider_options)]
         if self.requested != "cpu":  # nodes the GPU provider lacks may run on CPU; the main provider is checked
             providers.append(("CPUExecutionProvider", {}))
