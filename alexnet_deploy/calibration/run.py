@@ -295,6 +295,12 @@ def summary_table(result: CalibrationResult) -> str:
         lines.append("sensitivity (gain in points when the layer stays float):")
         lines += [f"  {r['layer']:<14} {r['gain_points']:+.2f}  (agreement {r['top1_agreement']:.2%}, "
                   f"output error {r['output_error']:.4f})" for r in result.sensitivity]
+    if result.exact is not None:
+        ex = result.exact
+        acc = f"{ex.int8_accuracy:.2f}%" if ex.int8_accuracy is not None else f"agreement {ex.agreement:.2%}"
+        lines.append(f"exact QDQ math: {acc}, max logit error {ex.logit_max_abs_error:.3g} (this host: "
+                     f"{ev.logit_max_abs_error:.3g}, {kernel_family()}); "
+                     + (f"MISMATCH: {result.kernel_mismatch}" if result.kernel_mismatch else "kernels agree"))
     lines.append(f"chosen: {ev.method}, drop {ev.drop:.2f} points, kept float: {', '.join(ev.kept_float) or 'none'} "
                  f"-> {result.output} (sha256 {sha256_file(result.output)[:12]})")
     return "\n".join(lines)
