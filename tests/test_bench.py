@@ -227,3 +227,42 @@ def test_bench_static_batch_and_bad_model(cli, tmp_path):
     # with the roofline (its FLOP count reads the graph first) too: one line, no traceback
     code, out, err = cli(bench_main, tmp_path / "bad.onnx", "--iterations", "5")
     assert code == 2 and "not a readable ONNX model" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("engine", ["openvino", "openvino-nncf"])
+def test_bench_openvino_missing_is_one_line(cli, digits_onnx, monkeypatch, engine):
+    """Without the [openvino] extra: one line naming it, non-zero exit, before any measuring."""
+    import sys
+
+    from alexnet_deploy.cli import bench_main
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as on a machine without it (the project venv has none)
+    code, out, err = cli(bench_main, digits_onnx, "--engine", f"ort,{engine}", "--iterations", "5", "--no-roofline")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "openvino is not installed" in err and "pip install 'alexnet-deploy[openvino]'" in err
+    assert "b1" not in out  # refused before the ort rows ran
+
+
+def test_openvino_runner_matches_ort_and_nncf_int8(digits_onnx):
+    """OpenVINO FP32 on the ONNX agrees with ONNX Runtime; NNCF INT8 on calibration images keeps top-1."""
+    pytest.importorskip("openvino", reason="openvino not installed (pip install 'alexnet-deploy[openvino]')")
+    from alexnet_deploy.benchmarks import openvino as ov_bench
+    from alexnet_deploy.runtime.metadata import read_onnx_metadata
+    from alexnet_deploy.runtime.runners.ort import OrtRunner
+
+    meta = read_onnx_metadata(digits_onnx)
+    src = ov_bench.calibration_source(meta, [])
+    assert src["dataset"] == "digits" and src["num_images"] == 500
+    cal, held = ov_bench.load_sets(meta, {**src, "num_images": 64, "eval_images": 64})
+    with OrtRunner(digits_onnx, meta, threads=1) as r:
+        ref = r.infer_batches(held.x)
+    with ov_bench.OpenVinoRunner(digits_onnx, meta, threads=1) as ov:
+        assert ov.info["inference_precision_hint"].lower() in ("f32", "<type: 'float32'>") or "32" in ov.info[
+            "inference_precision_hint"]
+        np.testing.assert_allclose(ov.infer_batches(held.x), ref, atol=1e-3, rtol=1e-3)
+        assert ov.infer(held.x[:3]).shape == (3, 10)
+    pytest.importorskip("nncf", reason="nncf not installed (pip install 'alexnet-deploy[openvino]')")
+    with ov_bench.OpenVinoRunner(digits_onnx, meta, threads=1, calibration=cal.x) as q:
+        assert q.engine == "openvino-nncf" and q.metadata.precision == "int8" and q.info["nncf"]["subset_size"] == 64
+        acc = ov_bench.agreement(q.infer_batches(held.x), ref, held)
+    assert acc["top1_agreement"] >= 0.95 and acc["int8_accuracy_pct"] >= acc["fp32_accuracy_pct"] - 5

@@ -30,6 +30,11 @@ def _cells(row: dict) -> list[str]:
                 notes.append(f"device: H2D {row['h2d_ms']:.3f} + compute {row['compute_ms']:.3f} + D2H {row['d2h_ms']:.3f} ms")
             if row.get("harness_overhead") is not None:
                 notes.append(f"harness overhead {row['harness_overhead']:+.1%}")
+            if row.get("heldout"):  # openvino-nncf: INT8 vs FP32 on the held-out images
+                h = row["heldout"]
+                acc = (f", acc {h['int8_accuracy_pct']:.2f} % vs FP32 {h['fp32_accuracy_pct']:.2f} %"
+                       if h.get("int8_accuracy_pct") is not None else "")
+                notes.append(f"held-out {h['images']}: top-1 agree {h['top1_agreement']:.2%}{acc}")
             if row.get("power"):
                 p = row["power"]
                 notes.append(f"{p['avg_power_w']:.1f} W, {p['images_per_joule']:.1f} img/J")

@@ -14,11 +14,16 @@ from alexnet_deploy.benchmarks.stats import summarize
 from alexnet_deploy.benchmarks.tegrastats import TegraStats
 from alexnet_deploy.benchmarks.tegrastats import summarize as power_summary
 from alexnet_deploy.errors import InferenceError, MissingDependencyError, UserInputError
-from alexnet_deploy.runtime.runners.factory import ENGINES, model_kind
+from alexnet_deploy.benchmarks import openvino as ov_bench
+from alexnet_deploy.runtime.runners.factory import ENGINES as RUNNER_ENGINES
+from alexnet_deploy.runtime.runners.factory import model_kind
 
 log = logging.getLogger(__name__)
 # Engines that run on the host CPU: the measured CPU ceilings apply to their rows (not to GPU rows).
-CPU_ENGINES = ("ort", "torch")
+# (openvino-nncf is not: its INT8 model is made in memory, so the file's weight bytes are not what it streams.)
+CPU_ENGINES = ("ort", "torch", "openvino")
+# The runtime's engines plus the bench-only OpenVINO reference engines (benchmarks/openvino.py).
+ENGINES = {**RUNNER_ENGINES, **ov_bench.ENGINES}
 # Which measured compute ceiling a row's precision runs on (INT8 QDQ and INT4 weight-only FC layers both
 # compute in int8: QLinearConv, MatMulNBits at accuracy level 4).
 COMPUTE_CEILING = {"fp32": "fp32_gemm_gflops", "fp16": "fp32_gemm_gflops", "int8": "int8_gemm_gops"}
@@ -41,10 +46,45 @@ class BenchResult:
                 "ceilings": self.ceilings, "costs": self.costs, "rows": [r.as_dict() for r in self.rows]}
 
 
-def _open(model: str, engine: str, threads: int | None, cuda_graph: bool = False):
+def _open_openvino(model: str, engine: str, threads: int | None, siblings: list):
+    """OpenVINO on the file; openvino-nncf: NNCF INT8 of the FP32 file on alexnet-calibrate's images."""
+    from alexnet_deploy.errors import DatasetError
+    from alexnet_deploy.runtime.metadata import read_onnx_metadata
+
+    if model_kind(model) != "onnx":
+        raise _Skip(f"{engine} runs ONNX files")
+    meta = read_onnx_metadata(model)
+    if engine == "openvino":
+        return ov_bench.OpenVinoRunner(model, meta, threads)
+    if meta.precision != "fp32":
+        raise _Skip(f"NNCF quantizes the FP32 model; {os.path.basename(model)} is {meta.precision}")
+    try:
+        src = ov_bench.calibration_source(meta, siblings)
+        cal, held = ov_bench.load_sets(meta, src)
+    except (DatasetError, UserInputError) as exc:
+        raise _Skip(f"no calibration images for NNCF: {exc}") from None
+    runner = ov_bench.OpenVinoRunner(model, meta, threads, calibration=cal.x)
+    runner.info["calibration"] = {**cal.provenance(), "source": src["from"],
+                                  "same_images_as_int8_model": (cal.fingerprint == src["data_sha256"])
+                                  if src["data_sha256"] else None}
+    runner.held, runner.fp32_meta = held, meta
+    return runner
+
+
+def _heldout(runner, model: str, threads: int | None) -> dict:
+    """NNCF INT8 against OpenVINO FP32 of the same file on the held-out images alexnet-calibrate evaluates on."""
+    held = runner.held
+    with ov_bench.OpenVinoRunner(model, runner.fp32_meta, threads) as ref:
+        fp32 = ref.infer_batches(held.x, 64)
+    return ov_bench.agreement(runner.infer_batches(held.x, 64), fp32, held)
+
+
+def _open(model: str, engine: str, threads: int | None, cuda_graph: bool = False, siblings: list | None = None):
     """A runner for ``engine`` on ``model``; torch engines on an ONNX model use its recorded PyTorch source."""
     from alexnet_deploy.runtime.runners.factory import open_runner
 
+    if engine in ov_bench.ENGINES:
+        return _open_openvino(model, engine, threads, siblings or [])
     kind = model_kind(model)
     if ENGINES[engine][0] == "checkpoint" and kind == "onnx":
         from alexnet_deploy.parity.run import reference_for
@@ -96,6 +136,10 @@ def run_bench(models: list[str], engines: list[str], cfg: BenchConfig, *, thread
         if not os.path.isfile(m):
             raise UserInputError(f"model not found: {m}")
         model_kind(m)
+    for e in engines:  # an optional package the user asked for: one line before any work, not a skipped row
+        if e in ov_bench.ENGINES:
+            ov_bench.require(e)
+    siblings = _int8_siblings(models) if "openvino-nncf" in engines else {}
     files = None
     if images_dir:
         from alexnet_deploy.runtime.preprocess import find_images
@@ -119,8 +163,13 @@ def run_bench(models: list[str], engines: list[str], cfg: BenchConfig, *, thread
                                        skipped=f"{engine} runs serialized engines; build one with alexnet-export trt"))
                 continue
             try:
-                runner = _open(model, engine, threads, cuda_graph)
+                runner = _open(model, engine, threads, cuda_graph, siblings.get(model))
                 runner.activate()
+                info = dict(getattr(runner, "info", {}))
+                if engine == "openvino-nncf":
+                    info["heldout"] = _heldout(runner, model, threads)
+                    echo(f"  {name}: NNCF INT8 vs OpenVINO FP32 on {info['heldout']['images']} held-out images: "
+                         f"top-1 agreement {info['heldout']['top1_agreement']:.2%}")
             except (MissingDependencyError, InferenceError, _Skip) as exc:  # engine not available here: say so
                 result.rows.append(Row(name, engine, "-", "-", 0, "end-to-end", skipped=str(exc)))
                 echo(f"skipped {engine} on {name}: {exc}")
@@ -137,6 +186,7 @@ def run_bench(models: list[str], engines: list[str], cfg: BenchConfig, *, thread
                         summary, ips = bench_runner(runner, batch, cfg)
                         elapsed = time.perf_counter() - t0
                     row = Row(name, engine, runner.provider, precision, batch, "end-to-end", summary, ips)
+                    row.extra.update(info)
                     if tegra.samples:
                         row.extra["power"] = power_summary(tegra.samples, int(ips * elapsed), elapsed)
                     result.rows.append(row)
@@ -162,6 +212,22 @@ def run_bench(models: list[str], engines: list[str], cfg: BenchConfig, *, thread
                 runner.deactivate()
     _add_ratios(result, baseline_engine)
     return result
+
+
+def _int8_siblings(models: list[str]) -> dict[str, list]:
+    """FP32 ONNX path -> metadata of the INT8 models of this run made from it (by the recorded source sha256)."""
+    from alexnet_deploy.fileio import sha256_file
+    from alexnet_deploy.runtime.metadata import read_onnx_metadata
+
+    onnx_models = [m for m in models if model_kind(m) == "onnx"]
+    metas = {m: read_onnx_metadata(m) for m in onnx_models}
+    out: dict[str, list] = {}
+    for m in onnx_models:
+        if metas[m].precision == "fp32":
+            sha = sha256_file(m)
+            out[m] = [metas[o] for o in onnx_models if metas[o].precision == "int8"
+                      and metas[o].fp32_onnx_sha256 == sha]
+    return out
 
 
 def _add_ratios(result: BenchResult, baseline_engine: str | None) -> None:

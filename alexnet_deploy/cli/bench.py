@@ -18,12 +18,14 @@ from alexnet_deploy.errors import UserInputError
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("models", nargs=-1, type=click.Path())
 @click.option("--engine", "engines", default="ort", show_default=True,
-              help="Comma-separated: torch, torch-cuda, ort, ort-cuda, ort-trt, trt.")
+              help="Comma-separated: torch, torch-cuda, ort, ort-cuda, ort-trt, trt, openvino (the ONNX as it is), "
+                   "openvino-nncf (NNCF INT8 of an FP32 ONNX on alexnet-calibrate's images; needs "
+                   "'alexnet-deploy[openvino]').")
 @click.option("--batch-sizes", default="1,8,32", show_default=True)
 @click.option("--warmup-ms", type=float, default=200.0, show_default=True)
 @click.option("--duration-s", type=float, default=3.0, show_default=True, help="Measured time per row.")
 @click.option("--iterations", type=int, default=None, help="Measure this many runs per row instead of --duration-s.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (ORT and torch).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (ORT, torch, OpenVINO).")
 @click.option("--baseline", default=None, help="Engine the 'x base' column compares with (default: the first).")
 @click.option("--end-to-end-images", "images_dir", type=click.Path(), default=None,
               help="Also time decoding + preprocessing of the images in this folder.")
