@@ -64,3 +64,26 @@ def test_check_script_parses_and_has_a_make_target():
     script = ROOT / "scripts" / "check_aarch64.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     assert "check-aarch64:" in (ROOT / "Makefile").read_text()
+
+
+def test_int8_tolerance_comes_from_the_last_layers_quantization_steps(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    ref = _reference_module()
+    w = np.array([[10, -127], [64, 3]], dtype=np.int8)
+    inits = [numpy_helper.from_array(w, "wq"), numpy_helper.from_array(np.array([0.01, 0.02], np.float32), "ws"),
+             numpy_helper.from_array(np.array([0, 0], np.int8), "wz"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "xs"), numpy_helper.from_array(np.array(0, np.uint8), "xz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("Gemm", ["xd", "wd"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "q.onnx")
+    info = ref.int8_logit_step(str(tmp_path / "q.onnx"))
+    assert info["max_abs_weight"] == pytest.approx(1.28) and info["step"] == pytest.approx(0.5 * 1.28)  # 64 x 0.02 (per row)
+    tol, how = ref.int8_logit_tolerance(str(tmp_path / "q.onnx"))
+    assert tol == pytest.approx(ref.INT8_STEPS * 0.64) and "INT8" in how
+    assert ref.int8_logit_tolerance(None)[0] == ref.LOGIT_TOLERANCE
