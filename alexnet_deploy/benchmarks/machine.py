@@ -166,6 +166,7 @@ def isa_features(cpuinfo: str | None = None, machine: str | None = None) -> dict
     machine = (machine or platform.machine()).lower()
     arm = machine in ("aarch64", "arm64") or machine.startswith("arm")
     source = "/proc/cpuinfo"
+    own = cpuinfo is None and machine == platform.machine().lower()
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo") as f:
@@ -174,6 +175,11 @@ def isa_features(cpuinfo: str | None = None, machine: str | None = None) -> dict
             cpuinfo = ""
     have = _cpuinfo_flags(cpuinfo)
     names = ARM_ISA if arm else X86_ISA
+    if not arm and own:  # CPUID as this process sees it (under qemu-user /proc/cpuinfo is the host's)
+        from alexnet_deploy.runtime.cpu_features import process_flags
+
+        if process_flags() != frozenset(have):
+            have, source = set(process_flags()), "/proc/cpuinfo + CPUID (numpy's probe)"
     if arm and (not have & set(ARM_ISA)):  # qemu-user shows the x86 host's cpuinfo: ask the kernel's auxv
         caps = _arm_hwcaps() if machine == platform.machine().lower() else None
         if caps is not None:
