@@ -60,3 +60,16 @@ class InferenceError(AlexnetDeployError):
 
 class EngineBuildError(AlexnetDeployError):
     """TensorRT could not parse the ONNX model or build an engine."""
+
+
+class OutputWriteError(AlexnetDeployError, OSError):
+    """A file could not be written (disk full, quota, file too large); the message names the file and the cause.
+
+    Also an ``OSError`` (errno and filename kept), so code that catches OSError around a write still does."""
+
+    def __init__(self, message: str, errno: int | None = None, filename: str | None = None):
+        OSError.__init__(self, errno, message, filename)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

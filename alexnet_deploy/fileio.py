@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -9,7 +10,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
-from alexnet_deploy.errors import UserInputError
+from alexnet_deploy.errors import OutputWriteError, UserInputError
+
+# a full disk, a quota, a file-size limit: errors of the write, not of the path
+_NO_SPACE = {getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, n)}
 
 # Folders created for outputs by this process, deepest last; a failed or interrupted command removes the ones
 # that are still empty (see ``remove_created_folders_on_failure``), so a failed export leaves no empty tree.
@@ -145,6 +149,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
         os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno in _NO_SPACE and not isinstance(exc, OutputWriteError):  # the write itself names no file
+            raise OutputWriteError(f"cannot write {printable_path(path)}: {exc.strerror or exc}", exc.errno,
+                                   str(path)) from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
