@@ -164,6 +164,9 @@ def export_onnx(loaded: LoadedModel, output: str | Path, opts: ExportOptions | N
                           f"Conv/Gemm/MaxPool/LRN from opset {MIN_OPSET}); use --opset {DEFAULT_OPSET}")
     if opts.batch is not None and opts.batch < 1:
         raise UserInputError(f"--batch must be at least 1, got {opts.batch}")
+    from alexnet_deploy.models.weights import check_finite
+
+    check_finite(loaded)  # NaN/Inf weights: name the tensor now, not "disagrees with PyTorch" after exporting
     model = loaded.model.eval()
     folded: list[str] = []
     if opts.fold_bn and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):

@@ -214,3 +214,32 @@ def load_model(variant: str | None = None, weights: str = "random", *, num_class
     names = class_names or ck_names or default_class_names(n)
     info = {k: v for k, v in meta.items() if k not in ("state_dict", "class_names", "preprocessing", "format")}
     return LoadedModel(model, variant, list(names), prep, str(weights), sha, softmax, info)
+
+
+def nonfinite_tensors(model: nn.Module) -> list[tuple[str, int]]:
+    """(name, count) of every parameter or buffer holding NaN or Inf values, in state_dict order."""
+    bad = []
+    for name, t in model.state_dict().items():
+        if torch.is_tensor(t) and t.is_floating_point():
+            n = int((~torch.isfinite(t)).sum())
+            if n:
+                bad.append((name, n))
+    return bad
+
+
+def check_finite(loaded: LoadedModel) -> None:
+    """Refuse weights with NaN/Inf values, naming the tensor (every output would be NaN: exporting, calibrating
+    or comparing such a model only produces misleading errors later)."""
+    bad = nonfinite_tensors(loaded.model)
+    if bad:
+        name, n = bad[0]
+        total = loaded.model.state_dict()[name].numel()
+        more = f" (and {len(bad) - 1} other tensor(s): {', '.join(b for b, _ in bad[1:4])})" if len(bad) > 1 else ""
+        raise ModelLoadError(f"{printable_source(loaded.source)}: tensor {name} holds {n} non-finite value(s) "
+                             f"(NaN/Inf) of {total}{more}; the weights are broken (a diverged training run?)")
+
+
+def printable_source(source: str) -> str:
+    from alexnet_deploy.fileio import printable_path
+
+    return printable_path(source) if source else "the weights"
