@@ -138,26 +138,10 @@ def _arm_hwcaps() -> set[str] | None:
 
 
 def int8_kernel_family(isa: dict) -> str:
-    """The INT8 GEMM kernel family ONNX Runtime's MLAS dispatches to on CPUs with these features (inferred
-    from the flags, the order MLAS checks them in); "saturating" marks the u8s8 int16 pair-sum kernels."""
-    f = {k for k, v in isa.items() if v}
-    if "amx_int8" in f and "amx_tile" in f:
-        return "amx"
-    if "avx512_vnni" in f and "avx512bw" in f:
-        return "avx512-vnni"
-    if "avx_vnni" in f:
-        return "avx-vnni"
-    if "avx512bw" in f:
-        return "avx512bw (saturating u8s8)"
-    if "avx2" in f:
-        return "avx2 (saturating u8s8)"
-    if "i8mm" in f:
-        return "neon-i8mm"
-    if "asimddp" in f:
-        return "neon-dotprod"
-    if "asimd" in f:
-        return "neon"
-    return "generic"
+    """The INT8 GEMM kernel family for these features (runtime/cpu_features.int8_kernels, the one mapping)."""
+    from alexnet_deploy.runtime.cpu_features import int8_kernels
+
+    return int8_kernels(isa)
 
 
 def isa_features(cpuinfo: str | None = None, machine: str | None = None) -> dict:
