@@ -4,10 +4,13 @@
 # Builds (once, then cached) a Debian bookworm arm64 root with debootstrap, runs it under qemu-user-static
 # through binfmt_misc, installs '.[runtime,serve]' (+ [stream] when the project has it) there from PyPI's
 # aarch64 wheels, and checks, against the same model run by x86 ONNX Runtime on this host:
-#   1. alexnet-predict (FP32 and INT8 QDQ): logits within 1e-4 of x86's, same top-1, same JSON labels
-#   2. alexnet-stream on a short video: same per-frame top-1 as on x86 (skipped, saying why, without [stream])
-#   3. alexnet-bench --engine ort: runs, and its output is marked emulated
-#   4. alexnet-serve: one classify request answered with the same label as alexnet-predict
+#   1. alexnet-predict (FP32 and INT8 QDQ): logits within tolerance of x86's (FP32 1e-4; INT8 a few of the
+#      last layer's quantization steps, from the model's scales), same top-1, same JSON labels
+#   2. alexnet-verify: a deployment folder built on this x86 host by alexnet-deploy (digits-trained checkpoint,
+#      FP32/FP16/INT8 ONNX, golden set) passes every gate on aarch64 with [runtime] only
+#   3. alexnet-stream on a short video: same per-frame top-1 as on x86 (skipped, saying why, without [stream])
+#   4. alexnet-bench --engine ort: runs, and its output is marked emulated
+#   5. alexnet-serve: one classify request answered with the same label as alexnet-predict
 # Needs root (debootstrap, chroot, mount) and network access to Debian and PyPI. Exits non-zero on the first
 # failure with one line saying what failed; prints the time each stage took.
 #
@@ -153,11 +156,28 @@ for m in c10 c10-int8; do
         || die "alexnet-predict $m.onnx on aarch64"
     inside python /src/scripts/aarch64_reference.py logits "$INNER/$m.onnx" "$INNER/images" "$INNER/$m.arm64.json" || die "aarch64 logits for $m"
     "$HOST_PY" "$REPO/scripts/aarch64_reference.py" compare "$WORK/$m.x86.json" "$WORK/$m.arm64.json" \
-        "$WORK/$m.predict.arm64.json" || die "$m: aarch64 logits differ from x86's"
+        "$WORK/$m.predict.arm64.json" "$WORK/$m.onnx" || die "$m: aarch64 logits differ from x86's"
 done
 stage "alexnet-predict fp32 + int8 (aarch64)"
 
-# ------------------------------------------------------------------------------------- 2. alexnet-stream
+# -------------------------------------------------- 2. alexnet-verify of a deployment folder built on x86
+# A trained model (random weights make near-tied logits, which say nothing about accuracy), deployed here with
+# its golden set; the folder is copied as a user would copy it to a Jetson, and verified there torch-free.
+"$HOST_BIN/alexnet-train" --variant cifar10 --dataset digits --epochs 30 --seed 0 --no-progress \
+    -o "$WORK/digits.pt" >"$WORK/train.log" 2>&1 || { tail -5 "$WORK/train.log" >&2; die "alexnet-train on the host"; }
+"$HOST_BIN/alexnet-deploy" --weights "$WORK/digits.pt" --out "$WORK/built-on-x86" --targets onnx \
+    --batch-sizes 1,8 --bench-duration-s 0.5 --no-roofline --no-sensitivity --parity-images 300 \
+    --calib-images 256 >"$WORK/deploy.log" 2>&1 || { tail -8 "$WORK/deploy.log" >&2; die "alexnet-deploy on the host"; }
+"$HOST_BIN/alexnet-verify" "$WORK/built-on-x86" --json "$WORK/verify.x86.json" >"$WORK/verify.x86.txt" 2>&1 \
+    || { cat "$WORK/verify.x86.txt" >&2; die "alexnet-verify of the x86-built folder on x86 itself"; }
+cp -a "$WORK/built-on-x86" "$WORK/deploy-copy"  # another path: the folder must not depend on where it was built
+inside alexnet-verify "$INNER/deploy-copy" --json "$INNER/verify.arm64.json" | tee "$WORK/verify.arm64.txt" \
+    || die "alexnet-verify of the x86-built deployment folder on aarch64"
+"$HOST_PY" "$REPO/scripts/aarch64_reference.py" verified "$WORK/verify.arm64.json" aarch64 \
+    || die "alexnet-verify on aarch64"
+stage "alexnet-verify x86-built folder (aarch64)"
+
+# ------------------------------------------------------------------------------------- 3. alexnet-stream
 if [ -z "$STREAM_SKIP" ]; then
     "$HOST_BIN/alexnet-stream" "$WORK/c10.onnx" "$WORK/digits.mkv" --jsonl "$WORK/stream.x86.jsonl" \
         --no-progress >/dev/null 2>"$WORK/stream.x86.err" || { cat "$WORK/stream.x86.err" >&2; die "alexnet-stream on x86"; }
@@ -172,7 +192,7 @@ else
     echo "check-aarch64: SKIPPED alexnet-stream: $STREAM_SKIP"
 fi
 
-# -------------------------------------------------------------------------------------- 3. alexnet-bench
+# -------------------------------------------------------------------------------------- 4. alexnet-bench
 inside alexnet-bench "$INNER/c10.onnx" --engine ort --batch-sizes 1,8 --duration-s 2 --warmup-ms 200 \
     --no-roofline --json "$INNER/bench.json" | tee "$WORK/bench.txt" || die "alexnet-bench on aarch64"
 grep -q "EMULATED" "$WORK/bench.txt" || die "alexnet-bench did not mark its rows emulated"
@@ -180,7 +200,7 @@ grep -q "EMULATED" "$WORK/bench.txt" || die "alexnet-bench did not mark its rows
     "$WORK/bench.json" || die "bench JSON lacks machine.emulated"
 stage "alexnet-bench --engine ort (aarch64)"
 
-# -------------------------------------------------------------------------------------- 4. alexnet-serve
+# -------------------------------------------------------------------------------------- 5. alexnet-serve
 PORT=$("$HOST_PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 inside alexnet-serve "$INNER/c10.onnx" --host 127.0.0.1 --port "$PORT" >"$WORK/serve.log" 2>&1 &
 SERVER_PID=$!
