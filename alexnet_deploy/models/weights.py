@@ -165,6 +165,12 @@ def _load_imagenet(variant: str, num_classes: int | None) -> tuple[dict, dict, s
     return state, meta, sha256_file(cached)
 
 
+def _is_keras(weights: str) -> bool:
+    from alexnet_deploy.models.keras_h5 import is_keras_file
+
+    return is_keras_file(weights)
+
+
 def load_model(variant: str | None = None, weights: str = "random", *, num_classes: int | None = None,
                class_names: list[str] | None = None, seed: int = 0, softmax: bool = False) -> LoadedModel:
     """Build a variant and load ``weights``: ``random`` (seeded), ``imagenet``, or a file path."""
@@ -181,6 +187,10 @@ def load_model(variant: str | None = None, weights: str = "random", *, num_class
     if weights == "imagenet":
         variant = variant or "torchvision"
         state, meta, sha = _load_imagenet(variant, num_classes)
+    elif _is_keras(weights):  # .keras / .h5 / .weights.h5: h5py only, matched onto a variant (models/keras_h5.py)
+        from alexnet_deploy.models.keras_h5 import load_keras_model
+
+        return load_keras_model(weights, variant, num_classes=num_classes, class_names=class_names, softmax=softmax)
     else:
         path = Path(weights)
         state, meta = _read_file(path)
