@@ -26,7 +26,8 @@ class ModelMetadata:
     precision: str = "fp32"  # fp32 | fp16 | int8
     io_dtype: str = "float32"
     # What the graph's input expects: "float-nchw" (normalized float, the default), or raw pixels with the
-    # normalization inside the graph ("uint8-nhwc", "float-0-255"); see runtime.preprocess.model_batch.
+    # normalization inside the graph ("uint8-nhwc", "float-0-255"), or normalized float channels last
+    # ("float-nhwc": Keras' own ONNX export); see runtime.preprocess.model_batch.
     input_format: str = "float-nchw"
     opset: int | None = None
     source_weights: str = ""
@@ -48,9 +49,9 @@ class ModelMetadata:
 
     @property
     def input_dims(self) -> tuple[int, int, int]:
-        """One item of the graph's input: (3, H, W), or (H, W, 3) for raw uint8 NHWC pixels (``input_format``)."""
+        """One item of the graph's input: (3, H, W), or (H, W, 3) for channels-last inputs (uint8-nhwc, float-nhwc)."""
         c, h, w = self.input_shape
-        return (h, w, c) if self.input_format == "uint8-nhwc" else (c, h, w)
+        return (h, w, c) if self.input_format in ("uint8-nhwc", "float-nhwc") else (c, h, w)
 
     @property
     def input_dtype(self) -> str:

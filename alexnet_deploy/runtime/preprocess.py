@@ -116,7 +116,8 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
 RESIZE_MODES = ("default", "stretch")
 # The graph input a model takes (ModelMetadata.input_format): normalized float NCHW (the default), or raw RGB
 # pixels at the input size with scale/normalize (and layout) as explicit nodes in the graph.
-INPUT_FORMATS = ("float-nchw", "uint8-nhwc", "float-0-255")
+# "float-nhwc": the same normalized floats, channels last (Keras' own ONNX export, model.export(format="onnx")).
+INPUT_FORMATS = ("float-nchw", "uint8-nhwc", "float-0-255", "float-nhwc")
 
 
 def stretch(img: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
@@ -152,6 +153,8 @@ def pixels_as_input(pixels: np.ndarray, input_format: str, prep: Preprocessing) 
         return np.ascontiguousarray(pixels, dtype=np.uint8)
     if input_format == "float-0-255":
         return np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8).transpose(0, 3, 1, 2), dtype=np.float32)
+    if input_format == "float-nhwc":  # normalize_pixels' values (same ops, same order), left channels last
+        return np.ascontiguousarray(np.moveaxis(normalize_pixels(pixels, prep), -3, -1))
     raise UserInputError(f"model input format {input_format!r} is not supported by this version of alexnet-deploy "
                          f"(known: {', '.join(INPUT_FORMATS)})")
 
