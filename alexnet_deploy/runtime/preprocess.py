@@ -99,6 +99,47 @@ def resize_shorter(img: Image.Image, size: int, interpolation: str = "bilinear")
     return img.resize((new_w, new_h), _INTERPOLATION[interpolation])
 
 
+# Work bound for extreme aspect ratios. Resize(shorter side) -> CenterCrop upscales the short side first: a
+# 1 x 200,000 PNG (862 bytes, 0.2 MP) became 32 x 6.4 M pixels (614 MB) on a 32-pixel model and ~40 GB on the
+# 224 ones before the crop threw almost all of it away. Up to this aspect ratio of the resized image the exact
+# torchvision path runs (at most 4 x resize^2 pixels); beyond it only the crop window is resampled (PIL's
+# ``resize(box=...)``), so the work is bounded by the model's input size, not by what the client sent.
+EXACT_MAX_ASPECT = 4
+_SUPPORT = {"nearest": 0.5, "bilinear": 1.0, "bicubic": 2.0, "lanczos": 3.0}  # PIL's filter half-widths
+
+
+def resize_center_crop(img: Image.Image, size: int, crop: int, interpolation: str = "bilinear") -> Image.Image:
+    """``center_crop(resize_shorter(img, size), crop)`` with work bounded by ``crop`` and ``size``.
+
+    The two-step form (so torchvision's pixels) while the resized image's long side is at most
+    ``EXACT_MAX_ASPECT x size``. Beyond that only the crop window of the long side (plus the filter's reach) is
+    resampled, with the same filter and scale; values may then differ from the two-step form by the rounding
+    of PIL's intermediate pass (at most 2 levels on photo strips, up to ~20 on random noise with bicubic).
+    """
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+    if new_long <= EXACT_MAX_ASPECT * size or new_w < crop or new_h < crop:
+        return center_crop(resize_shorter(img, size, interpolation), crop)
+    start = int(round((new_long - crop) / 2.0))  # the crop window on the long axis, in resized pixels
+    scale = long / new_long  # source pixels per resized pixel
+    reach = _SUPPORT[interpolation] * max(scale, 1.0) + 1.0  # source pixels the filter touches either side
+    margin = int(reach / scale) + 2  # ... in resized pixels: PIL treats a box's edges as the image's edges
+    lo, hi = max(0, start - margin), min(new_long, start + crop + margin)
+    # the source rows (columns) the window needs, cut first: PIL takes the box as 32-bit floats, and a far
+    # offset shifts the filter visibly
+    a, b = max(0, int(lo * scale - reach) - 2), min(long, int(hi * scale + reach) + 3)
+    resample = _INTERPOLATION[interpolation]
+    if h > w:
+        window = img.crop((0, a, w, b)).resize((new_w, hi - lo), resample, box=(0, lo * scale - a, w, hi * scale - a))
+        left = int(round((new_w - crop) / 2.0))
+        return window.crop((left, start - lo, left + crop, start - lo + crop))
+    window = img.crop((a, 0, b, h)).resize((hi - lo, new_h), resample, box=(lo * scale - a, 0, hi * scale - a, h))
+    top = int(round((new_h - crop) / 2.0))
+    return window.crop((start - lo, top, start - lo + crop, top + crop))
+
+
 def center_crop(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     if w < size or h < size:  # torchvision pads with zeros first
@@ -129,7 +170,7 @@ def model_pixels(img: Image.Image, prep: Preprocessing, resize: str = "default")
     """One PIL image -> uint8 RGB pixels (crop, crop, 3) at the model's input size."""
     img = to_rgb(img)
     if resize == "default":
-        img = center_crop(resize_shorter(img, prep.resize, prep.interpolation), prep.crop)
+        img = resize_center_crop(img, prep.resize, prep.crop, prep.interpolation)
     elif resize == "stretch":
         img = stretch(img, prep.crop, prep.interpolation)
     else:
