@@ -64,6 +64,21 @@ def parity_cmd(candidate, engine, golden, reference, variant, dataset, num_image
                                    precision=None if precision == "auto" else precision, tolerances=parse_overrides(tol))
         _finish(report, json_path, junit_path, preprocess)
         return
+    keras_golden = _keras_reference(candidate, reference)  # imported Keras models: Keras' own outputs
+    if keras_golden is not None and dataset is None:
+        from alexnet_deploy.parity.verify import check_with_golden
+
+        report = check_with_golden(candidate, keras_golden, engine=engine,
+                                   precision=None if precision == "auto" else precision, tolerances=parse_overrides(tol))
+        report.reference = f"Keras' own outputs ({keras_golden})"
+        _finish(report, json_path, junit_path, preprocess)
+        return
+    adopted = _adopted_source(candidate) if reference is None else None
+    if adopted is not None:  # an ONNX model from elsewhere: against its own outputs (the original file, ORT CPU)
+        report = _parity_against_onnx(candidate, adopted, engine, dataset, num_images, random_samples, precision,
+                                      parse_overrides(tol), preprocess)
+        _finish(report, json_path, junit_path, preprocess)
+        return
     report = check_parity(candidate, engine=engine, reference=reference, variant=variant,
                           dataset=None if dataset == "none" else (dataset or "auto"), num_images=num_images,
                           random_samples=random_samples, precision=precision,
@@ -87,3 +102,108 @@ def _finish(report, json_path, junit_path, preprocess) -> None:
         click.echo(f"error: parity gate failed ({len(report.failures)} failing metric(s))", err=True)
         sys.exit(1)
     click.echo("parity: PASS")
+
+
+def _candidate_meta(candidate):
+    if not str(candidate).lower().endswith(".onnx"):
+        return None
+    from alexnet_deploy.errors import AlexnetDeployError
+    from alexnet_deploy.runtime.metadata import read_onnx_metadata
+
+    try:
+        return read_onnx_metadata(candidate)
+    except AlexnetDeployError:
+        return None  # check_parity reports it
+
+
+def _keras_reference(candidate, reference):
+    """The Keras reference folder: next to ``--reference MODEL.keras``, or recorded in the candidate's metadata."""
+    import os
+
+    from alexnet_deploy.errors import UserInputError
+
+    if reference is not None:
+        from alexnet_deploy.models.keras_h5 import is_keras_file
+        from alexnet_deploy.models.keras_reference import default_reference_dir
+
+        if is_keras_file(reference):
+            folder = default_reference_dir(reference)
+            if folder.is_dir():
+                return folder
+            click.echo(f"note: no Keras outputs next to {reference} (alexnet-export keras-reference writes them); "
+                       "the reference is its PyTorch port")
+        return None
+    meta = _candidate_meta(candidate)
+    rec = (meta.extra.get("keras_reference") if meta is not None else None) or None
+    if not isinstance(rec, dict):
+        return None
+    here = os.path.dirname(os.path.realpath(candidate))
+    for p in (os.path.join(here, str(rec.get("path", ""))), rec.get("absolute")):
+        if p and os.path.isdir(p):
+            return p
+    raise UserInputError(f"{candidate} was gated against Keras' outputs in {rec.get('path')}, which is not here; "
+                         "copy that folder next to the model or pass --reference MODEL.keras")
+
+
+def _adopted_source(candidate):
+    import os
+
+    meta = _candidate_meta(candidate)
+    if meta is None or "adopted_from" not in meta.extra:
+        return None
+    from alexnet_deploy.errors import ModelLoadError
+    from alexnet_deploy.fileio import sha256_file
+    from alexnet_deploy.parity.run import _candidate_paths
+
+    found = [p for p in _candidate_paths(meta, candidate, None) if os.path.isfile(p)]
+    for p in found:
+        if not meta.source_sha256 or sha256_file(p) == meta.source_sha256:
+            return p
+    raise ModelLoadError(f"the original ONNX model {meta.source_weights!r} recorded in {candidate} is "
+                         + ("changed (sha256 differs)" if found else "not here") + "; parity compares with it")
+
+
+class _LayoutAdapter:
+    """A reference runner fed what parity feeds references (normalized float NCHW) for a model that takes
+    another layout of the same values (float-nhwc)."""
+
+    def __init__(self, runner):
+        self.runner, self.metadata = runner, runner.metadata
+
+    def describe(self) -> str:
+        return self.runner.describe()
+
+    def infer_batches(self, x, batch_size):
+        import numpy as np
+
+        if self.metadata.input_format == "float-nhwc":
+            x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+        return self.runner.infer_batches(x, batch_size)
+
+
+def _parity_against_onnx(candidate, source, engine, dataset, num_images, random_samples, precision, tol, preprocess):
+    from alexnet_deploy.benchmarks.machine import machine_info
+    from alexnet_deploy.errors import UserInputError
+    from alexnet_deploy.fileio import printable_path
+    from alexnet_deploy.parity.run import run_parity
+    from alexnet_deploy.parity.sets import parity_sets
+    from alexnet_deploy.parity.tolerances import tolerances_for
+    from alexnet_deploy.runtime.metadata import read_onnx_metadata
+    from alexnet_deploy.runtime.runners.factory import open_runner
+    from alexnet_deploy.runtime.runners.ort import OrtRunner
+
+    runner = open_runner(candidate, engine)
+    meta = runner.metadata
+    ref_meta = read_onnx_metadata(candidate)  # the original takes what the adopted FP32 model took
+    if ref_meta.input_format not in ("float-nchw", "float-nhwc"):
+        raise UserInputError(f"parity against the original ONNX needs a normalized-float input, not "
+                             f"{ref_meta.input_format}; pass --reference")
+    prec = meta.precision if precision == "auto" else precision
+    sets = parity_sets(meta, None if dataset == "none" else (dataset or "auto"), num_images, random_samples,
+                       resize=preprocess)
+    with runner, OrtRunner(source, ref_meta) as ref:
+        report = run_parity(runner, _LayoutAdapter(ref), sets, tolerances_for(prec, tol), prec)
+    report.candidate = f"{printable_path(candidate)} [{runner.describe()}]"
+    report.reference = f"its own outputs: {printable_path(source)} on ONNX Runtime CPU"
+    report.machine = machine_info(None)
+    return report

@@ -62,7 +62,8 @@ def _prepend(graph: onnx.GraphProto, nodes: list, new_input: onnx.ValueInfoProto
 
 def add_pixel_input(model: onnx.ModelProto, meta: ModelMetadata, input_format: str) -> tuple[onnx.ModelProto, ModelMetadata]:
     """A model taking normalized float (N, 3, H, W) -> one taking raw RGB pixels: ``uint8-nhwc`` (N, H, W, 3)
-    uint8, or ``float-0-255`` (N, 3, H, W) float32 in 0..255. Adds Cast/Transpose (uint8 only) and
+    uint8, or ``float-0-255`` (N, 3, H, W) float32 in 0..255 (or ``float-nhwc``: the normalized floats channels
+    last, one Transpose). Adds Cast/Transpose (uint8 only) and
     Div(255) -> Sub(mean) -> Div(std) as explicit nodes; returns the new model and its metadata."""
     if input_format not in INPUT_FORMATS:
         raise UserInputError(f"unknown input format {input_format!r}; choose one of {', '.join(INPUT_FORMATS)}")
@@ -80,6 +81,13 @@ def add_pixel_input(model: onnx.ModelProto, meta: ModelMetadata, input_format: s
     n = _batch_dim(old)
     new_name = _unique(g, PIXEL_INPUT)
     nodes, x = [], new_name
+    if input_format == "float-nhwc":  # normalized floats channels last: one Transpose, no normalization nodes
+        new = helper.make_tensor_value_info(new_name, TensorProto.FLOAT, [n, h, w, 3])
+        nodes = [helper.make_node("Transpose", [x], [old.name], name=_unique(g, "InputToNCHW"), perm=[0, 3, 1, 2])]
+        _prepend(g, nodes, new, old.name)
+        extra = {**meta.extra, "pixel_input": {"normalized_tensor": old.name, "nodes": [nodes[0].name],
+                                               "initializers": []}}
+        return model, replace(meta, input_name=new_name, input_format=input_format, extra=extra)
     if input_format == "uint8-nhwc":
         new = helper.make_tensor_value_info(new_name, TensorProto.UINT8, [n, h, w, 3])
         cast, nchw = _unique(g, "pixels_float"), _unique(g, "pixels_nchw")
@@ -221,3 +229,59 @@ def check(model: onnx.ModelProto, what: str) -> None:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
         raise ExportError(f"onnx.checker rejected the {what}: {str(exc).splitlines()[0][:300]}") from None
+
+
+# ------------------------------------------------------------------------------------ ONNX from elsewhere
+
+ADOPTABLE_FORMATS = ("float-nchw", "float-nhwc", "uint8-nhwc", "float-0-255")
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in vi.type.tensor_type.shape.dim]
+
+
+def adopt_onnx(model: onnx.ModelProto, meta: ModelMetadata, source: str) -> tuple[onnx.ModelProto, ModelMetadata]:
+    """An ONNX model made elsewhere (Keras' ``model.export(format="onnx")``, tf2onnx, ...) with ``meta`` stamped
+    on it after checking that its one input and one output are what ``meta`` describes: layout and size
+    (``meta.input_format``), dtype and class count. The graph itself is kept as it is; a last Softmax makes the
+    output ``probabilities``. Raises one line naming what differs."""
+    from alexnet_deploy.runtime.metadata import PREFIX
+
+    if any(p.key.startswith(PREFIX) for p in model.metadata_props):
+        raise UserInputError(f"{source} already carries alexnet-deploy metadata; use it as it is")
+    if meta.input_format not in ADOPTABLE_FORMATS:
+        raise UserInputError(f"--input-format {meta.input_format} is not one of {', '.join(ADOPTABLE_FORMATS)}")
+    model = copy.deepcopy(model)
+    g = model.graph
+    try:
+        inp = _only_input(g)
+    except ExportError as exc:
+        raise UserInputError(f"{source}: {exc}") from None
+    if len(g.output) != 1:
+        raise UserInputError(f"{source}: expected a model with one output, found {len(g.output)}")
+    out = g.output[0]
+    want_dtype = TensorProto.UINT8 if meta.input_format == "uint8-nhwc" else TensorProto.FLOAT
+    if inp.type.tensor_type.elem_type != want_dtype:
+        got = TensorProto.DataType.Name(inp.type.tensor_type.elem_type)
+        raise UserInputError(f"{source}: input {inp.name!r} is {got}, --input-format {meta.input_format} means "
+                             f"{TensorProto.DataType.Name(want_dtype)}")
+    dims = _dims(inp)
+    want = list(meta.input_dims)
+    if len(dims) != 4 or [d for d in dims[1:]] != want:
+        hint = ""
+        if len(dims) == 4 and sorted(map(str, dims[1:])) == sorted(map(str, want)):
+            hint = f"; the layout is the other one: --input-format {'float-nhwc' if dims[-1] == 3 else 'float-nchw'}"
+        raise UserInputError(f"{source}: input {inp.name!r} has shape {dims}, --input-format {meta.input_format} with "
+                             f"input size {meta.preprocessing.crop} means (N, {', '.join(map(str, want))}){hint}")
+    odims = _dims(out)
+    if len(odims) != 2 or (isinstance(odims[1], int) and odims[1] != meta.num_classes):
+        raise UserInputError(f"{source}: output {out.name!r} has shape {odims}, expected (N, {meta.num_classes}) for "
+                             f"{meta.num_classes} classes")
+    last = next((nd for nd in g.node if out.name in nd.output), None)
+    kind = "probabilities" if last is not None and last.op_type == "Softmax" else "logits"
+    batch = dims[0] if isinstance(dims[0], int) else None
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    extra = {**meta.extra, "adopted_from": {"producer": f"{model.producer_name} {model.producer_version}".strip(),
+                                            "input": inp.name, "output": out.name}}
+    return model, replace(meta, input_name=inp.name, output_name=out.name, output_kind=kind, batch=batch,
+                          opset=opset, extra=extra)

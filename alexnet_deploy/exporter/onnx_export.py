@@ -45,6 +45,9 @@ class ExportOptions:
     dataset: str = "auto"
     tolerance_overrides: dict = field(default_factory=dict)
     input_format: str = "float-nchw"  # or raw pixels with normalization in the graph (exporter.input_format)
+    # Keras imports: the folder of Keras' own outputs to gate against (None: MODEL.keras-reference next to the
+    # Keras file when it exists; "none": skip). See models/keras_reference.py.
+    keras_reference: str | None = None
 
 
 @dataclass
@@ -198,6 +201,7 @@ def export_onnx(loaded: LoadedModel, output: str | Path, opts: ExportOptions | N
         from alexnet_deploy.exporter.input_format import add_pixel_input
 
         proto, metadata = add_pixel_input(proto, metadata, opts.input_format)
+    keras_ref = _keras_reference(loaded, metadata, opts, output)
     set_metadata(proto, metadata)
     proto.producer_name, proto.producer_version = "alexnet-deploy", metadata.versions["alexnet_deploy"]
     try:
@@ -213,7 +217,38 @@ def export_onnx(loaded: LoadedModel, output: str | Path, opts: ExportOptions | N
             if not report.passed:
                 raise ParityError(
                     f"exported model disagrees with PyTorch; {output} was not written:\n{report.table()}", report)
+        if keras_ref is not None:  # an imported Keras model: the reference is Keras itself, not our port
+            from alexnet_deploy.models.keras_reference import check_against_reference
+
+            kreport = check_against_reference(str(tmp), metadata, keras_ref, output.name)
+            if not kreport.passed:
+                raise ParityError(f"exported model disagrees with Keras' own outputs ({keras_ref}); {output} was "
+                                  f"not written:\n{kreport.table()}", kreport)
+            if report is not None:
+                report.sets.extend(kreport.sets)
+            else:
+                report = kreport
     return ExportResult(output, metadata, report, folded, simplified, sha256_bytes(data))
+
+
+def _keras_reference(loaded: LoadedModel, metadata: ModelMetadata, opts: ExportOptions, output: Path):
+    """Keras imports: record what was imported in the metadata; the Keras reference folder to gate against."""
+    if loaded.info.get("preprocessing_from"):  # --mean/--std/--input-size, Keras layers, or variant defaults
+        metadata.extra["preprocessing_from"] = loaded.info["preprocessing_from"]
+    if "keras" not in loaded.info:
+        return None
+    from alexnet_deploy.models.keras_reference import find_reference
+
+    metadata.extra["keras"] = loaded.info["keras"]
+    folder = find_reference(loaded, opts.keras_reference) if opts.check or opts.keras_reference else None
+    if folder is not None:
+        from alexnet_deploy.fileio import sha256_file
+        from alexnet_deploy.parity.golden import MANIFEST
+
+        metadata.extra["keras_reference"] = {
+            "path": os.path.relpath(os.path.realpath(folder), os.path.realpath(output.parent)),
+            "absolute": os.path.realpath(folder), "manifest_sha256": sha256_file(folder / MANIFEST)}
+    return folder
 
 
 def _source_file(loaded: LoadedModel) -> str | None:

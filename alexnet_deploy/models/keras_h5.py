@@ -165,6 +165,33 @@ def _inbound(nodes) -> list[str]:
     return names
 
 
+def _snake(name: str) -> str:
+    """keras.src.utils.naming.to_snake_case."""
+    import re
+
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _store_names(specs: list[tuple[str, str, dict]], sequential: bool) -> dict[str, str]:
+    """Layer name -> its group in a Keras 3 weight store. Keras addresses layers there by class, not by name
+    (``conv2d``, ``conv2d_1``, ... in ``model.layers`` order; a Sequential's InputLayer is not in that list)."""
+    used: dict[str, int] = {}
+    out = {}
+    for name, cls, _ in specs:
+        if sequential and cls == "InputLayer":
+            continue
+        base = _snake(cls)
+        if base in used:
+            used[base] += 1
+            out[name] = f"{base}_{used[base]}"
+        else:
+            used[base] = 0
+            out[name] = base
+    return out
+
+
 def _vars_v3(group) -> dict[str, list[np.ndarray]]:
     """Keras 3 weight store: ``layers/<name>/vars/<i>`` -> {name: [arrays in order]} (nested layers ignored)."""
     out = {}
@@ -267,7 +294,9 @@ def _read_keras_zip(path: Path) -> KerasFile:
         raise ModelLoadError(f"cannot read {path} as a .keras file: {str(exc).splitlines()[0][:160]}") from None
     specs, input_shape = _config_layers(config, path)
     with _open_h5(io.BytesIO(data), path) as f:
-        weights = _vars_v3(f)
+        stored = _vars_v3(f)
+    keys = _store_names(specs, config.get("class_name") == "Sequential")
+    weights = {name: stored.get(keys.get(name, name), []) for name, _, _ in specs}
     return _assemble(path, specs, weights, input_shape, "keras", str(meta.get("keras_version", "")))
 
 
@@ -366,6 +395,7 @@ def _keras_ops(kf: KerasFile) -> tuple[list[Op], _Prep | None, str]:
     ops: list[Op] = []
     prep: _Prep | None = None
     fmt = None
+    pending_pad = None  # (layer, (pad_h, pad_w)) of a ZeroPadding2D waiting for its Conv2D
     for layer in kf.layers:
         c, cls = layer.config, layer.cls
         if cls in _NO_OPS or cls == "Weightless":
@@ -376,6 +406,18 @@ def _keras_ops(kf: KerasFile) -> tuple[list[Op], _Prep | None, str]:
                 continue
             prep = _fold_prep(prep, layer, kf.path)
             continue
+        if cls == "ZeroPadding2D":  # + Conv2D(valid): PyTorch's padded convolution
+            pd = c.get("padding", 1)
+            pd = [_pair(v) for v in pd] if isinstance(pd, (list, tuple)) and isinstance(pd[0], (list, tuple)) \
+                else [(v, v) for v in _pair(pd)]
+            if pd[0][0] != pd[0][1] or pd[1][0] != pd[1][1] or pending_pad is not None:
+                ops.append(Op("other", ("asymmetric padding",), layer, layer.where()))
+            else:
+                pending_pad = (layer, (pd[0][0], pd[1][0]))
+            continue
+        if pending_pad is not None and cls != "Conv2D":
+            ops.append(Op("other", ("ZeroPadding2D",), pending_pad[0], pending_pad[0].where()))
+            pending_pad = None
         if cls == "Conv2D":
             f = c.get("data_format") or "channels_last"
             fmt = fmt or f
@@ -387,12 +429,16 @@ def _keras_ops(kf: KerasFile) -> tuple[list[Op], _Prep | None, str]:
             if c.get("_weights_only"):
                 params = "*"  # no config: strides and padding unknown; the shape chain is checked when mapping
             elif pad == "valid":
-                params = (int(c["filters"]), *k, *s, 0, 0, int(c.get("groups", 1)), *d)
+                extra = pending_pad[1] if pending_pad is not None else (0, 0)
+                params = (int(c["filters"]), *k, *s, *extra, int(c.get("groups", 1)), *d)
             elif pad == "same" and s == (1, 1) and k[0] % 2 and k[1] % 2:
                 params = (int(c["filters"]), *k, *s, (k[0] - 1) // 2 * d[0], (k[1] - 1) // 2 * d[1],
                           int(c.get("groups", 1)), *d)
             else:  # strided or even-kernel "same": Keras pads asymmetrically, which no variant does
                 params = (int(c["filters"]), *k, *s, f"same (asymmetric)")
+            if pending_pad is not None and pad != "valid":
+                params = (int(c["filters"]), *k, *s, "ZeroPadding2D before a padded Conv2D")
+            pending_pad = None
             ops.append(Op("conv", params, layer, layer.where()))
             ops += _activation_ops(c.get("activation"), layer)
         elif cls == "Dense":

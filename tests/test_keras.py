@@ -1,0 +1,307 @@
+"""Keras users come in (issue 22): real Keras 3 files (torch backend, no TensorFlow) built here, read back with
+h5py only, exported, and compared with Keras' own ``model.predict``."""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+keras = pytest.importorskip("keras", reason="keras 3 is in the [keras] test extra: pip install 'alexnet-deploy[keras]'")
+h5py = pytest.importorskip("h5py", reason="h5py is in the [keras] extra")
+pytest.importorskip("onnxruntime")
+from click.testing import CliRunner  # noqa: E402
+from keras import layers  # noqa: E402
+
+from alexnet_deploy.cli.export import export_group  # noqa: E402
+from alexnet_deploy.cli.parity import parity_cmd  # noqa: E402
+
+if keras.backend.backend() != "torch":  # pragma: no cover - KERAS_BACKEND was set elsewhere
+    pytest.skip("these tests run Keras on its torch backend", allow_module_level=True)
+
+MEAN, STD = "0.5,0.45,0.4", "0.25,0.25,0.3"
+TOL = 1e-5  # max abs probability error against keras_model.predict (issue 22)
+
+
+def _bn_twin(conv4_kernel: int = 1):
+    """The issue's Keras AlexNet (the bn variant's twin), weights seeded, BatchNorm statistics that make the
+    epsilon and the Flatten order matter, outputs not saturated."""
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([
+        keras.Input((128, 128, 3)),
+        layers.Conv2D(96, 11, strides=4, activation="relu", padding="valid"), layers.BatchNormalization(),
+        layers.MaxPool2D(3, 2),
+        layers.Conv2D(256, 5, padding="same", activation="relu"), layers.BatchNormalization(), layers.MaxPool2D(3, 2),
+        layers.Conv2D(384, 3, padding="same", activation="relu"), layers.BatchNormalization(),
+        layers.Conv2D(384, conv4_kernel, padding="same", activation="relu"), layers.BatchNormalization(),
+        layers.Conv2D(256, 1, padding="same", activation="relu"), layers.BatchNormalization(), layers.MaxPool2D(3, 2),
+        layers.Flatten(), layers.Dense(4096, activation="relu"), layers.Dropout(0.5),
+        layers.Dense(4096, activation="relu"), layers.Dropout(0.5), layers.Dense(10, activation="softmax"),
+    ])
+    _realistic(m, small_variance_layer=2)
+    return m
+
+
+def _realistic(m, small_variance_layer: int):
+    rng = np.random.default_rng(0)
+    bns = [lay for lay in m.layers if isinstance(lay, layers.BatchNormalization)]
+    for i, bn in enumerate(bns):
+        c = bn.get_weights()[0].shape[0]
+        var = rng.uniform(1e-3, 1e-2, c) if i == small_variance_layer else rng.uniform(0.5, 2.0, c)
+        bn.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c), var])
+    last = m.layers[-1]
+    x = rng.integers(0, 256, (4, *m.input_shape[1:])).astype("float32") / 255.0
+    for _ in range(8):  # shrink the head until the probabilities are far from one-hot
+        if m.predict(x, verbose=0).max(axis=1).mean() < 0.8:
+            break
+        w, b = last.get_weights()
+        last.set_weights([w * 0.2, b])
+
+
+@pytest.fixture(scope="module")
+def bn_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keras_bn")
+    m = _bn_twin()
+    m.save(d / "alexnet_bn.keras")
+    m.save(d / "alexnet_bn.h5")
+    return m, d
+
+
+def _keras_in(pixels, mean=MEAN, std=STD):
+    mean = np.array([float(v) for v in mean.split(",")], np.float32)
+    std = np.array([float(v) for v in std.split(",")], np.float32)
+    return (pixels.astype(np.float32) / np.float32(255.0) - mean) / std
+
+
+def _invoke(cmd, args):
+    return CliRunner().invoke(cmd, [str(a) for a in args], catch_exceptions=False)
+
+
+def _one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), result.stderr
+    for n in needles:
+        assert n in err[0], err[0]
+    return err[0]
+
+
+def _nothing_written(folder, names=()):
+    leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".") or p.name in names]
+    assert not leftovers, leftovers
+
+
+def test_keras_and_h5_match_keras_predict(bn_files, tmp_path):
+    """.keras: keras-reference (Keras' outputs) -> export gated against them -> ONNX == model.predict;
+    .h5: the same weights through the legacy layout == model.predict."""
+    import onnxruntime as ort
+
+    from alexnet_deploy.models.weights import load_model
+
+    km, d = bn_files
+    r = _invoke(export_group, ["keras-reference", d / "alexnet_bn.keras", "--mean", MEAN, "--std", STD,
+                               "--num-images", 8])
+    assert r.exit_code == 0, r.output
+    ref_dir = d / "alexnet_bn.keras-reference"
+    assert json.loads((ref_dir / "manifest.json").read_text())["reference"]["engine"].startswith("keras 3")
+    out = tmp_path / "bn.onnx"
+    r = _invoke(export_group, ["onnx", "--weights", d / "alexnet_bn.keras", "--mean", MEAN, "--std", STD,
+                               "--dataset", "none", "-o", out])
+    assert r.exit_code == 0, r.output
+    assert "matched variant 'bn'" in r.output and "softmax output" in r.output
+    assert "Keras' own outputs" in r.output or "golden" in r.output
+    meta = {p.key: p.value for p in __import__("onnx").load(str(out), load_external_data=False).metadata_props}
+    assert json.loads(meta["alexnet_deploy.output_kind"]) == "probabilities"
+    extra = json.loads(meta["alexnet_deploy.extra"])
+    assert extra["keras_reference"]["path"] == os.path.relpath(ref_dir, tmp_path)
+    assert json.loads(meta["alexnet_deploy.preprocessing"])["mean"] == [0.5, 0.45, 0.4]
+
+    pixels = np.random.default_rng(1).integers(0, 256, (6, 128, 128, 3), dtype=np.uint8)
+    x = _keras_in(pixels)
+    want = km.predict(x, verbose=0)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
+    assert want.max(axis=1).mean() < 0.9  # not saturated: the comparison means something
+    assert np.abs(got - want).max() <= TOL
+
+    import torch
+
+    h5 = load_model(None, str(d / "alexnet_bn.h5"))
+    assert h5.variant == "bn" and h5.softmax and h5.info["keras"]["format"] == "h5"
+    with torch.no_grad():
+        got_h5 = h5.model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+    assert np.abs(got_h5 - want).max() <= TOL
+
+    # parity of the export: against Keras' outputs recorded in its metadata (no Keras, no PyTorch reference)
+    r = _invoke(parity_cmd, [out])
+    assert r.exit_code == 0, r.output
+    assert "Keras" in r.output and "parity: PASS" in r.output
+
+
+def test_changed_layer_is_one_line_naming_it(bn_files, tmp_path):
+    """A .keras whose 4th convolution is 3x3 instead of 1x1: one line naming that layer; nothing written."""
+    _, d = bn_files
+    changed = tmp_path / "changed.keras"
+    with zipfile.ZipFile(d / "alexnet_bn.keras") as src, zipfile.ZipFile(changed, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "config.json":
+                cfg = json.loads(data)
+                conv = [lay for lay in cfg["config"]["layers"] if lay["class_name"] == "Conv2D"][3]
+                conv["config"]["kernel_size"] = [3, 3]
+                data = json.dumps(cfg).encode()
+            dst.writestr(item, data)
+    out_dir = tmp_path / "out"
+    r = _invoke(export_group, ["onnx", "--weights", changed, "--mean", MEAN, "--std", STD, "-o", out_dir / "x.onnx"])
+    line = _one_line_error(r, "conv2d_3", "Conv2D(384, 3x3", "Conv2d(384, 1x1", "'bn'")
+    assert "layer 9" in line  # its position in the Keras layer list (the InputLayer is not listed)
+    assert not out_dir.exists()
+
+
+def _small_keras(path, *, rescale: bool, channels_first: bool = False, use_bias: bool = True, dense=10):
+    """The cifar10 variant's twin (ZeroPadding2D + valid conv = PyTorch's padded conv), 32x32."""
+    fmt = "channels_first" if channels_first else "channels_last"
+    kw = {"data_format": fmt}
+    keras.utils.set_random_seed(1)
+    stem = [layers.Rescaling(1 / 127.5, offset=-1.0), layers.Normalization(axis=1 if channels_first else -1,
+                                                                             mean=[0.1, -0.1, 0.0],
+                                                                             variance=[0.8, 1.2, 1.0])] if rescale else []
+    m = keras.Sequential([
+        keras.Input((3, 32, 32) if channels_first else (32, 32, 3)), *stem,
+        layers.ZeroPadding2D(5, **kw), layers.Conv2D(64, 11, strides=4, activation="relu", use_bias=use_bias, **kw),
+        layers.MaxPool2D(2, 2, **kw),
+        layers.Conv2D(192, 5, padding="same", activation="relu", **kw), layers.MaxPool2D(2, 2, **kw),
+        layers.Conv2D(384, 3, padding="same", activation="relu", **kw),
+        layers.Conv2D(256, 3, padding="same", activation="relu", use_bias=use_bias, **kw),
+        layers.Conv2D(256, 3, padding="same", activation="relu", **kw), layers.MaxPool2D(2, 2, **kw),
+        layers.Flatten(), layers.Dense(dense),
+    ])
+    m.save(path)
+    return m
+
+
+@pytest.mark.parametrize("channels_first,use_bias", [(False, True), (True, False)])
+def test_small_twin_rescaling_channels_first_no_bias(tmp_path, channels_first, use_bias):
+    """Rescaling + Normalization become the preprocessing; channels_first and use_bias=False map exactly."""
+    from alexnet_deploy.models.keras_reference import keras_inputs
+    from alexnet_deploy.models.weights import load_model
+    from alexnet_deploy.runtime.preprocess import normalize_pixels
+
+    import torch
+
+    path = tmp_path / "small.keras"
+    km = _small_keras(path, rescale=True, channels_first=channels_first, use_bias=use_bias)
+    (tmp_path / "small.labels.txt").write_text("\n".join(f"digit {i}" for i in range(10)) + "\n")
+    loaded = load_model(None, str(path))
+    assert loaded.variant == "cifar10" and not loaded.softmax
+    assert loaded.class_names[3] == "digit 3"
+    # (x/127.5 - 1 - m) / sqrt(v) == (x/255 - mean) / std
+    np.testing.assert_allclose(loaded.preprocessing.mean, (np.array([0.1, -0.1, 0.0]) + 1) / 2, rtol=1e-6)
+    np.testing.assert_allclose(loaded.preprocessing.std, np.sqrt([0.8, 1.2, 1.0]) / 2, rtol=1e-6)
+    pixels = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    want = km.predict(keras_inputs(pixels, loaded), verbose=0)
+    with torch.no_grad():
+        got = loaded.model(torch.from_numpy(normalize_pixels(pixels, loaded.preprocessing))).numpy()
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+    # --mean/--std on a model that normalizes itself is refused in one line
+    r = _invoke(export_group, ["onnx", "--weights", path, "--mean", "0", "--std", "1", "-o", tmp_path / "s.onnx"])
+    _one_line_error(r, "drop --mean/--std")
+
+
+def test_bad_keras_inputs_one_line_exit_2_nothing_written(tmp_path):
+    out_dir = tmp_path / "out"
+    # a .keras whose layers match no variant
+    m = keras.Sequential([keras.Input((32, 32, 3)), layers.Conv2D(8, 3, activation="relu"), layers.Flatten(),
+                          layers.Dense(10)])
+    m.save(tmp_path / "tiny.keras")
+    r = _invoke(export_group, ["onnx", "--weights", tmp_path / "tiny.keras", "--mean", "0", "--std", "1",
+                               "-o", out_dir / "a.onnx"])
+    _one_line_error(r, "tiny.keras matches no variant", "closest is")
+    # an .h5 with the model config but no weights
+    cfg = json.dumps(json.loads(zipfile.ZipFile(tmp_path / "tiny.keras").read("config.json")))
+    with h5py.File(tmp_path / "noweights.h5", "w") as f:
+        f.attrs["model_config"] = cfg
+        f.attrs["keras_version"] = "3.15.1"
+    r = _invoke(export_group, ["onnx", "--weights", tmp_path / "noweights.h5", "-o", out_dir / "b.onnx"])
+    _one_line_error(r, "noweights.h5", "no weights")
+    # HDF5, but not Keras
+    with h5py.File(tmp_path / "data.h5", "w") as f:
+        f["images"] = np.zeros((2, 3), np.float32)
+    r = _invoke(export_group, ["onnx", "--weights", tmp_path / "data.h5", "-o", out_dir / "c.onnx"])
+    _one_line_error(r, "data.h5", "not a Keras model")
+    # not HDF5 at all, named .h5
+    (tmp_path / "text.h5").write_text("hello")
+    r = _invoke(export_group, ["onnx", "--weights", tmp_path / "text.h5", "-o", out_dir / "d.onnx"])
+    _one_line_error(r, "text.h5")
+    assert not out_dir.exists()
+    _nothing_written(tmp_path)
+
+
+def test_weights_h5_needs_variant_and_matches(bn_files, tmp_path):
+    """model.save_weights(.weights.h5): no layer list, so --variant; the order Keras wrote is checked by shapes."""
+    from alexnet_deploy.models.weights import load_model
+
+    import torch
+
+    km, _ = bn_files
+    path = tmp_path / "alexnet_bn.weights.h5"
+    km.save_weights(path)
+    with pytest.raises(Exception, match="--variant"):
+        load_model(None, str(path))
+    loaded = load_model("bn", str(path), softmax=True)
+    x = _keras_in(np.random.default_rng(3).integers(0, 256, (2, 128, 128, 3), dtype=np.uint8))
+    with torch.no_grad():
+        got = loaded.model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+    assert np.abs(got - km.predict(x, verbose=0)).max() <= TOL
+
+
+def test_keras_onnx_export_through_float_nhwc(bn_files, tmp_path):
+    """Keras' own ONNX (NHWC float input, softmax, output '443'-style name): adopted with --input-format
+    float-nhwc, then predict and parity (against its own outputs) take it."""
+    from PIL import Image
+
+    from alexnet_deploy.cli.predict import predict_cmd
+
+    km, _ = bn_files
+    src = tmp_path / "keras_model.onnx"
+    km.export(str(src), format="onnx", verbose=False)
+    out = tmp_path / "adopted.onnx"
+    r = _invoke(export_group, ["onnx", "--weights", src, "--variant", "bn", "--input-format", "float-nchw",
+                               "--mean", MEAN, "--std", STD, "-o", out])
+    _one_line_error(r, "--input-format float-nhwc")  # the wrong layout is named, with the right one
+    assert not out.exists()
+    r = _invoke(export_group, ["onnx", "--weights", src, "--variant", "bn", "--input-format", "float-nhwc",
+                               "--mean", MEAN, "--std", STD, "-o", out])
+    assert r.exit_code == 0, r.output
+    assert "probabilities" in r.output
+    img = tmp_path / "img.png"
+    pixels = np.random.default_rng(4).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(img)
+    r = _invoke(predict_cmd, [out, img, "--json"])
+    assert r.exit_code == 0, r.output
+    top = json.loads(r.output)["results"][0]["top"][0]
+    want = km.predict(_keras_in(pixels[None]), verbose=0)[0]
+    assert top["label"] == f"class_{int(want.argmax())}"
+    assert abs(top["probability"] - float(want.max())) <= TOL
+    r = _invoke(parity_cmd, [out, "--dataset", "none", "--random-samples", "4"])
+    assert r.exit_code == 0, r.output
+    assert "parity: PASS" in r.output
+
+
+def test_our_export_float_nhwc_input(tmp_path):
+    """alexnet-export onnx --input-format float-nhwc on a PyTorch model: one Transpose in front, parity passes."""
+    out = tmp_path / "c.onnx"
+    r = _invoke(export_group, ["onnx", "--variant", "cifar10", "--input-format", "float-nhwc", "--dataset", "none",
+                               "--mean", "0.5", "--std", "0.25", "--interpolation", "bicubic", "-o", out])
+    assert r.exit_code == 0, r.output
+    from alexnet_deploy.runtime.metadata import read_onnx_metadata
+
+    meta = read_onnx_metadata(out)
+    assert meta.input_format == "float-nhwc" and meta.input_dims == (32, 32, 3)
+    assert meta.preprocessing.mean == (0.5, 0.5, 0.5) and meta.preprocessing.interpolation == "bicubic"
+    assert meta.extra["preprocessing_from"] == "--mean/--std --interpolation"
+    r = _invoke(export_group, ["onnx", "--variant", "cifar10", "--input-size", "64", "-o", tmp_path / "d.onnx"])
+    _one_line_error(r, "32x32")
