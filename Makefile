@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean check-aarch64
+.PHONY: demo test install clean check-aarch64 check-gpu
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 needed")'
@@ -32,6 +32,12 @@ test: $(STAMP)
 # network access to Debian and PyPI (see scripts/check_aarch64.sh and the README's Jetson section).
 check-aarch64: $(STAMP)
 	PYTHON=$(abspath $(PY)) bash scripts/check_aarch64.sh
+
+# The GPU half (scripts/check_gpu.sh, docs/gpu-check.md) on a machine with an NVIDIA GPU and the staged wheels,
+# offline; no venv: it runs with the interpreter that has torch (PYTHON, default python3). CHECK_GPU_ARGS passes
+# options, e.g. make check-gpu CHECK_GPU_ARGS="--cpu-folder .gpu-check/cpu-built" or CHECK_GPU_ARGS=--dry-run.
+check-gpu:
+	PYTHON=$(PYTHON) bash scripts/check_gpu.sh $(CHECK_GPU_ARGS)
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache
