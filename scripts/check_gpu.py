@@ -322,7 +322,7 @@ def install_wheels(src: Path, target: Path, python: str) -> str:
     wheels = sorted(src.glob("*.whl"))
     parts = sorted(p for p in src.glob("part*") if p.is_file())
     if not wheels and parts:
-        tar = target.parent / "wheels.tar"
+        tar = target.with_name(target.name + ".tar")
         target.parent.mkdir(parents=True, exist_ok=True)
         h = hashlib.sha256()
         with open(tar, "wb") as out:
@@ -335,7 +335,7 @@ def install_wheels(src: Path, target: Path, python: str) -> str:
         if want and want != h.hexdigest():
             die(f"the wheel parts in {src} do not add up (sha256 {h.hexdigest()[:12]}, install.sh says "
                 f"{want[:12]}): a part is missing or stale; stage every part of one gpu-wheels run")
-        unpack = target.parent / "wheels-unpacked"
+        unpack = target.with_name(target.name + ".unpacked")
         shutil.rmtree(unpack, ignore_errors=True)
         try:
             with tarfile.open(tar) as t:
@@ -349,6 +349,7 @@ def install_wheels(src: Path, target: Path, python: str) -> str:
     r = subprocess.run([python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                         "--disable-pip-version-check", "--upgrade", "--target", str(target), *map(str, wheels)],
                        capture_output=True, text=True)
+    shutil.rmtree(target.with_name(target.name + ".unpacked"), ignore_errors=True)
     if r.returncode != 0:
         die(f"pip could not install the staged wheels from {src}: {one_line(r.stderr or r.stdout)}")
     return f"{len(wheels)} wheels from {src} into {target}"
@@ -545,9 +546,15 @@ def run_steps(c: Check, py: str) -> None:
           cwd=str(REPO), ok_rc=(0, 1, 5))  # 1: failures (the JUnit report names them), 5: no gpu test collected
 
     # 2. a digits checkpoint and the models the later steps share
-    c.run("train", "alexnet-train: cifar10 variant on digits (the checkpoint the deployment starts from)",
-          [["alexnet-train", "--variant", "cifar10", "--dataset", "digits", "--epochs", "30", "--seed", "0",
-            "--no-progress", "-o", str(ckpt)]], needs=("gpu",), timeout=180)
+    if c.args.checkpoint:
+        if not c.dry_run and not c.skip_all:
+            shutil.copy(c.args.checkpoint, ckpt)
+        c.row("train", "alexnet-train: cifar10 variant on digits (the checkpoint the deployment starts from)",
+              "skipped", c.skip_all or f"--checkpoint {c.args.checkpoint} given: not trained here")
+    else:
+        c.run("train", "alexnet-train: cifar10 variant on digits (the checkpoint the deployment starts from)",
+              [["alexnet-train", "--variant", "cifar10", "--dataset", "digits", "--epochs", "30", "--seed", "0",
+                "--no-progress", "-o", str(ckpt)]], needs=("gpu",), timeout=180)
     c.run("export-models", "alexnet-export onnx: the digits model and a random-weight torchvision AlexNet",
           [["alexnet-export", "onnx", "--weights", str(ckpt), "-o", str(digits_onnx)],
            ["alexnet-export", "onnx", "--variant", "torchvision", "--weights", "random", "--seed", "0",
@@ -831,6 +838,8 @@ def cmd_run(args) -> int:
         if not (cf / "report.json").is_file() or not (cf / "golden").is_dir():
             die(f"--cpu-folder {cf} is not a deployment folder (no report.json and golden/ in it); build one with "
                 "scripts/check_gpu.sh build-cpu-folder DIR")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        die(f"--checkpoint {args.checkpoint} not found (an alexnet-train checkpoint of the cifar10 variant on digits)")
     wheel_src = Path(args.wheels) if args.wheels else None
     if wheel_src and not wheel_src.is_dir():
         die(f"--wheels {wheel_src} is not a folder (stage the gpu-wheels parts there)")
@@ -844,9 +853,10 @@ def cmd_run(args) -> int:
     import tempfile
 
     scratch = Path(tempfile.mkdtemp(prefix="alexnet-check-gpu-dry.")) if args.dry_run else work
-    bindir, site = scratch / "bin", work / "site"
+    site = work.parent / f"{work.name}-site"  # installed wheels survive a rerun (the work folder does not)
+    bindir = scratch / "bin"
     console_shims(bindir, python)
-    env = subprocess_env(bindir, None)
+    env = subprocess_env(bindir, site if site.is_dir() and not args.probe_json else None)
     if args.probe_json:  # a probe recorded elsewhere (the GPU machine's): plan, or check the preflight, against it
         try:
             p = json.loads(Path(args.probe_json).read_text())
@@ -1069,6 +1079,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--cpu-folder", help="a deployment folder built on a CPU host (build-cpu-folder), to verify here")
     r.add_argument("--wheels", help="staged wheels: a folder of .whl files or of gpu-wheels parts (default: "
                                     "$CHECK_GPU_WHEELS, /tmp/stage, .gpu-wheels when the wheels are not importable)")
+    r.add_argument("--checkpoint", help="a digits checkpoint (alexnet-train) to deploy instead of training one here")
     r.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="time for the steps (default %(default)s)")
     r.add_argument("--python", help="the interpreter with torch (default: this one)")
     r.add_argument("--probe-json", help="take the machine's description from this JSON (a probe, or the probe in a "
