@@ -52,7 +52,8 @@ def _names(text: str, option: str) -> tuple[str, ...]:
 @click.option("--compute-capability", default=None, help="TensorRT-RTX target, e.g. sm86 (default: this GPU or sm86).")
 @click.option("--triton-kind", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
               help="Triton instance group (auto: gpu when this host has one).")
-@click.option("--force", is_flag=True, help="Redo every step even when its inputs and options are unchanged.")
+@click.option("--force", is_flag=True, help="Redo every step even when its inputs and options are unchanged, "
+              "and replace folders/files in --out that share an artifact's name but were not written by alexnet-deploy.")
 @click.option("-v", "--verbose", is_flag=True)
 @_handle_errors
 def deploy_cmd(weights, variant, dataset, out, precisions, targets, engines, batch_sizes, bench_duration_s,
@@ -61,7 +62,9 @@ def deploy_cmd(weights, variant, dataset, out, precisions, targets, engines, bat
     """Checkpoint -> verified deployment folder: ONNX (FP32/FP16/INT8), TensorRT engines, a Triton repository,
     parity against PyTorch and benchmarks of every artifact, with report.json, report.md and report.html.
 
-    Steps whose inputs and options are unchanged (content hashes) are reused; exits 1 when a gate fails."""
+    Steps whose inputs and options are unchanged (content hashes) are reused; exits 1 when a parity gate fails,
+    2 when a step fails with an error. Folders and files in --out that alexnet-deploy did not write are never
+    replaced (refused, naming them, unless --force)."""
     _setup_logging(verbose)
     from alexnet_deploy.deploy.plan import DeployOptions
     from alexnet_deploy.deploy.run import run_deploy
@@ -82,7 +85,8 @@ def deploy_cmd(weights, variant, dataset, out, precisions, targets, engines, bat
 
 
 def finish(report: dict, out: Path) -> None:
-    """Print the table and where the reports are; exit 1 when a parity gate failed or a step failed."""
+    """Print the table and where the reports are; exit 1 when only parity gates failed, 2 when a step failed
+    with an error."""
     from alexnet_deploy.deploy.report_md import text_table
 
     click.echo("")
@@ -93,5 +97,9 @@ def finish(report: dict, out: Path) -> None:
         click.echo(f"golden set: {out / golden['folder']} ({golden.get('images')} images); on the target: "
                    f"alexnet-verify {out}")
     if not report["passed"]:
-        click.echo(f"error: {len(report['failures'])} row(s) failed: " + "; ".join(report["failures"])[:400], err=True)
-        sys.exit(1)
+        from alexnet_deploy.deploy.report_md import verdict
+
+        # 2: a step failed with an error (disk full, a library exception, bad input); 1: only parity gates failed
+        errors = (report.get("counts") or {}).get("errors", 0) or report.get("state") != "complete"
+        click.echo(f"error: {verdict(report)}: " + "; ".join(report["failures"])[:400], err=True)
+        sys.exit(2 if errors else 1)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import html
 
-from alexnet_deploy.deploy.report_md import HEADERS, cells, notes
+from alexnet_deploy.deploy.report_md import (HEADERS, build_info, calibration_lines, cells, load_line, notes,
+                                             step_counts, verdict)
 from alexnet_deploy.errors import MissingDependencyError
 
 CSS = """
@@ -61,13 +62,23 @@ def summary_table(report: dict) -> str:
     return f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def render_in_progress(report: dict) -> str:
+    items = "".join(f"<li>{_e(f)}</li>" for f in report.get("failures", []))
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>alexnet-deploy report: in progress</title>",
+        f"<style>{CSS}</style></head><body>", "<h1>alexnet-deploy report (in progress)</h1>",
+        f'<p><span class="verdict bad">{_e(verdict(report))}</span></p>', f"<ul>{items}</ul>",
+        f"<p>Command (run from this folder):</p><pre>{_e(report.get('command'))}</pre>",
+        f'<p class="sub">{_e(build_info(report))}</p>', "</body></html>", ""])
+
+
 def render(report: dict) -> str:
+    if report.get("state") == "in-progress":
+        return render_in_progress(report)
     inp, m = report["inputs"], report.get("machine") or {}
     ok = report["passed"]
-    verdict = ("all parity gates passed" if ok else f"{len(report['failures'])} row(s) failed")
     figures, plot_error = _plots(report)
     steps = report.get("steps") or []
-    counts = {s: sum(1 for x in steps if x["status"] == s) for s in ("ran", "reused", "skipped", "failed")}
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -76,15 +87,19 @@ def render(report: dict) -> str:
         "<h1>alexnet-deploy report</h1>",
         f'<p class="sub"><code>{_e(inp["weights"])}</code> (sha256 <code>{_e(inp["weights_sha256"][:12])}</code>), '
         f"dataset <code>{_e(inp['dataset'])}</code> &middot; {_e(report['created_utc'])} &middot; "
-        f"{report['seconds']:.1f} s &middot; steps: {counts['ran']} ran, {counts['reused']} reused, "
-        f"{counts['skipped']} skipped, {counts['failed']} failed</p>",
-        f'<p><span class="verdict {"ok" if ok else "bad"}">{_e(verdict)}</span></p>',
+        f"{report['seconds']:.1f} s &middot; {_e(step_counts(report))} &middot; {_e(build_info(report))}</p>",
+        f'<p><span class="verdict {"ok" if ok else "bad"}">{_e(verdict(report))}</span></p>',
         "<h2>Summary</h2>", summary_table(report),
     ]
+    if report.get("state") in ("interrupted", "failed"):
+        parts.append(f"<p><b>This run did not finish ({_e(report['state'])}).</b> Steps marked not run may have left "
+                     "files of an earlier run in this folder; they are not checked. Run the command again to finish.</p>")
     if notes(report):
         parts.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in notes(report)) + "</ul>")
     parts.append("<p class=\"sub\">Accuracy and agreement: held-out split vs the PyTorch FP32 checkpoint. Max logit "
-                 "error: largest |candidate &minus; reference| there. b1 p50: batch-1 median latency. Roofline: the "
+                 "error: largest |candidate &minus; reference| there. The parity gate's cosine is the minimum over "
+                 "images (min cosine per image); calibrate's is the mean over images. b1 p50/p90/p99: batch-1 "
+                 "latency percentiles. Roofline: the "
                  "best row's fraction of the attainable rate on this machine's measured ceilings (CPU engines; "
                  "above 100 % when the weights stay in cache).</p>")
     parts.append("<h2>Plots</h2>")
@@ -92,7 +107,11 @@ def render(report: dict) -> str:
         parts.append('<div class="plots">' + "".join(figures) + "</div>")
     else:
         parts.append(f"<p>{_e(plot_error or 'nothing measured to plot')}</p>")
+    if calibration_lines(report):
+        parts.append("<h2>INT8 calibration</h2><ul>" + "".join(f"<li>{_e(x[2:])}</li>" for x in calibration_lines(report))
+                     + "</ul>")
     parts.append("<h2>Reproduce each artifact alone</h2>")
+    parts.append(f"<p>Run from {_e(report.get('commands_run_from') or 'the deployment folder')}.</p>")
     for name, cmd in report["commands"].items():
         parts.append(f"<div><b>{_e(name)}</b><pre>{_e(cmd)}</pre></div>")
     parts.append("<h2>Machine</h2><dl>")
@@ -100,6 +119,7 @@ def render(report: dict) -> str:
     if m.get("gpu"):
         gpu += f" (driver {m.get('driver')}, compute capability {m.get('compute_capability')})"
     items = [("CPU", f"{m.get('cpu')} ({m.get('cores')} cores)"), ("GPU", gpu), ("platform", m.get("platform")),
+             ("load", load_line(m).split(": ", 1)[1]), ("alexnet-deploy", build_info(report).split(" ", 1)[1]),
              *[(k, v) for k, v in (m.get("versions") or {}).items()]]
     ceil = m.get("roofline_ceilings") or {}
     items += [(k, f"{v:.1f}") for k, v in ceil.items() if isinstance(v, (int, float))]

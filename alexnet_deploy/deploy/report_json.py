@@ -11,9 +11,21 @@ from alexnet_deploy.deploy.plan import GOLDEN, REFERENCE, engines_for
 from alexnet_deploy.deploy.steps import MODEL_FILES, model_path
 
 SCHEMA = "alexnet-deploy.deploy-report/1"
+REPORT_SCHEMAS = (SCHEMA,)  # what marks report.json as ours (alexnet-deploy --out refuses to replace others)
 ROW_FIELDS = ("artifact", "engine", "precision", "status", "size_mb", "top1_accuracy_pct", "top1_agreement",
-              "max_logit_error", "batch1_p50_ms", "best_ips", "best_ips_batch", "roofline_fraction", "reason")
-STATUSES = ("pass", "fail", "reference", "written", "measured", "skipped", "failed")
+              "max_logit_error", "batch1_p50_ms", "batch1_p90_ms", "batch1_p99_ms", "best_ips", "best_ips_batch",
+              "roofline_fraction", "reason", "next_step")
+STATUSES = ("pass", "fail", "reference", "written", "measured", "skipped", "failed", "interrupted")
+# report.json "state": complete (every step ran or was reused), interrupted (a signal), failed (the run broke
+# off), in-progress (written before the first artifact changes; a finished run replaces it)
+STATES = ("complete", "interrupted", "failed", "in-progress")
+# what each parity gate measures (parity/compare.py): "cosine" there is the minimum over images, while
+# calibrate's table reports the mean: the report names each for what it is
+GATE_NAMES = {"cosine": "min cosine per image", "max_abs": "max |logit error|", "max_rel": "max relative error",
+              "top1_agreement": "top-1 agreement", "top5_overlap": "top-5 overlap", "kl": "mean KL divergence",
+              "accuracy_drop_pct": "accuracy drop (points)", "nonfinite": "non-finite outputs"}
+_GATE_RE = __import__("re").compile(r"\b(cosine|max_abs|max_rel|top1_agreement|top5_overlap|kl|accuracy_drop_pct|"
+                                    r"nonfinite) = ([^,;]+), needs ([<>]=) ([^,;\s]+)")
 
 
 def first(d: dict | None, *names, default=None):
@@ -56,7 +68,8 @@ def _bench_figures(rows: list[dict], cost: dict | None = None, ceilings: dict | 
     frac = first(best, "fraction_of_attainable", "fraction_of_roofline", "fraction_of_peak", "roofline_fraction")
     if frac is None and cost and ceilings:
         frac = _roofline_fraction(cost, ceilings, best.get("batch") or 1, ips)
-    return {"batch1_p50_ms": first(b1, "p50_ms"), "best_ips": ips, "best_ips_batch": best.get("batch"),
+    return {"batch1_p50_ms": first(b1, "p50_ms"), "batch1_p90_ms": first(b1, "p90_ms"),
+            "batch1_p99_ms": first(b1, "p99_ms"), "best_ips": ips, "best_ips_batch": best.get("batch"),
             "roofline_fraction": frac}
 
 
@@ -79,7 +92,96 @@ def _ceilings(result: dict | None) -> dict | None:
     return {"fp32_gemm_gflops": result["peak_gflops"]} if result.get("peak_gflops") else None
 
 
-def build(ctx, steps, outcomes: dict, seconds: float) -> dict:
+def _named_gates(reason: str) -> str:
+    """parity's failure lines with each metric named for what it is ("cosine" -> "min cosine per image")."""
+    return _GATE_RE.sub(lambda m: f"{GATE_NAMES.get(m[1], m[1])} = {m[2]}, needs {m[3]} {m[4]}", reason or "")
+
+
+def _gate_failures(reason: str) -> list[tuple[str, str, str]]:
+    """(metric, measured, limit) of each failed gate in parity's failure lines."""
+    return [(m[1], m[2].strip(), m[4]) for m in _GATE_RE.finditer(reason or "")]
+
+
+_TOL_NAMES = {"max_abs": "max_abs", "max_rel": "max_rel", "cosine": "min_cosine", "top1_agreement": "min_top1_agreement",
+              "top5_overlap": "min_top5_overlap", "kl": "max_kl", "accuracy_drop_pct": "max_accuracy_drop_pct",
+              "nonfinite": "max_nonfinite"}
+
+
+def next_step(row: dict, raw_reason: str, calib: dict | None, opts) -> str | None:
+    """What to try after a failed gate: for INT8, the layer to keep in float (the calibration's sensitivity
+    data) and the --max-drop that keeps it; for FP16/FP32, what the measured difference means."""
+    from alexnet_deploy.deploy.steps import deploy_command
+
+    gates = _gate_failures(raw_reason)
+    tol = ", ".join(f"--tol {_TOL_NAMES.get(m, m)}={v}" for m, v, _ in gates if m in _TOL_NAMES)
+    prec = row.get("precision")
+    if prec == "int8":
+        chosen = (calib or {}).get("chosen") or {}
+        sens = [r for r in (calib or {}).get("sensitivity") or [] if r.get("layer")]
+        drop = chosen.get("drop_pct")
+        if sens:
+            top = sens[0]
+            d_top = top.get("drop_with_layer_float")
+            what = (f"the most sensitive layer is {top['layer']} (kept in float: {top.get('gain_points', 0):+.2f} "
+                    f"points, top-1 agreement {first(top, 'top1_agreement', default=0):.1%})")
+            if drop is not None and d_top is not None and d_top < drop:
+                import math
+
+                max_drop = max(0.0, math.ceil(d_top * 100) / 100)
+                return (f"keep {top['layer']} in float: {what}; rerun with --max-drop {max_drop:g}: "
+                        f"{deploy_command(opts, max_drop=max_drop)}")
+            return (f"{what}, but --max-drop cannot select it (the INT8 accuracy drop is already "
+                    f"{(drop or 0):.2f} points); try another calibration: {deploy_command(opts, calib_method='auto')}"
+                    + (f"; or accept the measured value: {tol}" if tol else ""))
+        if drop is not None and drop > 0:
+            return f"keep the most sensitive layers in float: {deploy_command(opts, max_drop=0.0, sensitivity=True)}"
+        return f"see which layer to keep in float (per-layer sensitivity): {deploy_command(opts, sensitivity=True)}"
+    if prec == "fp16":
+        return ("FP16 rounding exceeds the gate: deploy the FP32 artifact for this model"
+                + (f", or accept the measured difference with {tol}" if tol else ""))
+    return ("FP32 should match PyTorch to rounding: rerun the parity command (Reproduce, below) to see the failing "
+            "set" + (f"; {tol} only if this difference is expected" if tol else ""))
+
+
+def git_commit() -> dict:
+    """alexnet-deploy's version and, from a git checkout, its commit (and whether it had local changes)."""
+    import subprocess
+
+    from alexnet_deploy import __version__
+
+    info = {"version": __version__, "git_commit": None, "git_dirty": None}
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return info
+    try:
+        info["git_commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                            text=True, timeout=10, check=True).stdout.strip() or None
+        st = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                             "alexnet_deploy"], capture_output=True, text=True, timeout=10, check=True)
+        info["git_dirty"] = bool(st.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def in_progress(ctx, steps, previous: dict | None) -> dict:
+    """The report written before the first artifact changes: it claims nothing (no rows, passed false)."""
+    from alexnet_deploy.deploy.steps import COMMANDS_RUN_FROM, deploy_command
+
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    prev = {k: previous.get(k) for k in ("created_utc", "state", "passed")} if isinstance(previous, dict) else None
+    return {
+        "schema": SCHEMA, "state": "in-progress", "created_utc": now, "passed": False,
+        "failures": [f"alexnet-deploy started rewriting this folder at {now} (pid {os.getpid()}) and has not "
+                     "finished: artifacts may be a mix of an earlier run and this one, none is vouched for; if no "
+                     "alexnet-deploy is running, it was killed: run the command again"],
+        "command": deploy_command(ctx.opts), "commands_run_from": COMMANDS_RUN_FROM,
+        "planned_steps": [s.name for s in steps], "previous_report": prev,
+        "alexnet_deploy": git_commit(), "rows": [], "steps": [], "artifacts": {}, "commands": {},
+    }
+
+
+def build(ctx, steps, outcomes: dict, seconds: float, state: str = "complete", note: str | None = None) -> dict:
     from alexnet_deploy.benchmarks.machine import machine_info
 
     opts, out = ctx.opts, ctx.out
@@ -94,6 +196,8 @@ def build(ctx, steps, outcomes: dict, seconds: float) -> dict:
     fp32_costs = (((bench_records.get("onnx-fp32") or {}).get("result") or {}).get("costs") or {})
     fp32_cost = fp32_costs.get(MODEL_FILES["onnx"])
 
+    calib = next((art_outcome[s.artifact].record.get("result") for s in steps if s.kind == "calibrate"
+                  and art_outcome[s.artifact].status in ("ran", "reused")), None)
     rows: list[dict] = []
     ref_acc = None
     for o in parity.values():
@@ -107,7 +211,7 @@ def build(ctx, steps, outcomes: dict, seconds: float) -> dict:
         b = bench.get(REFERENCE)
         row.update(_bench_figures(_bench_rows(bench_records.get(REFERENCE), e), fp32_cost,
                                   ceilings if e == "torch" else None))
-        if b is not None and b.status in ("skipped", "failed"):
+        if b is not None and b.status in ("skipped", "failed", "interrupted"):
             row["reason"] = b.reason
         rows.append(row)
     for s in steps:
@@ -118,25 +222,26 @@ def build(ctx, steps, outcomes: dict, seconds: float) -> dict:
         engines = engines_for(a, ctx.engines) or (("trt",) if a.startswith("trt") else ("ort",))
         for e in engines:
             row = {"artifact": a, "engine": e, "precision": s.precision, "size_mb": size}
-            if ao.status in ("skipped", "failed"):
+            if ao.status in ("skipped", "failed", "interrupted"):
                 row.update(status=ao.status, reason=ao.reason)
                 rows.append(row)
                 continue
             po = parity.get((a, e))
             if po is None:
                 row.update(status="written", reason="no parity check for this engine")
-            elif po.status in ("skipped", "failed"):
+            elif po.status in ("skipped", "failed", "interrupted"):
                 row.update(status=po.status, reason=po.reason)
             else:
                 rep = po.record.get("report") or {}
                 ds = _dataset_set(rep) or {}
                 m = ds.get("metrics") or {}
+                raw = "; ".join(f"{x.get('name')}: {f}" for x in rep.get("sets", []) for f in x.get("failures", []))
                 row.update(status=po.record.get("status", "pass" if rep.get("passed") else "fail"),
                            top1_accuracy_pct=first(m, "cand_accuracy_pct", "cand_accuracy"),
                            top1_agreement=first(m, "top1_agreement"),
-                           max_logit_error=first(m, "max_abs", "max_abs_error"),
-                           reason="; ".join(f"{x.get('name')}: {f}" for x in rep.get("sets", [])
-                                            for f in x.get("failures", [])))
+                           max_logit_error=first(m, "max_abs", "max_abs_error"), reason=_named_gates(raw))
+                if row["status"] == "fail":
+                    row["next_step"] = next_step(row, raw, calib, opts)
             row.update(_bench_figures(_bench_rows(bench_records.get(a), e)))
             if row.get("bench_skipped") and not row.get("reason") and row["status"] != "skipped":
                 row["reason"] = "benchmark skipped: " + row["bench_skipped"]
@@ -158,22 +263,37 @@ def build(ctx, steps, outcomes: dict, seconds: float) -> dict:
             artifacts[s.artifact] = {"step": s.name, "status": o.status, "folder": s.artifact,
                                      "files": rec.get("files"), "command": rec.get("command"),
                                      "cache_key": o.key, "reason": o.reason}
-    calib = next((art_outcome[s.artifact].record.get("result") for s in steps if s.kind == "calibrate"
-                  and art_outcome[s.artifact].status in ("ran", "reused")), None)
-    failed = [r for r in rows if r["status"] in ("fail", "failed")]
-    failures = [f"{r['artifact']} / {r['engine']}: {r['reason'] or r['status']}" for r in failed]
     golden = _golden_summary(art_outcome.get(GOLDEN))
-    if golden and golden["status"] == "failed":
-        failures.append(f"golden: {golden['reason']}")
-    from alexnet_deploy.deploy.steps import command
+    # failures: one per failed parity gate and one per step that failed with an error (the header counts both)
+    row_of = {(r["artifact"], r["engine"]): r for r in rows}
+    gate_failed = [s for s in steps if s.kind == "parity" and by_name[s.name].status in ("ran", "reused")
+                   and by_name[s.name].record.get("status") == "fail"]
+    errored = [s for s in steps if by_name[s.name].status == "failed"]
+    interrupted = [s for s in steps if by_name[s.name].status == "interrupted"]
+    failures = [f"{s.artifact} / {s.engine}: {(row_of.get((s.artifact, s.engine)) or {}).get('reason') or 'gate failed'}"
+                for s in gate_failed]
+    failures += [f"{s.name}: {by_name[s.name].reason}" for s in errored]
+    if interrupted:
+        failures.append(f"{note or 'the run did not finish'}: {len(interrupted)} step(s) not run "
+                        f"({', '.join(s.name for s in interrupted[:6])}{' ...' if len(interrupted) > 6 else ''})")
+    step_counts = {k: sum(1 for s in steps if by_name[s.name].status == k)
+                   for k in ("ran", "reused", "skipped", "failed", "interrupted")}
+    gate_steps = [s for s in steps if s.kind == "parity" and by_name[s.name].status in ("ran", "reused")]
+    counts = {"steps": step_counts, "gates": {"passed": len(gate_steps) - len(gate_failed), "failed": len(gate_failed)},
+              "errors": len(errored), "interrupted": len(interrupted)}
+    from alexnet_deploy.deploy.steps import COMMANDS_RUN_FROM, command, rel
 
     return {
         "schema": SCHEMA,
+        "state": state,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "passed": not failures,
+        "passed": not failures and state == "complete",
         "failures": failures,
+        "counts": counts,
         "seconds": round(seconds, 2),
-        "inputs": {"weights": str(opts.weights), "weights_sha256": ctx.weights_sha256, "variant": opts.variant,
+        "alexnet_deploy": git_commit(),
+        "inputs": {"weights": str(opts.weights), "weights_relative": rel(opts.weights, out),
+                   "weights_sha256": ctx.weights_sha256, "variant": opts.variant,
                    "dataset": opts.dataset, "dataset_id": ctx.dataset_id, "out": str(out.resolve())},
         "options": _options(opts),
         "engines": list(ctx.engines),
@@ -183,11 +303,13 @@ def build(ctx, steps, outcomes: dict, seconds: float) -> dict:
         "commands": {s.name: (artifacts.get(s.artifact, {}).get("command") if s.kind in
                               ("export", "calibrate", "trt", "triton", "golden") else None) or command(ctx, s)
                      for s in steps},
+        "commands_run_from": COMMANDS_RUN_FROM,
         "golden": golden,
         "calibration": calib,
         "benchmarks": {a: r.get("result") for a, r in bench_records.items()},
         "parity": {f"{a} {e}": o.record.get("report") for (a, e), o in parity.items() if o.status in ("ran", "reused")},
-        "machine": {**machine_info(None), "roofline_ceilings": ceilings},
+        "machine": {**machine_info(None), "load_average_start": (getattr(ctx, "run_info", None) or {}).get(
+            "load_average_start"), "roofline_ceilings": ceilings},
     }
 
 

@@ -3,6 +3,7 @@ what it writes into its staging folder, and the command that reproduces it alone
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ MODEL_FILES = {"onnx": "model.onnx", "trt": "model.plan"}
 # float); trt-int8 is built from its own QDQ ONNX with TensorRT's placement, kept beside the engine
 ORT_PLACEMENT, TRT_PLACEMENT = "ort", "tensorrt"
 TRT_INT8_ONNX = "model.int8.onnx"
+# every reproduce command is relative to the deployment folder (provenance.json says "command_cwd": "..")
+COMMANDS_RUN_FROM = "the deployment folder (cd DIR first): paths are relative to it"
 
 
 class Skipped(Exception):
@@ -33,6 +36,7 @@ class Context:
     echo: Callable[[str], None] = print
     _loaded: object = None
     versions: dict = field(default_factory=dict)
+    run_info: dict = field(default_factory=dict)  # load average at the start, ... (the report's header)
 
     @property
     def out(self) -> Path:
@@ -143,22 +147,36 @@ def _preferred(o: DeployOptions) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------- commands
+def rel(path, out: Path) -> str:
+    """``path`` relative to the deployment folder ``out`` (commands run from there, so a copied folder still
+    documents itself); absolute only where no relative path exists (another drive)."""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(out).resolve())
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def _dataset_arg(dataset: str, out: Path) -> str:
+    return rel(dataset, out) if dataset and dataset != "digits" and Path(dataset).exists() else dataset
+
+
 def command(ctx: Context, step: Step) -> str:
-    """The exact command line that makes this step's output alone (absolute paths: they work from anywhere)."""
+    """The exact command line that makes this step's output alone, run from the deployment folder (paths
+    relative to it: ``cd DIR`` first; :data:`COMMANDS_RUN_FROM`)."""
     o = ctx.opts
     out = o.out.resolve()
-    w = o.weights.resolve()
+    w = rel(o.weights, out)
     variant = ["--variant", o.variant] if o.variant else []
     if step.kind == "export":
         return " ".join(["alexnet-export onnx", "--weights", _q(w), *variant, "-o",
-                         _q(out / step.artifact / "model.onnx"), *(["--fp16"] if step.precision == "fp16" else [])])
+                         _q(f"{step.artifact}/model.onnx"), *(["--fp16"] if step.precision == "fp16" else [])])
     if step.kind == "calibrate":
-        return _calibrate_command(o, out / step.artifact / "model.onnx", ["--placement", ORT_PLACEMENT])
+        return _calibrate_command(o, f"{step.artifact}/model.onnx", ["--placement", ORT_PLACEMENT])
     if step.kind == "trt":
-        src = out / step.needs[0] / "model.onnx"
+        src = f"{step.needs[0]}/model.onnx"
         calib = ""
         if step.precision == "int8":  # TensorRT's placement, calibrated into the engine's folder
-            src = out / step.artifact / TRT_INT8_ONNX
+            src = f"{step.artifact}/{TRT_INT8_ONNX}"
             calib = _calibrate_command(o, src, ["--placement", TRT_PLACEMENT]) + " && "
         extra = ["--library", o.trt_library] if o.trt_library != "auto" else []
         if o.compute_capability:
@@ -166,22 +184,22 @@ def command(ctx: Context, step: Step) -> str:
         if o.workspace_mb != 1024:
             extra += ["--workspace-mb", str(o.workspace_mb)]
         return calib + " ".join(["alexnet-export trt", _q(src), "-o",
-                                 _q(out / step.artifact / "model.plan"), "--precision", step.precision or "fp32",
+                                 _q(f"{step.artifact}/model.plan"), "--precision", step.precision or "fp32",
                                  "--max-batch", str(o.max_batch), *extra])
     if step.kind == "triton":
         pref = ",".join(map(str, _preferred(o)))
         return " && ".join(
-            " ".join(["alexnet-export triton", _q(out / a / "model.onnx"), "--repo", _q(out / "triton" / "model_repository"),
+            " ".join(["alexnet-export triton", _q(f"{a}/model.onnx"), "--repo", _q("triton/model_repository"),
                       "--name", f"alexnet-{a.split('-', 1)[1]}", "--max-batch", str(o.max_batch), "--kind", triton_kind(o),
                       *(["--preferred-batch", pref] if pref else [])])
             for a in step.needs)
     if step.kind == "golden":  # written by alexnet-deploy itself: the command that makes this folder
         return deploy_command(o)
-    model = model_path(o.out, step.artifact, o.weights).resolve()
+    model = rel(model_path(o.out, step.artifact, o.weights), out)
     if step.kind == "parity":
         tol = [f"--tol {k}={v}" for k, v in o.tolerances.items()]
         return " ".join(["alexnet-parity", _q(model), "--engine", step.engine or "ort", "--reference", _q(w),
-                         "--dataset", _q(o.dataset), "--num-images", str(o.parity_images),
+                         "--dataset", _q(_dataset_arg(o.dataset, out)), "--num-images", str(o.parity_images),
                          "--random-samples", str(o.random_samples), *tol])
     engines = ",".join(engines_for(step.artifact, ctx.engines))
     timing = (["--iterations", str(o.bench_iterations)] if o.bench_iterations
@@ -191,11 +209,16 @@ def command(ctx: Context, step: Step) -> str:
                      *([] if o.roofline else ["--no-roofline"])])
 
 
-def deploy_command(o: DeployOptions) -> str:
-    """The alexnet-deploy command line of these options (what writes the golden set)."""
+def deploy_command(o: DeployOptions, **changes) -> str:
+    """The alexnet-deploy command line of these options (what writes the golden set), run from the deployment
+    folder; ``changes`` override options (the report's suggested next step: ``max_drop=0.5``)."""
+    import dataclasses
+
+    o = dataclasses.replace(o, **changes) if changes else o
+    out = o.out.resolve()
     d = DeployOptions(weights=o.weights, out=o.out, dataset=o.dataset)
-    args = ["alexnet-deploy", "--weights", _q(o.weights.resolve()), "--dataset", _q(o.dataset), "--out",
-            _q(o.out.resolve())]
+    args = ["alexnet-deploy", "--weights", _q(rel(o.weights, out)), "--dataset", _q(_dataset_arg(o.dataset, out)),
+            "--out", "."]
     if o.variant:
         args += ["--variant", o.variant]
     for flag, value, default in (("--precisions", ",".join(o.precisions), ",".join(d.precisions)),
@@ -205,9 +228,12 @@ def deploy_command(o: DeployOptions) -> str:
                                  ("--parity-images", str(o.parity_images), str(d.parity_images)),
                                  ("--golden-images", str(o.golden_images), str(d.golden_images)),
                                  ("--calib-images", str(o.calib_images), str(d.calib_images)),
-                                 ("--calib-method", o.calib_method, d.calib_method)):
+                                 ("--calib-method", o.calib_method, d.calib_method),
+                                 ("--max-drop", "" if o.max_drop is None else f"{o.max_drop:g}", "")):
         if value != default:
             args += [flag, _q(value)]
+    if not o.sensitivity:
+        args.append("--no-sensitivity")
     args += [f"--tol {k}={v}" for k, v in o.tolerances.items()]
     return " ".join(args)
 
@@ -219,11 +245,11 @@ def _export_input_format() -> str:
     return ExportOptions().input_format
 
 
-def _calibrate_command(o: DeployOptions, output: Path, extra: list[str] | tuple[str, ...] = ()) -> str:
+def _calibrate_command(o: DeployOptions, output: str, extra: list[str] | tuple[str, ...] = ()) -> str:
     extra = [*extra, *(["--sensitivity"] if o.sensitivity else []),
              *(["--max-drop", str(o.max_drop)] if o.max_drop is not None else [])]
-    return " ".join(["alexnet-calibrate", _q(o.out.resolve() / onnx_artifact("fp32") / "model.onnx"), "-o",
-                     _q(output), "--dataset", _q(o.dataset), "--num-images", str(o.calib_images),
+    return " ".join(["alexnet-calibrate", _q(f"{onnx_artifact('fp32')}/model.onnx"), "-o",
+                     _q(output), "--dataset", _q(_dataset_arg(o.dataset, o.out)), "--num-images", str(o.calib_images),
                      "--eval-images", str(o.parity_images), "--method", o.calib_method, *extra])
 
 
