@@ -535,6 +535,8 @@ def run_steps(c: Check, py: str) -> None:
             return "failed", f"no JUnit report (pytest exit {outputs[-1][0]}: {one_line(outputs[-1][1])})", None
         if j["failures"] or j["errors"]:
             return "failed", f"{j['failures'] + j['errors']} failed: {', '.join(j['failed_tests'][:3])}", j
+        if j["tests"] == 0:
+            return "skipped", "no test is marked gpu", j
         if j["passed"] == 0:
             return "skipped", "every gpu test skipped: " + "; ".join(j["skip_reasons"])[:300], j
         return "passed", f"{j['passed']} passed, {j['skipped']} skipped" + (
@@ -588,10 +590,10 @@ def run_steps(c: Check, py: str) -> None:
               [predict("ort-trt")], needs=("gpu", "ort-trt-listed", digits_onnx), timeout=180,
               check=compare_with("ort-trt"), soft=True)
     c.caps["ort-trt"] = (None, "") if c.dry_run else (r["status"] == "passed", r["reason"] or "not probed")
-    probe_plan = trt_dir / "probe-cifar10-b1.plan"
+    probe_plan = trt_dir / "probe-cifar10.plan"
     lib_opt = ["--library", trt_lib] if trt_lib else []
     r = c.run("probe-trt", "a TensorRT / TensorRT-RTX runtime on this GPU (optional): build, then run",
-              [["alexnet-export", "trt", str(digits_onnx), "-o", str(probe_plan), "--max-batch", "16", *lib_opt],
+              [["alexnet-export", "trt", str(digits_onnx), "-o", str(probe_plan), "--max-batch", "32", *lib_opt],
                predict("trt", probe_plan)], needs=("gpu", "trt-library", digits_onnx), timeout=180,
               check=compare_with("trt"), soft=True)
     c.caps["trt"] = (None, "") if c.dry_run else (r["status"] == "passed", r["reason"] or "not probed")
