@@ -350,3 +350,22 @@ def test_keras_onnx_export_through_float_nhwc(small_files, tmp_path):
     r = _invoke(parity_cmd, [out, "--dataset", "none", "--random-samples", "4"])
     assert r.exit_code == 0, r.output
     assert "parity: PASS" in r.output
+
+
+def test_unknown_normalization_is_asked_for(small_files, tmp_path):
+    """A Keras model without Rescaling/Normalization does not say what its input was: export and deploy ask in
+    one line (nothing written) instead of taking the variant's defaults; NAME.preprocessing.json answers."""
+    from alexnet_deploy.cli.deploy import deploy_cmd
+    from alexnet_deploy.models.weights import load_model
+
+    _, d = small_files
+    model = tmp_path / "m.keras"
+    model.write_bytes((d / "small.keras").read_bytes())
+    r = _invoke(export_group, ["onnx", "--weights", model, "-o", tmp_path / "o" / "m.onnx"])
+    _one_line_error(r, "no Rescaling/Normalization layers", "--mean", "m.preprocessing.json")
+    r = _invoke(deploy_cmd, ["--weights", model, "--dataset", "digits", "--out", tmp_path / "dep"])
+    _one_line_error(r, "no Rescaling/Normalization layers", "m.preprocessing.json")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "dep").exists()
+    (tmp_path / "m.preprocessing.json").write_text(json.dumps({"mean": [0.5, 0.45, 0.4], "std": [0.25, 0.25, 0.3]}))
+    loaded = load_model(None, str(model))
+    assert loaded.preprocessing.mean == (0.5, 0.45, 0.4) and "preprocessing_unknown" not in loaded.info

@@ -134,13 +134,14 @@ def export_onnx_cmd(variant, weights, num_classes, seed, output, batch, opset, f
     keras_layers = bool(loaded.info.get("keras", {}).get("preprocessing_layers"))
     prep, given = _preprocessing(loaded.preprocessing, loaded.variant, mean, std, input_size, interpolation,
                                  keras_layers=keras_layers)
-    if keras and not keras_layers and not (mean and std):
-        raise UserInputError(f"{weights} has no Rescaling/Normalization layers, so what its input was is not in the "
-                             "file: give --mean and --std as fed to Keras ((pixels/255 - mean) / std; "
-                             "--mean 0 --std 1 for pixels/255)")
+    if loaded.info.get("preprocessing_unknown") and not (mean and std):
+        from alexnet_deploy.models.keras_h5 import preprocessing_unknown_message
+
+        raise UserInputError(preprocessing_unknown_message(weights))
     if prep is not None:
         loaded.preprocessing = prep
         loaded.info["preprocessing_from"] = given
+        loaded.info.pop("preprocessing_unknown", None)
     opts = ExportOptions(opset=opset, batch=batch, fp16=fp16, simplify=not no_simplify, check=not no_check,
                          tolerance_overrides=overrides, dataset=dataset or "auto")
     opts.input_format = input_format
@@ -261,9 +262,10 @@ def keras_reference_cmd(model, out_dir, dataset, num_images, variant, mean, std,
     keras_layers = bool(loaded.info.get("keras", {}).get("preprocessing_layers"))
     prep, given = _preprocessing(loaded.preprocessing, loaded.variant, mean, std, input_size, interpolation,
                                  keras_layers=keras_layers)
-    if not keras_layers and not (mean and std):
-        raise UserInputError(f"{model} has no Rescaling/Normalization layers: give --mean and --std as fed to Keras "
-                             "(the same as for alexnet-export onnx)")
+    if loaded.info.get("preprocessing_unknown") and not (mean and std):
+        from alexnet_deploy.models.keras_h5 import preprocessing_unknown_message
+
+        raise UserInputError(preprocessing_unknown_message(model))
     if prep is not None:
         loaded.preprocessing = prep
     write_keras_reference(model, out, dataset=dataset, num_images=num_images, loaded=loaded, echo=click.echo)

@@ -216,6 +216,10 @@ def run_deploy(opts: DeployOptions, echo: Callable[[str], None] = print) -> dict
     from alexnet_deploy.models.weights import check_finite
 
     check_finite(loaded)  # NaN/Inf weights: one line naming the tensor, before the folder is touched
+    if loaded.info.get("preprocessing_unknown"):  # a Keras file that does not say its input normalization
+        from alexnet_deploy.models.keras_h5 import preprocessing_unknown_message
+
+        raise UserInputError(preprocessing_unknown_message(opts.weights, options=False))
     given = opts.dataset
     opts.dataset = resolve_dataset(opts.dataset, loaded)
     if not given:

@@ -725,6 +725,39 @@ def _conv_out(hw, k, s, p, d):
 # --------------------------------------------------------------------------------------------- loading
 
 
+PREPROCESSING_FILE = ".preprocessing.json"  # NAME.preprocessing.json next to a Keras file without Rescaling layers
+
+
+def preprocessing_unknown_message(path, options: bool = True) -> str:
+    """One line asking for a Keras model's input normalization (``options``: the command takes --mean/--std)."""
+    p = Path(path)
+    ask = ("give --mean and --std as fed to Keras ((pixels/255 - mean) / std; --mean 0 --std 1 for pixels/255), or "
+           if options else "add Rescaling/Normalization layers in Keras, or ")
+    return (f"{p.name} has no Rescaling/Normalization layers, so what its input was is not in the file: {ask}write "
+            f"{_weights_stem(p)}{PREPROCESSING_FILE} next to it: {{\"mean\": [r, g, b], \"std\": [r, g, b]}} on 0..1 pixels")
+
+
+def _read_preprocessing(path: Path, spec):
+    """NAME.preprocessing.json: {"mean": [3], "std": [3], optional "input_size", "interpolation"}."""
+    from dataclasses import replace
+
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        mean, std = tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"])
+        size = int(d.get("input_size", spec.input_size))
+        interp = str(d.get("interpolation", spec.preprocessing.interpolation))
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"{path} is not a preprocessing file ({{\"mean\": [r, g, b], \"std\": [r, g, b]}}): "
+                             f"{str(exc).splitlines()[0][:120]}") from None
+    if len(mean) != 3 or len(std) != 3 or any(v <= 0 for v in std):
+        raise UserInputError(f"{path}: mean and std need 3 values each, std positive")
+    if size != spec.input_size:
+        raise UserInputError(f"{path}: input_size {size}, but variant {spec.name!r} takes {spec.input_size}")
+    if interp not in ("nearest", "bilinear", "bicubic", "lanczos"):
+        raise UserInputError(f"{path}: unknown interpolation {interp!r}")
+    return replace(spec.preprocessing, mean=mean, std=std, resize=size, crop=size, interpolation=interp)
+
+
 def find_labels(path: Path, labels: str | None = None) -> Path | None:
     """``labels`` if given, else the first of LABEL_FILES next to the model."""
     if labels:
@@ -764,18 +797,21 @@ def load_keras_model(path, variant: str | None = None, *, num_classes: int | Non
     path = Path(path)
     kf = read_keras_file(path)
     ck_classes = _keras_classes(kf)
+    if not kf.has_config and variant is None:
+        raise UserInputError(f"{path} holds weights only (no layer list); name the variant with --variant")
     if num_classes is not None and ck_classes is not None and num_classes != ck_classes:
         raise ModelLoadError(f"{path} has {ck_classes} classes, not {num_classes}; drop --num-classes")
     match = match_variant(kf, variant, ck_classes or num_classes)
     spec = get_variant(match.variant)
     n = ck_classes or num_classes or spec.default_num_classes
-    model = build_model(match.variant, num_classes=n, seed=None)
+    import torch
+
+    with torch.device("meta"):  # no random init of what the Keras weights replace
+        model = build_model(match.variant, num_classes=n, seed=None)
     state = state_dict_from_match(kf, match, model)
     if not kf.has_config:
-        if variant is None:
-            raise UserInputError(f"{path} holds weights only (no layer list); name the variant with --variant")
         match.softmax = bool(softmax)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
     if match.softmax:
         if not isinstance(model, AlexNet):
             raise ModelLoadError(f"{path} ends in softmax, which the {match.variant!r} variant cannot carry; "
@@ -793,9 +829,13 @@ def load_keras_model(path, variant: str | None = None, *, num_classes: int | Non
         prep = Preprocessing(resize=spec.input_size, crop=spec.input_size, mean=mean, std=std)
         info["keras"]["preprocessing_layers"] = match.prep.layers
         info["preprocessing_from"] = "the Keras model's Rescaling/Normalization layers"
-    else:
+    elif (side := path.with_name(_weights_stem(path) + PREPROCESSING_FILE)).is_file():
+        prep = _read_preprocessing(side, spec)
+        info["preprocessing_from"] = side.name
+    else:  # nothing says what the input was: the caller must ask (export/deploy refuse, see preprocessing_unknown)
         prep = spec.preprocessing
         info["preprocessing_from"] = f"the {match.variant} variant's defaults (no Rescaling/Normalization layers)"
+        info["preprocessing_unknown"] = True
     if class_names:
         names = list(class_names)
     else:
