@@ -293,6 +293,9 @@ def test_default_ort_placement_keeps_logits_float_and_runs_int8_kernels(int8_res
     inits = {i.name: i for i in model.graph.initializer}
     qs = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert all(inits[q.input[2]].data_type == onnx.TensorProto.UINT8 for q in qs)
+    # and the provenance says so (it once claimed "int8 symmetric" activations and a float bias for this model)
+    params = int8_result.provenance["parameters"]
+    assert params["activations"] == "uint8 asymmetric per-tensor" and "int32" in params["bias"], params
     zero = [q for q in qs if not onnx.numpy_helper.to_array(inits[q.input[2]]).any()]
     assert len(zero) >= 5 and all(q.input[0] != model.graph.input[0].name for q in zero)
     ops = _optimized_ops(int8_result.output, tmp_path)

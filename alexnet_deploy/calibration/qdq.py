@@ -186,10 +186,14 @@ def _quantize_direct(fp32_path: Path, out_path: Path, data, cfg: QuantConfig, pl
 def provenance(fp32_path: Path, meta: ModelMetadata, cal: CalibrationSet, cfg: QuantConfig) -> dict:
     from alexnet_deploy.calibration.ranges import ENTROPY_BINS, FINE_BINS, QUANTIZED_BINS
 
+    ort = cfg.placement is Placement.ORT  # what quantize() writes for each placement (see the module doc)
     params = {"percentile": cfg.percentile if cfg.method is Method.PERCENTILE else None,
-              "per_channel": cfg.per_channel, "activations": "int8 symmetric",
+              "per_channel": cfg.per_channel,
+              "activations": "uint8 asymmetric per-tensor" if ort else "int8 symmetric per-tensor",
               "weights": "int8 symmetric per-channel" if cfg.per_channel else "int8 symmetric",
-              "bias": "float", "placement": cfg.placement.value}
+              "bias": ("float, except int32 behind DequantizeLinear for a Gemm with a float output"
+                       if ort else "float"),
+              "placement": cfg.placement.value}
     if cfg.method is Method.ENTROPY:
         params["histogram"] = {"bins": ENTROPY_BINS, "quantized_bins": QUANTIZED_BINS, "divergence": "KL"}
     elif cfg.method is Method.PERCENTILE:
