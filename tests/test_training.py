@@ -90,3 +90,21 @@ def test_class_count_mismatch_is_explained(tmp_path):
     loaded = load_model("cifar10", num_classes=5)
     with pytest.raises(Exception, match="--num-classes 10"):
         train(loaded, load_digits("train"), load_digits("heldout"), TrainConfig(epochs=1), progress=False)
+
+
+def test_an_empty_class_folder_is_warned_about(tmp_path, caplog):
+    """A class folder without images used to calibrate and check silently without that class."""
+    for c, n in (("cat", 3), ("dog", 0), ("fox", 2)):
+        (tmp_path / c).mkdir()
+        for i in range(n):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / c / f"{i}.png")
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    with caplog.at_level("WARNING", logger="alexnet_deploy.data.datasets"):
+        ds = load_dataset(str(tmp_path))
+    assert ds.class_names == ["cat", "dog", "fox"] and sorted(set(ds.labels.tolist())) == [0, 2]
+    assert any("dog hold no images" in r.getMessage() for r in caplog.records), caplog.text
+    caplog.clear()
+    (tmp_path / "dog" / "0.png").write_bytes((tmp_path / "cat" / "0.png").read_bytes())
+    with caplog.at_level("WARNING", logger="alexnet_deploy.data.datasets"):
+        load_dataset(str(tmp_path))
+    assert not caplog.records

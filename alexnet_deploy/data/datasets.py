@@ -169,7 +169,7 @@ def _load_classes(root: Path, classes: list[str]) -> ImageDataset:
     if extra:
         raise DatasetError(f"{root} has class folders that {root.parent / 'train'} lacks: {', '.join(extra[:5])}; "
                            "every class needs training images")
-    items, labels = [], []
+    items, labels, empty = [], [], []
     for i, c in enumerate(classes):
         if not (root / c).is_dir():
             continue
@@ -178,8 +178,14 @@ def _load_classes(root: Path, classes: list[str]) -> ImageDataset:
         )
         items.extend(files)
         labels.extend([i] * len(files))
+        if not files:
+            empty.append(c)
     if not items:
         raise DatasetError(f"{root} holds no images in its class folders {classes[:5]}")
+    if empty:  # calibration and parity would silently never see these classes
+        log.warning("%s: class folder(s) %s hold no images (suffixes %s); those classes are not represented", root,
+                    ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else ""),
+                    "/".join(IMAGE_SUFFIXES))
     return ImageDataset(f"folder:{root.name}", items, np.asarray(labels, dtype=np.int64), classes, f"folder:{root}")
 
 
