@@ -40,8 +40,17 @@ stops cleanly: the --output video is finalized and playable, the summary printed
 @click.option("--duration", "duration_s", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after this many seconds.")
 @click.option("--output", "-o", type=click.Path(), default=None,
-              help="Annotated video (.mp4 .mkv .mov .avi): label, score and FPS drawn on each frame.")
-@click.option("--codec", default=None, help="Encoder for --output (default: libx264, else mpeg4).")
+              help="Annotated frames (top-k scores and FPS drawn on each): a video file (.mp4 .mkv .mov .avi "
+                   ".ts), an image sequence (frames/%05d.jpg, .png), rtsp://host:port/path (publish to an RTSP "
+                   "server), rtp://host:port (RTP/MPEG-TS) or udp://host:port (MPEG-TS).")
+@click.option("--encoder", "--codec", "codec", default=None,
+              help="FFmpeg encoder for --output (default: libx264, else mpeg4), e.g. h264_nvenc or "
+                   "h264_v4l2m2m where this FFmpeg has them.")
+@click.option("--bitrate", default=None, metavar="BITS",
+              help="Bit rate for --output, e.g. 4M or 800k (default: constant quality for files, 4M for "
+                   "network outputs).")
+@click.option("--encoder-option", "encoder_options", multiple=True, metavar="KEY=VALUE",
+              help="FFmpeg encoder option for --output, e.g. preset=fast, g=60, crf=28 (repeatable).")
 @click.option("--jsonl", default="-", show_default=True, help="JSON lines file; '-' is stdout, 'none' turns them off.")
 @click.option("--summary", "summary_path", type=click.Path(), default=None, help="Also write the summary as JSON.")
 @click.option("--live/--no-live", default=None,
@@ -56,12 +65,12 @@ stops cleanly: the --output video is finalized and playable, the summary printed
 @click.option("--progress/--no-progress", default=None, help="Progress display (default: when stderr is a terminal).")
 @_handle_errors
 def stream_cmd(model, sources, engine, variant, batch, top_k, max_fps, max_frames, duration_s, output, codec,
-               jsonl, summary_path, live, input_options, timeout_s, rebuild_if_stale, progress):
+               bitrate, encoder_options, jsonl, summary_path, live, input_options, timeout_s, rebuild_if_stale, progress):
     _setup_logging()
     from alexnet_deploy.fileio import atomic_write_json, check_writable
     from alexnet_deploy.runtime.runners.factory import open_runner
     from alexnet_deploy.stream.pipeline import StreamOptions, StreamPipeline
-    from alexnet_deploy.stream.sinks import JsonLinesSink, VideoSink, container_for
+    from alexnet_deploy.stream.sinks import JsonLinesSink, VideoSink, check_output
     from alexnet_deploy.stream.sources import open_source, parse_source
 
     if engine in ("torch", "torch-cuda"):
@@ -72,8 +81,9 @@ def stream_cmd(model, sources, engine, variant, batch, top_k, max_fps, max_frame
     refuse_overlapping_paths([("MODEL", model), *(("SOURCE", p) for p in spec.input_paths)],
                              {"--output": output, "--jsonl": jsonl_path if jsonl_path != "-" else None,
                               "--summary": summary_path})
-    if output:
-        container_for(output, codec)  # unknown suffix or encoder: say so before loading anything
+    encoder_options = _key_values(encoder_options, "--encoder-option", "preset=fast")
+    if output:  # unknown kind, encoder that cannot open, unreachable server: say so before loading anything
+        check_output(output, codec, bitrate=bitrate, encoder_options=encoder_options, fps=max_fps)
     if summary_path:
         check_writable(summary_path)
     options = _key_values(input_options)
@@ -81,7 +91,8 @@ def stream_cmd(model, sources, engine, variant, batch, top_k, max_fps, max_frame
     source = open_source(spec, options=options, timeout_s=timeout_s)
     video = records = pipeline = None
     try:
-        video = VideoSink(output, fps=max_fps or source.rate, codec=codec) if output else None
+        video = VideoSink(output, fps=max_fps or source.rate, codec=codec, bitrate=bitrate,
+                          encoder_options=encoder_options) if output else None
         records = JsonLinesSink(jsonl_path) if jsonl_path else None
         pipeline = StreamPipeline(
             source, runner,
@@ -94,15 +105,15 @@ def stream_cmd(model, sources, engine, variant, batch, top_k, max_fps, max_frame
             source.close()
         if records is not None:
             records.close()
-        if video is not None and video.tmp_path.exists():  # never ran (an error before the pipeline started)
+        if video is not None and video.pending:  # never ran (an error before the pipeline started)
             video.close(keep=False)
     stats = result.stats
     click.echo(stats.format(), err=True)
     if output:
         if result.video_kept:
-            click.echo(f"annotated video: {output} ({video.frames} frames, {video.codec})", err=True)
+            click.echo(video.describe(), err=True)
         else:
-            click.echo(f"no video written to {output} (no frame was classified)", err=True)
+            click.echo(f"nothing written to {output} (no frame was classified)", err=True)
     if summary_path:
         atomic_write_json(summary_path, stats.to_dict() | {"model": str(model), "output": output,
                                                            "video_frames": video.frames if video else None})
@@ -112,11 +123,11 @@ def stream_cmd(model, sources, engine, variant, batch, top_k, max_fps, max_frame
         sys.exit(128 + signal.SIGINT)  # cli.common reports the signal that actually came (143 for SIGTERM)
 
 
-def _key_values(items) -> dict[str, str]:
+def _key_values(items, option: str = "--input-option", example: str = "video_size=1280x720") -> dict[str, str]:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UserInputError(f"--input-option {item!r}: expected KEY=VALUE, e.g. video_size=1280x720")
+            raise UserInputError(f"{option} {item!r}: expected KEY=VALUE, e.g. {example}")
         out[key.strip()] = value
     return out
