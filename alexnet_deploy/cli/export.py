@@ -122,7 +122,8 @@ def export_onnx_cmd(variant, weights, num_classes, seed, output, batch, opset, f
     check_writable(output)
     overrides = parse_overrides(tol)
     if weights.lower().endswith(".onnx"):
-        _adopt_onnx(weights, output, variant, num_classes, input_format, mean, std, input_size, interpolation, labels)
+        _adopt_onnx(weights, output, variant, num_classes, input_format, mean, std, input_size, interpolation, labels,
+                    simplify=not no_simplify)
         return
     from alexnet_deploy.models.keras_h5 import is_keras_file, keras_summary, read_labels
 
@@ -173,9 +174,12 @@ def _count_lines(path) -> int:
         raise UserInputError(f"cannot read labels file {path}: {exc}") from None
 
 
-def _adopt_onnx(weights, output, variant, num_classes, input_format, mean, std, input_size, interpolation, labels):
-    """An ONNX model from elsewhere -> the same graph with our metadata, after checking its input/output and
-    running it once on ONNX Runtime."""
+def _adopt_onnx(weights, output, variant, num_classes, input_format, mean, std, input_size, interpolation, labels,
+                simplify=True):
+    """An ONNX model from elsewhere -> the same computation with our metadata, after checking its input/output and
+    running it once on ONNX Runtime. onnxsim folds the exporter's constant chains (Keras' export has ~100 nodes
+    for 40 ops) and Constant nodes become initializers, so alexnet-calibrate and TensorRT take it; alexnet-parity
+    then compares the result with the original file."""
     import os
 
     import numpy as np
@@ -211,6 +215,15 @@ def _adopt_onnx(weights, output, variant, num_classes, input_format, mean, std, 
                          source_sha256=sha256_file(weights),
                          extra={"source_weights_absolute": src, "preprocessing_from": given})
     model, meta = adopt_onnx(model, meta, printable_path(weights))
+    simplified = False
+    if simplify:
+        from alexnet_deploy.exporter.onnx_export import _simplify
+
+        model, simplified = _simplify(model)
+    from alexnet_deploy.exporter.input_format import constants_to_initializers
+
+    constants_to_initializers(model)
+    meta.extra["simplified"] = simplified
     from alexnet_deploy import __version__
 
     meta.versions = {"alexnet_deploy": __version__, "onnx": onnx.__version__}

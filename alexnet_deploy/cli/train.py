@@ -15,7 +15,8 @@ from alexnet_deploy.cli.common import (
 @click.option("--dataset", default="digits", show_default=True,
               help="digits (embedded) | CIFAR-10 python-batch folder | ImageFolder tree.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="Checkpoint to write (.pt or .safetensors).")
-@click.option("--weights", default="random", show_default=True, help="Initial weights: random | PATH.")
+@click.option("--weights", default="random", show_default=True,
+              help="Initial weights: random | PATH (a checkpoint, or a Keras .keras / .h5 / .weights.h5).")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True,
@@ -39,6 +40,16 @@ def train_cmd(variant, dataset, output, weights, epochs, batch_size, lr, momentu
     check_writable(output)
     train_set, held = load_dataset(dataset, "train"), load_dataset(dataset, "heldout")
     loaded = model_for_dataset(variant, weights, train_set, seed)
+    if "keras" in loaded.info:  # fine-tuning a Keras import
+        if loaded.info.get("preprocessing_unknown"):
+            from alexnet_deploy.errors import UserInputError
+            from alexnet_deploy.models.keras_h5 import preprocessing_unknown_message
+
+            raise UserInputError(preprocessing_unknown_message(weights, options=False))
+        if loaded.softmax:  # checkpoints of the non-plain variants carry logits; the export can add softmax back
+            loaded.softmax = False
+            loaded.model.softmax = False
+            click.echo("note: the Keras model's final softmax is dropped: the checkpoint outputs logits")
     click.echo(f"training {loaded.variant} on {dataset}: {len(train_set)} train / {len(held)} held-out images, "
                f"{len(train_set.class_names)} classes")
     result = train(loaded, train_set, held, TrainConfig(epochs, batch_size, lr, momentum, weight_decay, seed, threads),

@@ -285,3 +285,16 @@ def adopt_onnx(model: onnx.ModelProto, meta: ModelMetadata, source: str) -> tupl
                                             "input": inp.name, "output": out.name}}
     return model, replace(meta, input_name=inp.name, output_name=out.name, output_kind=kind, batch=batch,
                           opset=opset, extra=extra)
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """``Constant`` nodes (with a tensor ``value``) -> initializers, in place: ONNX Runtime's static quantizer finds
+    no quantization parameters for a Constant node's output (Keras' ONNX export has them). Returns how many."""
+    g = model.graph
+    moved = 0
+    for nd in list(g.node):
+        if nd.op_type == "Constant" and len(nd.attribute) == 1 and nd.attribute[0].name == "value":
+            g.initializer.append(numpy_helper.from_array(numpy_helper.to_array(nd.attribute[0].t), nd.output[0]))
+            g.node.remove(nd)
+            moved += 1
+    return moved
