@@ -11,11 +11,12 @@ from alexnet_deploy.runtime.preprocess import DEFAULT_MAX_PIXELS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path())
+@click.argument("model", type=click.Path(), metavar="MODEL|ARTIFACT_DIR")
 @click.option("--engine", default=None, help="ort (default for .onnx) | ort-cuda | ort-trt | trt | torch.")
 @click.option("--name", default="alexnet", show_default=True, help="Model name in the v2 URLs.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="TCP port (0: a free one, printed in the serving line).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--max-queue-delay-ms", type=click.FloatRange(min=0), default=2.0, show_default=True)
 @click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True, help="Queued images before 503.")
@@ -46,9 +47,18 @@ def serve_cmd(model, engine, name, host, port, max_batch, max_queue_delay_ms, ma
     from alexnet_deploy.runtime.runners.factory import open_runner
     from alexnet_deploy.server.app import ServeOptions, bind_socket, serve
 
+    model = artifact_model(model)
     sock = bind_socket(host, port)  # before loading the model: a busy port is a one-line error at once
     try:
         runner = open_runner(model, engine, variant=variant, threads=threads)
+        # open, check and run the model once before announcing the address: a model the runners refuse is one
+        # line and exit 2 here, not a uvicorn startup traceback after "serving ... on http://..."
+        import numpy as np
+
+        runner.activate()
+        n = runner.min_batch or 1
+        runner.infer(np.zeros((n, *runner.metadata.input_dims), runner.metadata.input_dtype))
+        port = sock.getsockname()[1]
         click.echo(f"serving {model} as {name!r} on http://{host}:{port} ({runner.engine}, max batch {max_batch}, "
                    f"queue delay {max_queue_delay_ms} ms)")
         opts = ServeOptions(name, "1", max_batch, max_queue_delay_ms, max_queue, max_body_mb, timeout_s,
@@ -57,3 +67,38 @@ def serve_cmd(model, engine, name, host, port, max_batch, max_queue_delay_ms, ma
         serve(runner, opts, host, port, sock=sock)
     finally:
         sock.close()
+
+
+def artifact_model(model: str) -> str:
+    """``alexnet-serve DIR``: an artifact folder of alexnet-deploy serves the model its manifest.json names; a
+    deployment folder (several artifacts) is one line naming them."""
+    import json
+    from pathlib import Path
+
+    from alexnet_deploy.errors import UserInputError
+
+    folder = Path(model)
+    if not folder.is_dir():
+        return model
+
+    def manifest(d: Path) -> dict | None:
+        try:
+            data = json.loads((d / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and str(data.get("schema", "")).startswith("alexnet-deploy.artifact") else None
+
+    m = manifest(folder)
+    if m is not None:
+        rel = m.get("model")
+        if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise UserInputError(f"{folder / 'manifest.json'} names no model file inside the folder")
+        path = folder / rel
+        if not path.is_file():
+            raise UserInputError(f"{folder / 'manifest.json'} names {rel}, which is missing from {folder}")
+        return str(path)
+    arts = sorted(d.name for d in folder.iterdir() if d.is_dir() and manifest(d) is not None)
+    if arts:
+        raise UserInputError(f"{folder} is a deployment folder with {len(arts)} artifacts; serve one of them, e.g. "
+                             f"alexnet-serve {folder / arts[0]} ({', '.join(arts)})")
+    raise UserInputError(f"{folder} is a folder, not a model, an artifact folder (manifest.json) or a deployment folder")

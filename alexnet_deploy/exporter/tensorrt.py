@@ -153,6 +153,9 @@ def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOption
     if not onnx_path.is_file():
         raise UserInputError(f"ONNX model not found: {onnx_path}")
     meta = read_onnx_metadata(onnx_path)  # also rejects unreadable / metadata-less models with one line
+    from alexnet_deploy.runtime.runners.factory import check_onnx_contract
+
+    check_onnx_contract(onnx_path, meta)  # one image input, one [N, C] output: before any build work
     lib = load_library(opts.library)
     trt = lib.module
     profile = _profile(opts, meta.batch)

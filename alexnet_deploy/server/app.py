@@ -12,6 +12,7 @@ import errno
 import logging
 import re
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from alexnet_deploy.server.batcher import DynamicBatcher, QueueFull
 from alexnet_deploy.server.connections import ConnectionLimits
 from alexnet_deploy.server.metrics import Metrics, MetricsMiddleware
 from alexnet_deploy.server.protocol import (HEADER_LENGTH, NP_TO_V2, ProtocolError, build_infer_response, check_outputs,
-                                             parse_infer_request)
+                                             decompress, header_int, parse_infer_request)
+from alexnet_deploy.server.triton import config_json as triton_config
 
 PLATFORMS = {"ort": "onnxruntime_onnx", "trt": "tensorrt_plan", "torch": "pytorch_libtorch"}
 log = logging.getLogger("alexnet_deploy.server")
@@ -53,11 +55,12 @@ class ServeOptions:
     decode_workers: int = 2
     jpeg_draft: bool = True  # decode large JPEG uploads at a reduced DCT scale (no smaller than the resize)
     retry_after_s: int = 1
+    drain_idle_s: float = 2.0  # SIGTERM: idle keep-alive connections get this long to send a last request (503)
 
     def limits(self) -> ConnectionLimits:
         return ConnectionLimits(max_connections=self.max_connections, health_reserve=max(16, self.max_connections // 4),
                                 header_timeout_s=self.header_timeout_s, body_timeout_s=self.body_timeout_s,
-                                retry_after_s=self.retry_after_s)
+                                retry_after_s=self.retry_after_s, drain_idle_s=self.drain_idle_s)
 
 
 _REPR = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>")
@@ -119,7 +122,7 @@ def create_app(runner, options: ServeOptions | None = None):
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and (len(declared) > 18 or int(declared) > body_limit):
+        if declared is not None and header_int(declared, "Content-Length") > body_limit:
             raise ProtocolError(f"request body of {declared} bytes exceeds the {body_limit}-byte limit (--max-body-mb)", 413, True)
         body = bytearray()
         loop = asyncio.get_running_loop()
@@ -168,6 +171,11 @@ def create_app(runner, options: ServeOptions | None = None):
         "parameters": {"variant": meta.variant, "precision": meta.precision, "output_kind": meta.output_kind,
                        "max_batch_size": max_batch, "engine": runner.engine},
     }
+
+    stats = metrics.stats
+    config_json = triton_config(opts.name, meta, PLATFORMS.get(runner.engine.split("-")[0], runner.engine), max_batch,
+                                opts.max_queue_delay_ms, "gpu" if runner.engine in ("trt", "ort-cuda", "ort-trt",
+                                                                                   "torch-cuda") else "cpu")
 
     def prepare_infer(body: bytes, header_length: str | None):
         req = parse_infer_request(body, header_length)
@@ -232,11 +240,17 @@ def create_app(runner, options: ServeOptions | None = None):
 
     @app.get("/v2")
     async def server_metadata():
-        return {"name": "alexnet-deploy", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
+        return {"name": "alexnet-deploy", "version": __version__,
+                "extensions": ["binary_tensor_data", "classification", "model_configuration", "model_repository",
+                               "statistics"]}
 
     @app.post("/v2/repository/index")
     async def repository_index():
         return [{"name": opts.name, "version": opts.version, "state": "READY" if state["ready"] else "UNAVAILABLE"}]
+
+    @app.get("/v2/models/stats")
+    async def all_model_stats():  # registered before /v2/models/{name}, which would take "stats" for a name
+        return stats.json(opts.name, opts.version)
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
@@ -253,14 +267,43 @@ def create_app(runner, options: ServeOptions | None = None):
         return JSONResponse({"name": name, "ready": False, "error": "the model is not ready"}, status_code=503,
                             headers=retry)
 
+    def parse_body(body: bytes, encoding: str | None, header_length: str | None):
+        """In the worker pool: inflate a compressed body (limit applied after), parse and check the request."""
+        t0 = time.perf_counter()
+        if encoding is not None:
+            body = decompress(body, encoding, body_limit)
+        req, x = prepare_infer(body, header_length)
+        return req, x, time.perf_counter() - t0
+
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None):
+        t0 = time.perf_counter()
         check_model(name, version)
-        req, x = await offload(prepare_infer, await read_body(request), request.headers.get(HEADER_LENGTH))
-        out = await run(x)
-        body, headers = build_infer_response(name, opts.version, req, {meta.output_name: out})
+        try:
+            req, x, input_s = await offload(parse_body, await read_body(request),
+                                            request.headers.get("content-encoding"), request.headers.get(HEADER_LENGTH))
+            out = await run(x)
+            t1 = time.perf_counter()
+            body, headers = build_infer_response(name, opts.version, req, {meta.output_name: out}, meta.class_names)
+        except ProtocolError:
+            stats.on_request(False, time.perf_counter() - t0)
+            raise
+        t2 = time.perf_counter()
+        stats.on_request(True, t2 - t0, input_s, t2 - t1)
         return Response(body, headers=headers, media_type=headers["content-type"])
+
+    @app.get("/v2/models/{name}/config")
+    @app.get("/v2/models/{name}/versions/{version}/config")
+    async def model_config(name: str, version: str | None = None):
+        check_model(name, version)
+        return config_json
+
+    @app.get("/v2/models/{name}/stats")
+    @app.get("/v2/models/{name}/versions/{version}/stats")
+    async def model_stats(name: str, version: str | None = None):
+        check_model(name, version)
+        return stats.json(opts.name, opts.version)
 
     @app.post("/models/{name}/classify")
     async def classify(name: str, request: Request, top_k: int = Query(5, ge=1)):
@@ -268,6 +311,8 @@ def create_app(runner, options: ServeOptions | None = None):
 
         check_model(name, None)
         body = await read_body(request)
+        if request.headers.get("content-encoding") is not None:
+            body = await offload(decompress, body, request.headers["content-encoding"], body_limit)
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
             from starlette.formparsers import MultiPartException, MultiPartParser

@@ -28,7 +28,7 @@ class DynamicBatcher:
         self.max_batch = max(1, int(max_batch))
         self.delay = max(0.0, max_queue_delay_ms) / 1000.0
         self.max_queue = int(max_queue)
-        self.on_batch = on_batch  # callback(batch_images, queue_seconds_list)
+        self.on_batch = on_batch  # callback(batch_images, queue_seconds_list, compute_seconds)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._pending_images = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
@@ -77,11 +77,16 @@ class DynamicBatcher:
                 n += len(nxt.x)
             await self._run(loop, items)
 
+    def _timed_infer(self, x: np.ndarray):
+        t0 = time.perf_counter()
+        out = self.runner.infer(x)
+        return out, time.perf_counter() - t0
+
     async def _run(self, loop, items: list[_Item]) -> None:
         now = time.perf_counter()
         x = np.concatenate([it.x for it in items]) if len(items) > 1 else items[0].x
         try:
-            out = await loop.run_in_executor(self._executor, self.runner.infer, x)
+            out = await loop.run_in_executor(self._executor, self._timed_infer, x)
         except Exception as exc:  # noqa: BLE001 - handed to every waiting request
             for it in items:
                 if not it.future.done():
@@ -89,8 +94,9 @@ class DynamicBatcher:
             return
         finally:
             self._pending_images -= len(x)  # queued + in flight: what drain() waits for
+        out, compute_s = out
         if self.on_batch:
-            self.on_batch(len(x), [now - it.enqueued for it in items])
+            self.on_batch(len(x), [now - it.enqueued for it in items], compute_s)
         start = 0
         for it in items:
             if not it.future.done():

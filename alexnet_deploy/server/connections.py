@@ -14,6 +14,11 @@ class: a subclass of uvicorn's h11 protocol, passed as ``uvicorn.Config(http=...
 - **Connection cap**: beyond ``max_connections`` open connections, a connection may only ask for
   ``/v2/health/*`` (anything else gets 503 JSON with Retry-After); beyond ``max_connections +
   health_reserve`` it is answered 503 and closed at once.
+- **Drain** (SIGTERM): uvicorn closed idle keep-alive connections at once, so a request the client was sending
+  just then met a closed socket (one lost request per connection), and the last responses did not say the
+  connection would end. Here a response still being computed goes out with ``Connection: close``; a new
+  request on an open connection gets a JSON 503 with ``Connection: close`` and Retry-After; a connection that
+  stays idle is closed after ``drain_idle_s``.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ class ConnectionLimits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     retry_after_s: int = 1
+    drain_idle_s: float = 2.0  # during a drain, an idle keep-alive connection is closed after this long
 
 
 def json_response_bytes(status: int, reason: str, message: str, retry_after: int | None = None) -> bytes:
@@ -59,6 +65,22 @@ def health_only(app, retry_after: int):
         await send({"type": "http.response.body", "body": body})
 
     return guarded
+
+
+CLOSE = (b"connection", b"close")
+
+
+def draining(retry_after: int):
+    """The ASGI app a connection gets once the server drains: 503 JSON, Retry-After, Connection: close."""
+    body = json.dumps({"error": "the server is shutting down; retry on a new connection"}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"retry-after", str(retry_after).encode()), CLOSE]
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
 
 
 def _set_nodelay(transport) -> None:
@@ -145,6 +167,27 @@ def guarded_protocol(limits: ConnectionLimits) -> type:
         def connection_lost(self, exc) -> None:
             self._disarm()
             super().connection_lost(exc)
+
+        def shutdown(self) -> None:
+            """The server drains (SIGTERM): end this connection politely instead of closing it under the client."""
+            self.app = draining(self._limits.retry_after_s)  # any further request on it: 503 + Connection: close
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                cycle.keep_alive = False
+                if not cycle.response_started:  # the final response says so (h11 then closes after it)
+                    cycle.default_headers = [*cycle.default_headers, CLOSE]
+                return
+            if not self.transport.is_closing():
+                self._arm(self._limits.drain_idle_s, self._drain_idle)
+
+        def _drain_idle(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            if self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete):
+                self.transport.close()  # idle for drain_idle_s: nothing more is coming
+            else:  # a request arrived meanwhile: its (503) response closes the connection
+                self._arm(self._limits.drain_idle_s, self._drain_idle)
 
         def send_400_response(self, msg: str) -> None:  # malformed HTTP: JSON like every other error
             self.transport.write(json_response_bytes(400, "Bad Request", "malformed HTTP request"))

@@ -24,11 +24,13 @@ class Metrics:
                                buckets=(.0001, .0005, .001, .002, .005, .01, .025, .05, .1, .25, 1))
         self.batch = Histogram("alexnet_batch_size", "Images per executed batch", registry=self.registry,
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.stats = ModelStats()
 
-    def on_batch(self, images: int, waits: list[float]) -> None:
+    def on_batch(self, images: int, waits: list[float], compute_s: float = 0.0) -> None:
         self.batch.observe(images)
         for w in waits:
             self.queue.observe(w)
+        self.stats.on_batch(images, waits, compute_s)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -64,3 +66,62 @@ class MetricsMiddleware:
             code = status[0] if 100 <= status[0] <= 599 else 500
             self.metrics.requests.labels(endpoint, str(code)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+
+
+class _Duration:
+    __slots__ = ("count", "ns")
+
+    def __init__(self):
+        self.count = 0
+        self.ns = 0
+
+    def add(self, seconds: float, n: int = 1) -> None:
+        self.count += n
+        self.ns += int(seconds * 1e9)
+
+    def json(self) -> dict:
+        return {"count": self.count, "ns": self.ns}
+
+
+class ModelStats:
+    """Triton's statistics extension (GET /v2/models/{m}/stats) for the one served model: plain counters,
+    updated on the event loop (the batcher reports from there), so the request path pays a few additions."""
+
+    KINDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
+
+    def __init__(self):
+        self.inference = {k: _Duration() for k in self.KINDS}
+        self.batches: dict[int, dict[str, _Duration]] = {}
+        self.inference_count = 0  # images inferred (Triton counts each batch element)
+        self.execution_count = 0  # batches run
+        self.last_inference_ms = 0
+
+    def on_batch(self, images: int, waits: list[float], compute_s: float) -> None:
+        self.inference_count += images
+        self.execution_count += 1
+        self.last_inference_ms = int(time.time() * 1000)
+        for w in waits:
+            self.inference["queue"].add(w)
+        self.inference["compute_infer"].add(compute_s, len(waits))
+        per = self.batches.get(images)
+        if per is None:
+            if len(self.batches) >= 1024:  # batch sizes are bounded by --max-batch; a guard all the same
+                return
+            per = self.batches[images] = {k: _Duration() for k in ("compute_input", "compute_infer", "compute_output")}
+        per["compute_infer"].add(compute_s)
+
+    def on_request(self, ok: bool, total_s: float, input_s: float = 0.0, output_s: float = 0.0) -> None:
+        self.inference["success" if ok else "fail"].add(total_s)
+        if ok:
+            self.inference["compute_input"].add(input_s)
+            self.inference["compute_output"].add(output_s)
+
+    def json(self, name: str, version: str) -> dict:
+        return {"model_stats": [{
+            "name": name, "version": version, "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count, "execution_count": self.execution_count,
+            "inference_stats": {k: d.json() for k, d in self.inference.items()},
+            "batch_stats": [{"batch_size": b, **{k: d.json() for k, d in per.items()}}
+                            for b, per in sorted(self.batches.items())],
+            "memory_usage": [],
+        }]}

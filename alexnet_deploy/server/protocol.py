@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,11 +87,54 @@ def _flag(params: dict, key: str, where: str, default: bool) -> bool:
     return v
 
 
+_HEADER_INT = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() takes "³", and int() of 5,000 digits raises
+
+
+def header_int(value: str, header: str) -> int:
+    """A non-negative integer header value; anything else (superscripts, signs, overlong digit runs) is a 400."""
+    text = value.strip(" \t")
+    if not _HEADER_INT.fullmatch(text):
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise ProtocolError(f"the {header} header must be a non-negative integer of at most 18 ASCII digits, "
+                            f"got {shown!r}")
+    return int(text)
+
+
+CONTENT_ENCODINGS = ("gzip", "deflate")
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """A request body sent with ``Content-Encoding: gzip`` or ``deflate`` (tritonclient's
+    request_compression_algorithm), inflated with the body limit applied to the result (a 16 KB gzip that
+    inflates to gigabytes stops at ``limit`` + 1 bytes)."""
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        return body
+    if enc not in CONTENT_ENCODINGS:
+        raise ProtocolError(f"Content-Encoding {encoding[:40]!r} is not supported (use gzip, deflate or none)", 415)
+    # gzip: the gzip wrapper (wbits 16+15); deflate is the zlib format (RFC 9110), raw deflate is also taken
+    attempts = (31,) if enc == "gzip" else (15, -15)
+    for wbits in attempts:
+        d = zlib.decompressobj(wbits=wbits)
+        try:
+            out = d.decompress(body, limit + 1)
+        except zlib.error as exc:
+            if wbits == attempts[-1]:
+                raise ProtocolError(f"the {enc} request body is corrupt: {exc}") from None
+            continue
+        if len(out) > limit or d.unconsumed_tail:
+            raise ProtocolError(f"the {enc} request body inflates beyond the {limit}-byte limit (--max-body-mb)", 413)
+        if not d.eof:
+            raise ProtocolError(f"the {enc} request body is truncated")
+        if d.unused_data:
+            raise ProtocolError(f"{len(d.unused_data)} bytes after the end of the {enc} request body")
+        return out
+    raise ProtocolError(f"the {enc} request body is corrupt")
+
+
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     if header_length is not None:
-        if not header_length.strip().isdigit():
-            raise ProtocolError(f"the {HEADER_LENGTH} header must be a non-negative integer")
-        n = int(header_length)
+        n = header_int(header_length, HEADER_LENGTH)
         if not 0 < n <= len(body):
             raise ProtocolError(f"{HEADER_LENGTH} {n} does not fit the {len(body)}-byte body")
         head, binary = _json(memoryview(body)[:n]), memoryview(body)[n:]
@@ -167,6 +212,9 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         seen.add(spec["name"])
         out_params = _params(spec, where)
         _flag(out_params, "binary_data", where, binary_default)
+        count = out_params.get("classification", 0)
+        if not _is_int(count) or count < 0:
+            raise ProtocolError(f"{where}parameters.classification must be a non-negative integer (the class count)")
         outputs.append({"name": spec["name"], "parameters": out_params})
     return InferRequest(request_id, inputs, outputs, binary_default)
 
@@ -179,10 +227,34 @@ def check_outputs(req: InferRequest, available: list[str]) -> None:
                                 f"{', '.join(repr(n) for n in available)}")
 
 
-def build_infer_response(model: str, version: str, req: InferRequest, outputs: dict[str, np.ndarray]
-                         ) -> tuple[bytes, dict[str, str]]:
+def classify(scores: np.ndarray, count: int, labels: list[str] | None) -> np.ndarray:
+    """Triton's classification extension: (N, C) scores -> (N, min(count, C)) strings "<value>:<index>[:<label>]",
+    the highest values first (compared as the output's type; ties by lower index), values as C's "%f"."""
+    k = min(count, scores.shape[-1])
+    order = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+    out = np.empty(order.shape, dtype=object)
+    for pos in np.ndindex(order.shape):
+        i = int(order[pos])
+        value = float(scores[pos[:-1] + (i,)])
+        label = f":{labels[i]}" if labels and i < len(labels) else ""
+        out[pos] = f"{value:f}:{i}{label}"
+    return out
+
+
+def _bytes_tensor(arr: np.ndarray) -> bytes:
+    """The binary form of a BYTES tensor: each element as a 4-byte little-endian length and its UTF-8 bytes."""
+    parts = []
+    for s in arr.ravel():
+        b = s.encode("utf-8")
+        parts.append(len(b).to_bytes(4, "little") + b)
+    return b"".join(parts)
+
+
+def build_infer_response(model: str, version: str, req: InferRequest, outputs: dict[str, np.ndarray],
+                         labels: list[str] | None = None) -> tuple[bytes, dict[str, str]]:
     """-> (body, headers). Outputs asked with ``parameters.binary_data`` go in the binary section (raw IEEE
-    values, NaN included); a non-finite value asked for as JSON is an error, as JSON has no NaN."""
+    values, NaN included); a non-finite value asked for as JSON is an error, as JSON has no NaN. An output asked
+    with ``parameters.classification: k`` is returned as Triton does: BYTES [N, k] "value:index:label"."""
     check_outputs(req, list(outputs))
     wanted = req.outputs or [{"name": n, "parameters": {}} for n in outputs]
     head = {"model_name": model, "model_version": version, "outputs": []}
@@ -192,6 +264,20 @@ def build_infer_response(model: str, version: str, req: InferRequest, outputs: d
     for spec in wanted:
         name = spec["name"]
         arr = np.ascontiguousarray(outputs[name])
+        count = spec["parameters"].get("classification", 0)
+        if count:
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise ProtocolError(f"output {name!r} holds NaN or infinite values; no classification of it is possible")
+            classes = classify(arr, count, labels)
+            entry = {"name": name, "shape": list(classes.shape), "datatype": "BYTES"}
+            if spec["parameters"].get("binary_data", req.binary_outputs_default):
+                blob = _bytes_tensor(classes)
+                entry["parameters"] = {"binary_data_size": len(blob)}
+                blobs.append(blob)
+            else:
+                entry["data"] = classes.ravel().tolist()
+            head["outputs"].append(entry)
+            continue
         entry = {"name": name, "shape": list(arr.shape), "datatype": NP_TO_V2[arr.dtype]}
         if spec["parameters"].get("binary_data", req.binary_outputs_default):
             blob = arr.tobytes()

@@ -18,6 +18,72 @@ class TensorSpec:
     dtype: np.dtype
 
 
+_FLOAT_TYPES = ("float32", "float16", "float64")
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join("N" if i == 0 and not isinstance(d, int) else "?" if not isinstance(d, int) else str(d)
+                           for i, d in enumerate(shape)) + "]"
+
+
+def check_model_contract(inputs: list[TensorSpec], outputs: list[TensorSpec], meta: ModelMetadata, where: str) -> None:
+    """The one contract every command relies on, checked where a model is opened (runners, Triton export,
+    TensorRT build): one image input of the metadata's name, layout, size and type, and one output of class
+    scores [N, num_classes]. ``shape`` entries are ints, or None / a name for a dynamic dimension.
+
+    Raises ModelLoadError naming everything that is wrong (a two-input graph failed only at the first inference,
+    with ONNX Runtime's message; an [N, 10, 1, 1] output got a Triton config of dims [10])."""
+    problems = []
+    ours = not meta.source_weights.startswith("unknown (defaults")  # --variant defaults name no tensors
+    if len(inputs) != 1:
+        problems.append(f"it takes {len(inputs)} inputs ({', '.join(repr(t.name) for t in inputs) or 'none'}), "
+                        "not one image input")
+    else:
+        t = inputs[0]
+        want = (None, *meta.input_dims)
+        if ours and t.name != meta.input_name:
+            problems.append(f"its input is named {t.name!r} but its metadata says {meta.input_name!r}")
+        if len(t.shape) != 4:
+            problems.append(f"its input {t.name!r} has shape {_dims(t.shape)}, not {_dims(want)}")
+        else:
+            bad = [i for i in range(1, 4) if isinstance(t.shape[i], int) and t.shape[i] != want[i]]
+            if bad:
+                problems.append(f"its input {t.name!r} has shape {_dims(t.shape)}, but its metadata "
+                                f"({meta.input_format}) says {_dims(want)}")
+        dtype = np.dtype(t.dtype).name if t.dtype is not None else None
+        if dtype is not None:
+            if meta.input_dtype == "uint8" and dtype != "uint8":
+                problems.append(f"its input {t.name!r} is {dtype}, but its metadata ({meta.input_format}) says uint8")
+            elif meta.input_dtype != "uint8" and dtype not in _FLOAT_TYPES:
+                problems.append(f"its input {t.name!r} is {dtype}, not floating point")
+    if len(outputs) != 1:
+        problems.append(f"it has {len(outputs)} outputs ({', '.join(repr(t.name) for t in outputs) or 'none'}), "
+                        f"not one [N, {meta.num_classes}] output of class scores")
+    else:
+        t = outputs[0]
+        if ours and t.name != meta.output_name:
+            problems.append(f"its output is named {t.name!r} but its metadata says {meta.output_name!r}")
+        if len(t.shape) != 2 or (isinstance(t.shape[1], int) and t.shape[1] != meta.num_classes):
+            problems.append(f"its output {t.name!r} has shape {_dims(t.shape)}, not [N, {meta.num_classes}] "
+                            f"(one row of {meta.num_classes} class scores per image)")
+    if problems:
+        raise ModelLoadError(f"{where} is not a model alexnet-deploy can run: {'; '.join(problems)}")
+
+
+def session_io(session) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The inputs and outputs of an ONNX Runtime InferenceSession as TensorSpecs."""
+    types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+             "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32,
+             "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+
+    def spec(t):
+        dtype = types.get(t.type)
+        return TensorSpec(t.name, tuple(d if isinstance(d, int) else None for d in t.shape),
+                          np.dtype(dtype) if dtype is not None else np.dtype("O"))
+
+    return [spec(t) for t in session.get_inputs()], [spec(t) for t in session.get_outputs()]
+
+
 class Runner:
     engine = "base"
 
@@ -33,8 +99,23 @@ class Runner:
     def activate(self) -> "Runner":
         if not self.is_active:
             self.activate_impl()
+            io = self.io_specs()
+            if io is not None:
+                try:
+                    check_model_contract(*io, self.metadata, str(getattr(self, "path", self.engine)))
+                except ModelLoadError:
+                    self.deactivate_impl()
+                    raise
             self.is_active = True
         return self
+
+    def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
+        """After activate_impl: the model's inputs and outputs, for the contract check (None: not known).
+        Here: an ONNX Runtime session's (``self.session``); other backends may override."""
+        session = getattr(self, "session", None)
+        if session is not None and hasattr(session, "get_inputs") and hasattr(session, "get_outputs"):
+            return session_io(session)
+        return None
 
     def deactivate(self) -> None:
         if self.is_active:

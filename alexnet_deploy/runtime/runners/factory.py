@@ -38,6 +38,47 @@ def default_engine(path) -> str:
     return {"onnx": "ort", "engine": "trt", "checkpoint": "torch"}[model_kind(path)]
 
 
+def onnx_io(path: str | os.PathLike):
+    """The graph inputs (initializers excluded) and outputs of an ONNX file as TensorSpecs, read with onnx without
+    its weights; None when onnx is not installed (runtime-only installs: the runner checks at activation)."""
+    try:
+        import onnx
+        from onnx import helper
+    except ImportError:
+        return None
+    import numpy as np
+
+    from alexnet_deploy.runtime.runners.base import TensorSpec
+
+    try:
+        graph = onnx.load(os.fspath(path), load_external_data=False).graph
+    except FileNotFoundError:
+        raise ModelLoadError(f"model not found: {path}") from None
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelLoadError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:200]}") from None
+    weights = {t.name for t in graph.initializer}
+
+    def spec(v):
+        t = v.type.tensor_type
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
+        except Exception:  # noqa: BLE001 - an element type numpy has no dtype for
+            dtype = np.dtype("O")
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+        return TensorSpec(v.name, shape, dtype)
+
+    return [spec(v) for v in graph.input if v.name not in weights], [spec(v) for v in graph.output]
+
+
+def check_onnx_contract(path: str | os.PathLike, meta) -> None:
+    """The model contract (runners.base.check_model_contract) of an ONNX file, before any work is done with it."""
+    from alexnet_deploy.runtime.runners.base import check_model_contract
+
+    io = onnx_io(path)
+    if io is not None:
+        check_model_contract(*io, meta, os.fspath(path))
+
+
 def open_runner(path: str | os.PathLike, engine: str | None = None, *, variant: str | None = None,
                 threads: int | None = None, rebuild_if_stale: bool = False, **options):
     """A (not yet activated) runner for ``path``; ``variant`` supplies defaults for metadata-less ONNX."""
@@ -53,7 +94,9 @@ def open_runner(path: str | os.PathLike, engine: str | None = None, *, variant: 
         from alexnet_deploy.runtime.runners.ort import OrtRunner
 
         provider = {"ort": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[engine]
-        return OrtRunner(path, read_onnx_metadata(path, variant), provider=provider, threads=threads, **options)
+        meta = read_onnx_metadata(path, variant)
+        check_onnx_contract(path, meta)  # one line now, not ONNX Runtime's message at the first inference
+        return OrtRunner(path, meta, provider=provider, threads=threads, **options)
     if kind == "engine":
         from alexnet_deploy.runtime.runners.tensorrt import TensorRTRunner
 
