@@ -375,3 +375,34 @@ def test_unknown_normalization_is_asked_for(small_files, tmp_path):
     (tmp_path / "m.preprocessing.json").write_text(json.dumps({"mean": [0.5, 0.45, 0.4], "std": [0.25, 0.25, 0.3]}))
     loaded = load_model(None, str(model))
     assert loaded.preprocessing.mean == (0.5, 0.45, 0.4) and "preprocessing_unknown" not in loaded.info
+
+
+def test_functional_chain_matches_and_branches_are_refused(tmp_path):
+    """A Functional model that is a chain (here with a ReLU layer and a Softmax layer) maps like a Sequential;
+    a branching one is one line naming the layer whose input is not the previous layer."""
+    from alexnet_deploy.errors import ModelLoadError
+    from alexnet_deploy.models.weights import load_model
+
+    import torch
+
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((32, 32, 3))
+    x = layers.ZeroPadding2D(5)(inp)
+    x = layers.MaxPool2D(2, 2)(layers.Conv2D(64, 11, strides=4, activation="relu")(x))
+    x = layers.MaxPool2D(2)(layers.Conv2D(192, 5, padding="same", activation="relu")(x))
+    x = layers.Conv2D(384, 3, padding="same", activation="relu")(x)
+    x = layers.ReLU()(layers.Conv2D(256, 3, padding="same")(x))
+    x = layers.MaxPool2D(2)(layers.Conv2D(256, 3, padding="same", activation="relu")(x))
+    m = keras.Model(inp, layers.Softmax()(layers.Dense(10)(layers.Flatten()(x))))
+    m.save(tmp_path / "f.keras")
+    loaded = load_model(None, str(tmp_path / "f.keras"))
+    assert loaded.variant == "cifar10" and loaded.softmax
+    x = np.random.default_rng(5).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        got = loaded.model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+    assert np.abs(got - m.predict(x, verbose=0)).max() <= TOL
+    a = keras.Input((32, 32, 3))
+    b, c = layers.Conv2D(4, 3, name="left")(a), layers.Conv2D(4, 3, name="right")(a)
+    keras.Model(a, layers.Dense(10)(layers.Flatten()(layers.Add()([b, c])))).save(tmp_path / "branch.keras")
+    with pytest.raises(ModelLoadError, match="layer 'right' .* not the previous layer 'left'"):
+        load_model(None, str(tmp_path / "branch.keras"))

@@ -64,8 +64,9 @@ def parity_cmd(candidate, engine, golden, reference, variant, dataset, num_image
                                    precision=None if precision == "auto" else precision, tolerances=parse_overrides(tol))
         _finish(report, json_path, junit_path, preprocess)
         return
-    keras_golden = _keras_reference(candidate, reference)  # imported Keras models: Keras' own outputs
-    if keras_golden is not None and dataset is None:
+    # imported Keras models: Keras' own outputs (an explicit --dataset asks for the PyTorch reference instead)
+    keras_golden = _keras_reference(candidate, reference) if dataset is None else None
+    if keras_golden is not None:
         from alexnet_deploy.parity.verify import check_with_golden
 
         report = check_with_golden(candidate, keras_golden, engine=engine,
