@@ -94,7 +94,9 @@ def _ceilings(result: dict | None) -> dict | None:
 
 def _named_gates(reason: str) -> str:
     """parity's failure lines with each metric named for what it is ("cosine" -> "min cosine per image")."""
-    return _GATE_RE.sub(lambda m: f"{GATE_NAMES.get(m[1], m[1])} = {m[2]}, needs {m[3]} {m[4]}", reason or "")
+    # only the ambiguous one is renamed: the others keep parity's metric names (what --tol takes)
+    return _GATE_RE.sub(lambda m: f"{GATE_NAMES['cosine'] if m[1] == 'cosine' else m[1]} = {m[2]}, needs {m[3]} {m[4]}",
+                        reason or "")
 
 
 def _gate_failures(reason: str) -> list[tuple[str, str, str]]:

@@ -429,6 +429,10 @@ def _run_step(ctx: Context, step: Step, input_sha: dict, available: set) -> Step
     out, opts = ctx.out, ctx.opts
     missing = [a for a in step.needs if a not in available]
     if missing:
+        try:
+            _drop_record(out, step)  # a check of an artifact that is gone describes nothing in DIR
+        except OSError:
+            pass
         return StepOutcome(step, "skipped", reason=f"needs {', '.join(missing)}, which was not built")
     t0 = time.perf_counter()
     try:
@@ -495,8 +499,9 @@ def failure_reason(exc: BaseException, out: Path, step: Step) -> str:
     else:
         msg = str(exc).splitlines()[0][:300] if str(exc).strip() else ""
         target = out / step.artifact if step.kind in RUNNERS else _record_path(out, step)
-        text = f"{type(exc).__module__.split('.')[0]} {type(exc).__name__}" + (f": {msg}" if msg else "") + \
-            f" (while making {target})"
+        mod = type(exc).__module__
+        name = type(exc).__name__ if mod in ("builtins", "__main__") else f"{mod}.{type(exc).__name__}"
+        text = name + (f": {msg}" if msg else "") + f" (while making {target})"
     try:
         free = shutil.disk_usage(out).free
     except OSError:
