@@ -122,6 +122,13 @@ def export_onnx_cmd(variant, weights, num_classes, seed, output, batch, opset, f
     check_writable(output)
     overrides = parse_overrides(tol)
     if weights.lower().endswith(".onnx"):
+        ctx = click.get_current_context()
+        extra = [f"--{n.replace('_', '-')}" for n in ("batch", "fp16", "softmax", "no_check", "tol", "json_path",
+                                                      "dataset", "keras_reference", "seed")
+                 if ctx.get_parameter_source(n) is not None and ctx.get_parameter_source(n).name != "DEFAULT"]
+        if extra:
+            raise UserInputError(f"an ONNX model from elsewhere is adopted as it is: drop {', '.join(extra)} (check it "
+                                 "with alexnet-parity afterwards)".replace("--json-path", "--json"))
         _adopt_onnx(weights, output, variant, num_classes, input_format, mean, std, input_size, interpolation, labels,
                     simplify=not no_simplify)
         return

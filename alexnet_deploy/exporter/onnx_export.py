@@ -221,6 +221,8 @@ def export_onnx(loaded: LoadedModel, output: str | Path, opts: ExportOptions | N
             from alexnet_deploy.models.keras_reference import check_against_reference
 
             kreport = check_against_reference(str(tmp), metadata, keras_ref, output.name)
+            for kset in kreport.sets:
+                kset.name = f"keras reference ({kset.name})"
             if not kreport.passed:
                 raise ParityError(f"exported model disagrees with Keras' own outputs ({keras_ref}); {output} was "
                                   f"not written:\n{kreport.table()}", kreport)
@@ -240,7 +242,8 @@ def _keras_reference(loaded: LoadedModel, metadata: ModelMetadata, opts: ExportO
     from alexnet_deploy.models.keras_reference import find_reference
 
     metadata.extra["keras"] = loaded.info["keras"]
-    folder = find_reference(loaded, opts.keras_reference) if opts.check or opts.keras_reference else None
+    # also with check=False (alexnet-deploy parities in a later step against PyTorch): the reference is Keras
+    folder = find_reference(loaded, opts.keras_reference)
     if folder is not None:
         from alexnet_deploy.fileio import sha256_file
         from alexnet_deploy.parity.golden import MANIFEST
