@@ -39,7 +39,9 @@ BN_TORCH_EPS = 1e-5
 KERAS_EPSILON = 1e-7  # keras.backend.epsilon(): Normalization divides by max(sqrt(variance), this)
 # Layers that do nothing at inference
 _NO_OPS = {"Dropout", "SpatialDropout2D", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
-           "ActivityRegularization", "InputLayer"}
+           "ActivityRegularization", "InputLayer",
+           # augmentation: the identity at inference (RandomCrop is not: it center-crops, so it stays a mismatch)
+           "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast", "RandomBrightness"}
 
 
 def is_keras_file(path) -> bool:
@@ -379,8 +381,10 @@ class _Prep:
     layers: list = field(default_factory=list)
 
 
-def _activation_ops(act: str, layer: KLayer) -> list[Op]:
-    act = (act or "linear").lower()
+def _activation_ops(act, layer: KLayer) -> list[Op]:
+    if isinstance(act, dict):  # a serialized activation object: its registered name
+        act = (act.get("config") or {}).get("name") or act.get("class_name")
+    act = str(act or "linear").lower()
     if act == "linear":
         return []
     if act == "relu":
