@@ -418,7 +418,8 @@ class Check:
              "commands": [shlex.join(map(str, c)) for c in commands or []], "argv": [list(map(str, c)) for c in commands or []]}
         if details:
             r["details"] = details
-        shown = reason if not self.rows or reason != self.rows[-1]["reason"] else "(the same reason as above)"
+        shown = reason if status != "skipped" or not self.rows or reason != self.rows[-1]["reason"] \
+            else "(the same reason as above)"
         self.rows.append(r)
         mark = {"passed": "PASS", "failed": "FAIL", "skipped": "skip", "planned": "plan"}[status]
         say(f"[{mark}] {rid:<22} {title}" + (f" ({seconds:.1f} s)" if seconds else "") + (f": {shown}" if reason else ""))
@@ -451,8 +452,10 @@ class Check:
                 reason = one_line(err) or one_line(out) or f"exit {rc}"
                 if rc == 124:
                     reason = f"timed out after {timeout:.0f} s: {shlex.join(map(str, cmd))[:120]}"
+                name = next((Path(str(a)).name for a in cmd if Path(str(a)).name.startswith("alexnet-")),
+                            Path(str(cmd[0])).name)
                 return self.row(rid, title, "skipped" if soft and rc != 124 else "failed",
-                                f"{Path(str(cmd[0])).name} exit {rc}: {reason}", time.monotonic() - t0, commands)
+                                f"{name} exit {rc}: {reason}", time.monotonic() - t0, commands)
         status, reason, details = check(outputs) if check else ("passed", "", None)
         return self.row(rid, title, status, reason, time.monotonic() - t0, commands, details)
 
@@ -719,7 +722,8 @@ def run_steps(c: Check, py: str) -> None:
           [[*helper, "serve-request", url, str(images), str(pred["ort-cuda"]), "alexnet",
             "ort" if c.rehearse else "ort-cuda", "--",
             "alexnet-serve", str(digits_onnx), "--engine", "ort-cuda", "--host", "127.0.0.1", "--port", str(port)]],
-          needs=("gpu", "ort-cuda", "serve", pred["ort-cuda"]), timeout=150)
+          needs=("gpu", "ort-cuda", "serve", pred["ort-cuda"]), timeout=150,
+          check=lambda outputs: ("passed", one_line(outputs[-1][1]), None))
 
 
 def _free_port() -> int:
@@ -780,6 +784,27 @@ def machine_summary(p: dict) -> dict:
     return {"gpu": gpu, "driver_cuda": (p.get("libcuda") or {}).get("driver_cuda"), "torch": torch,
             "onnxruntime": p.get("onnxruntime"), "libraries": libs, "cpu": p.get("cpu"), "cores": p.get("cores"),
             "loadavg": p.get("loadavg"), "python": p.get("python"), "executable": p.get("executable")}
+
+
+LOG_ARCHIVE = "gpu-check-logs.tar.gz"
+
+
+def archive_logs(work: Path, out: Path) -> None:
+    """Every step's output and the small result files, so that a failure on a lent machine can be read without
+    another run there. Whatever does not fit (16 MiB a file comes back) is left out."""
+    picks = [work / "logs", work / "pytest-gpu.xml", work / "deploy-gpu" / "report.json",
+             work / "deploy-gpu" / "report.md", work / "verify", work / "bench", work / "stream" / "summary.json",
+             *work.glob("predict-*.json"), *work.glob("*.serve.log")]
+    tmp = out / f".{LOG_ARCHIVE}.tmp"
+    with tarfile.open(tmp, "w:gz") as t:
+        for p in picks:
+            if p.exists():
+                t.add(p, arcname=str(p.relative_to(work)),
+                      filter=lambda ti: ti if ti.size < 4 << 20 else None)
+    if tmp.stat().st_size < 15 << 20:
+        os.replace(tmp, out / LOG_ARCHIVE)
+    else:
+        tmp.unlink()
 
 
 def write_report(out: Path, report: dict) -> None:
@@ -936,7 +961,10 @@ def cmd_run(args) -> int:
     write_report(out, report)
     if args.dry_run:
         shutil.rmtree(scratch, ignore_errors=True)
-    say(f"{PROG}: wrote {out / 'gpu-check.json'} and {out / 'gpu-check.md'}")
+    else:
+        archive_logs(work, out)
+    say(f"{PROG}: wrote {out / 'gpu-check.json'} and {out / 'gpu-check.md'}"
+        + ("" if args.dry_run else f" (step logs: {out / LOG_ARCHIVE})"))
     if bad and not args.dry_run:
         die(bad, 2)
     if failed:

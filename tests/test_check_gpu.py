@@ -100,6 +100,7 @@ def test_dry_run_lists_every_step_with_commands_the_clis_accept(tmp_path):
     code, out, err = _run(tmp_path, "--dry-run", "--out", tmp_path / "out", "--work", tmp_path / "work")
     assert code == 0, err
     assert not (tmp_path / "work").exists()  # a dry run writes nothing but the report
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu-check.json", "gpu-check.md"]
     report = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
     assert report["dry_run"] and report["exit_code"] == 0
     rows = {r["id"]: r for r in report["rows"]}
@@ -152,7 +153,8 @@ def test_no_gpu_every_step_skips_with_its_reason_and_exit_2(tmp_path):
     assert m["cpu"] and m["python"] and "torch" in m and "onnxruntime" in m
     md = (tmp_path / "out" / "gpu-check.md").read_text()
     assert "| pytest-gpu | skipped |" in md and "bad input" in md and "compute capability" in md
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu-check.json", "gpu-check.md"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu-check-logs.tar.gz", "gpu-check.json",
+                                                                    "gpu-check.md"]
 
 
 def _gpu_probe(**changes) -> dict:
