@@ -157,6 +157,21 @@ def test_no_gpu_every_step_skips_with_its_reason_and_exit_2(tmp_path):
                                                                     "gpu-check.md"]
 
 
+def test_time_budget_stops_the_steps_exit_1(tmp_path):
+    """--rehearse-on-cpu (CPU engines stand in) with a budget spent by the probe: every step that would run is
+    refused (failed, exit 1, one line) instead of running past the limit; nothing heavy starts."""
+    code, out, err = _run(tmp_path, "--rehearse-on-cpu", "--budget-s", "0.01", "--out", tmp_path / "out",
+                          "--work", tmp_path / "work")
+    line = _one_line(err)
+    assert code == 1 and "FAILED" in line and "time budget" in line
+    report = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
+    assert report["rehearsal_on_cpu"] and report["result"] == "failed"
+    rows = {r["id"]: r for r in report["rows"]}
+    assert rows["preflight"]["status"] == "passed"
+    assert rows["train"]["status"] == "failed" and "time budget" in rows["train"]["reason"]
+    assert not (tmp_path / "work" / "digits.pt").exists() and "CPU REHEARSAL" in (tmp_path / "out" / "gpu-check.md").read_text()
+
+
 def _gpu_probe(**changes) -> dict:
     """A probe of a GPU machine (H200-like) with every wheel staged; ``changes`` break one thing."""
     p = {"python": "3.12.3", "cpu": "x", "cores": 16, "cuda_visible_devices": None,
