@@ -225,6 +225,14 @@ def test_header_integers_on_the_wire_are_400_without_traceback(live, caplog):
         r = httpx.post(f"{live['url']}/v2/models/alexnet/infer", content=b'{"inputs": []}',
                        headers={"Inference-Header-Content-Length": value})
         assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"], r.text
+    port = int(live["url"].rsplit(":", 1)[1])
+    for value in (b"9" * 5000, b"\xb3", b"-1"):  # Content-Length: h11 or our reader, never a 500
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /v2/models/alexnet/infer HTTP/1.1\r\nHost: x\r\nContent-Length: " + value + b"\r\n\r\n{}")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 400") and b'"error"' in data, data[:300]
     assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info]
 
 

@@ -200,8 +200,7 @@ def _malformed_bodies() -> list[tuple[str, dict]]:
     # header integers: "³" passes str.isdigit() and then int() raised; 5,000 digits trip Python's int limit
     for value in ("\u00b3", "9" * 5000, "-1", " 12 34"):
         out.append((head + "\0" * 12288, {"Inference-Header-Content-Length": value}))
-    out.append((json.dumps({"inputs": [ok]}), {"Content-Length": "9" * 5000}))
-    return out
+    return out  # (a 5,000-digit Content-Length closes the connection: test_server_hardening sends it)
 
 
 def _rss_kb(pid: int, field: str) -> int:
@@ -418,8 +417,10 @@ def test_sigterm_drain_loses_no_request_on_keep_alive_connections(digits_onnx, t
     signalled: list[float] = []
     ready = threading.Barrier(DRAIN_CLIENTS + 1)
 
+    signal_sent = threading.Event()
+
     def client(i: int):
-        think = 0.0 if i % 2 else 0.15  # half send back to back, half pause (idle when the signal comes)
+        idle = i % 8 == 0  # 8 of them are idle on an open connection when the signal comes; the rest send back to back
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         c.connect()
         ready.wait()
@@ -444,7 +445,9 @@ def test_sigterm_drain_loses_no_request_on_keep_alive_connections(digits_onnx, t
             if close or r.status != 200:
                 c.close()
                 return
-            time.sleep(think)
+            if idle:
+                signal_sent.wait(timeout=60)
+                time.sleep(0.3)  # the drain has begun: this request must get a 503 with Connection: close
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(DRAIN_CLIENTS)]
     try:
@@ -454,6 +457,7 @@ def test_sigterm_drain_loses_no_request_on_keep_alive_connections(digits_onnx, t
         time.sleep(1.5)
         signalled.append(time.time())
         proc.send_signal(signal.SIGTERM)
+        signal_sent.set()
         for t in threads:
             t.join(timeout=60)
         proc.wait(timeout=60)
@@ -465,7 +469,7 @@ def test_sigterm_drain_loses_no_request_on_keep_alive_connections(digits_onnx, t
              f"{len(got['lost'])} lost, drain {drain_s:.1f} s"
     print(report)
     assert not got["lost"] and not got["other"], (report, got["lost"][:5], got["other"][:3])
-    assert got["ok_close"] > 0 and got["busy_close"] > 0, report  # both drain paths were exercised
+    assert got["ok_close"] > 0 and got["busy_close"] >= DRAIN_CLIENTS // 8, report  # both drain paths
     assert got["ok_close"] + got["busy_close"] == DRAIN_CLIENTS, report  # every connection was told it ends
     assert proc.returncode in (0, -signal.SIGTERM, 128 + signal.SIGTERM), proc.returncode
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
