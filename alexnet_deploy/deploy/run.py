@@ -392,7 +392,8 @@ def _run_plan(ctx: Context, opts: DeployOptions, out: Path, engines, weights: Pa
     outcomes: dict[str, StepOutcome] = {}
     input_sha: dict[str, str] = {}  # artifact -> sha256 of its model file (what dependent keys hash)
     available: set[str] = set()
-    echo(f"deploying {weights.name} -> {out} ({len(steps)} steps; engines {', '.join(engines)})")
+    echo(f"deploying {weights.name} -> {out} ({len(steps)} steps; engines {', '.join(engines)}; the commands "
+         f"below run from {out})")
     try:
         ctx.run_info["load_average_start"] = [round(v, 2) for v in os.getloadavg()]
     except (OSError, AttributeError):
@@ -494,7 +495,8 @@ def failure_reason(exc: BaseException, out: Path, step: Step) -> str:
     if isinstance(exc, AlexnetDeployError):
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     elif isinstance(exc, OSError):
-        where = exc.filename or (out / step.artifact if step.kind in RUNNERS else _record_path(out, step))
+        where = exc.filename or (f"writing into {out / step.artifact}/" if step.kind in RUNNERS
+                                 else _record_path(out, step))
         text = f"{where}: {exc.strerror or exc}"
     else:
         msg = str(exc).splitlines()[0][:300] if str(exc).strip() else ""
