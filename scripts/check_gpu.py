@@ -64,6 +64,8 @@ REQUIRED_WHEELS = [
     ("opentelemetry-api", "1.45.2", "opentelemetry", "fastapi 0.165 (imported at start)"),
     ("uvicorn", "0.55.0", "uvicorn", "alexnet-serve"),
     ("python-multipart", "0.0.34", "python_multipart", "alexnet-serve (form uploads)"),
+    ("anyio", "4.16.0", "anyio", "starlette 1.10 (>= 4); the machine's version is not recorded"),
+    ("click", "8.5.1", "click", "every alexnet-* command (>= 8.2); the machine's version is not recorded"),
 ]
 # TensorRT-RTX (97 MB, two more parts): its builder runs anywhere, its runtime refused compute capability 9.0
 # in this workplace; staged, the trt rows record what this GPU says. Full TensorRT (libnvinfer, > 1 GB) does
@@ -74,16 +76,20 @@ OPTIONAL_WHEELS = [
 ]
 # Already on the GPU machine (KINDS.md); checked so that a missing one is named, not a traceback later.
 PREINSTALLED = [("torch", "torch"), ("torchvision", "torchvision"), ("onnx", "onnx"), ("onnx-ir", "onnx_ir"),
-                ("numpy", "numpy"), ("pillow", "PIL"), ("click", "click"), ("tqdm", "tqdm"),
+                ("numpy", "numpy"), ("pillow", "PIL"), ("tqdm", "tqdm"),
                 ("safetensors", "safetensors"), ("scikit-learn", "sklearn"), ("pytest", "pytest"),
-                ("prometheus-client", "prometheus_client"), ("anyio", "anyio"), ("h11", "h11")]
+                ("prometheus-client", "prometheus_client"), ("h11", "h11"), ("idna", "idna")]
 TRT_MODULES = ("tensorrt", "tensorrt_rtx")
 HIDDEN = ("", "-1", "none", "void", "NoDevFiles")  # CUDA_VISIBLE_DEVICES values that hide every GPU
 CPU_STANDIN = {"torch-cuda": "torch", "ort-cuda": "ort"}  # --rehearse-on-cpu
 
 
 def say(msg: str = "") -> None:
-    print(msg, flush=True)
+    """Print a progress line; a reader that went away (``| head``) stops the printing, never the check."""
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def die(msg: str, code: int = 2):
@@ -1144,7 +1150,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "build-cpu-folder":
         return cmd_build_cpu_folder(args)
     if args.cmd == "wheels":
-        print(wheels_text())
+        say(wheels_text())
         return 0
     if args.cmd == "probe":
         print(json.dumps(probe()))
