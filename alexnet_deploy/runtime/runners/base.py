@@ -14,7 +14,7 @@ from alexnet_deploy.runtime.metadata import ModelMetadata
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    shape: tuple  # ints, or None for a dynamic dimension
+    shape: tuple  # ints, or None (or the dimension's name, where the model names it) for a dynamic dimension
     dtype: np.dtype
 
 
@@ -63,11 +63,32 @@ def check_model_contract(inputs: list[TensorSpec], outputs: list[TensorSpec], me
         t = outputs[0]
         if ours and t.name != meta.output_name:
             problems.append(f"its output is named {t.name!r} but its metadata says {meta.output_name!r}")
-        if len(t.shape) != 2 or (isinstance(t.shape[1], int) and t.shape[1] != meta.num_classes):
-            problems.append(f"its output {t.name!r} has shape {_dims(t.shape)}, not [N, {meta.num_classes}] "
-                            f"(one row of {meta.num_classes} class scores per image)")
+        shape_problem = output_shape_problem(t.shape, meta)
+        if shape_problem and not problems:  # the output alone: the wording the runners always used
+            raise ModelLoadError(f"{where} {shape_problem}")
+        if shape_problem:
+            problems.append(f"it {shape_problem}")
     if problems:
         raise ModelLoadError(f"{where} is not a model alexnet-deploy can run: {'; '.join(problems)}")
+
+
+def classes_source(meta: ModelMetadata) -> str:
+    named = meta.source_weights.startswith("unknown (defaults")
+    return (f"variant {meta.variant!r} has {meta.num_classes}" if named
+            else f"its metadata lists {meta.num_classes} class names")
+
+
+def output_shape_problem(shape, meta: ModelMetadata) -> str | None:
+    """Why an output of ``shape`` is not (N, num_classes), or None."""
+    n = meta.num_classes
+    dims = "(" + ", ".join(d if isinstance(d, str) else "?" if d is None else str(d) for d in shape) + ")"
+    if len(shape) != 2:
+        return (f"outputs shape {dims}, not (N, {n}): not a classifier alexnet-deploy can run (its output must be "
+                "one row of class scores per image)")
+    if isinstance(shape[1], int) and shape[1] != n:
+        return (f"outputs {shape[1]} classes but {classes_source(meta)}; give the matching --variant / "
+                "--num-classes or re-export the model")
+    return None
 
 
 def session_io(session) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -78,7 +99,7 @@ def session_io(session) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
     def spec(t):
         dtype = types.get(t.type)
-        return TensorSpec(t.name, tuple(d if isinstance(d, int) else None for d in t.shape),
+        return TensorSpec(t.name, tuple(d if isinstance(d, (int, str)) else None for d in t.shape),
                           np.dtype(dtype) if dtype is not None else np.dtype("O"))
 
     return [spec(t) for t in session.get_inputs()], [spec(t) for t in session.get_outputs()]
@@ -143,20 +164,12 @@ class Runner:
     def check_output_shape(self, shape, where: str) -> None:
         """At activation: the model's declared output must be (N, num_classes) as its metadata (or --variant)
         says; a foreign model (a feature map, another class count) is refused in one line."""
-        n = self.metadata.num_classes
-        dims = "(" + ", ".join(d if isinstance(d, str) else "?" if d is None else str(d) for d in shape) + ")"
-        if len(shape) != 2:
-            raise ModelLoadError(f"{where} outputs shape {dims}, not (N, {n}): not a classifier alexnet-deploy "
-                                 "can run (its output must be one row of class scores per image)")
-        if isinstance(shape[1], int) and shape[1] != n:
-            raise ModelLoadError(f"{where} outputs {shape[1]} classes but {self._classes_source()}; "
-                                 "give the matching --variant / --num-classes or re-export the model")
+        problem = output_shape_problem(shape, self.metadata)
+        if problem:
+            raise ModelLoadError(f"{where} {problem}")
 
     def _classes_source(self) -> str:
-        m = self.metadata
-        named = m.source_weights.startswith("unknown (defaults")
-        return (f"variant {m.variant!r} has {m.num_classes}" if named
-                else f"its metadata lists {m.num_classes} class names")
+        return classes_source(self.metadata)
 
     def infer_batches(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Any number of images: chunks within the model's batch range, a short last chunk padded for

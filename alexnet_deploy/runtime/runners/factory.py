@@ -64,7 +64,7 @@ def onnx_io(path: str | os.PathLike):
             dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
         except Exception:  # noqa: BLE001 - an element type numpy has no dtype for
             dtype = np.dtype("O")
-        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
         return TensorSpec(v.name, shape, dtype)
 
     return [spec(v) for v in graph.input if v.name not in weights], [spec(v) for v in graph.output]
