@@ -109,13 +109,42 @@ _TOL_NAMES = {"max_abs": "max_abs", "max_rel": "max_rel", "cosine": "min_cosine"
               "nonfinite": "max_nonfinite"}
 
 
-def next_step(row: dict, raw_reason: str, calib: dict | None, opts) -> str | None:
+_MIN_GATES = {"cosine", "top1_agreement", "top5_overlap"}
+
+
+def _accepting(metric: str, value: float) -> str:
+    """A --tol value the measured ``value`` passes (the failure line's 4-digit rounding may not: 0.99998 is
+    printed 1.0000): rounded down for minimum gates, up for maximum ones, to 3-6 significant digits."""
+    import math
+
+    if metric in _MIN_GATES:
+        return f"{math.floor(value * 1e6) / 1e6:g}"
+    if value <= 0:
+        return "0"
+    step = 10 ** (math.floor(math.log10(value)) - 2)
+    return f"{math.ceil(value / step) * step:.3g}"
+
+
+def _tol_hint(report: dict | None, raw_reason: str) -> str:
+    """``--tol NAME=VALUE`` for each failed gate, from the measured metrics (worst over the failing sets)."""
+    worst: dict[str, float] = {}
+    for st in (report or {}).get("sets") or []:
+        for m, _, _ in _gate_failures("; ".join(st.get("failures") or [])):
+            v = (st.get("metrics") or {}).get(m)
+            if m in _TOL_NAMES and isinstance(v, (int, float)):
+                worst[m] = min(worst.get(m, v), v) if m in _MIN_GATES else max(worst.get(m, v), v)
+    if not worst:  # no metrics: the failure lines' own figures
+        worst = {m: float(v) for m, v, _ in _gate_failures(raw_reason) if m in _TOL_NAMES
+                 and v.replace(".", "", 1).replace("e-", "", 1).replace("e+", "", 1).isdigit()}
+    return " ".join(f"--tol {_TOL_NAMES[m]}={_accepting(m, v)}" for m, v in worst.items())
+
+
+def next_step(row: dict, raw_reason: str, calib: dict | None, opts, parity_report: dict | None = None) -> str | None:
     """What to try after a failed gate: for INT8, the layer to keep in float (the calibration's sensitivity
     data) and the --max-drop that keeps it; for FP16/FP32, what the measured difference means."""
     from alexnet_deploy.deploy.steps import deploy_command
 
-    gates = _gate_failures(raw_reason)
-    tol = ", ".join(f"--tol {_TOL_NAMES.get(m, m)}={v}" for m, v, _ in gates if m in _TOL_NAMES)
+    tol = _tol_hint(parity_report, raw_reason)
     prec = row.get("precision")
     if prec == "int8":
         chosen = (calib or {}).get("chosen") or {}
@@ -243,7 +272,7 @@ def build(ctx, steps, outcomes: dict, seconds: float, state: str = "complete", n
                            top1_agreement=first(m, "top1_agreement"),
                            max_logit_error=first(m, "max_abs", "max_abs_error"), reason=_named_gates(raw))
                 if row["status"] == "fail":
-                    row["next_step"] = next_step(row, raw, calib, opts)
+                    row["next_step"] = next_step(row, raw, calib, opts, rep)
             row.update(_bench_figures(_bench_rows(bench_records.get(a), e)))
             if row.get("bench_skipped") and not row.get("reason") and row["status"] != "skipped":
                 row["reason"] = "benchmark skipped: " + row["bench_skipped"]
