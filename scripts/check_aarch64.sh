@@ -11,6 +11,8 @@
 #   3. alexnet-stream on a short video: same per-frame top-1 as on x86 (skipped, saying why, without [stream])
 #   4. alexnet-bench --engine ort: runs, and its output is marked emulated
 #   5. alexnet-serve: one classify request answered with the same label as alexnet-predict
+#   6. a Jetson-style venv (--system-site-packages) over Debian's python3-opencv (GStreamer) and numpy 1.x:
+#      '.[runtime,build,serve,stream]' keeps both, and alexnet-stream classifies a videotestsrc pipeline
 # Needs root (debootstrap, chroot, mount) and network access to Debian and PyPI. Exits non-zero on the first
 # failure with one line saying what failed; prints the time each stage took.
 #
@@ -209,6 +211,45 @@ SERVER_PID=$!
 kill -TERM "$SERVER_PID" && wait "$SERVER_PID" 2>/dev/null || true
 SERVER_PID=""
 stage "alexnet-serve request (aarch64)"
+
+# ------------------------------------------- 6. Jetson-style install: system OpenCV (GStreamer) + numpy 1.x
+# What a Jetson venv does: Debian's python3-opencv (built with GStreamer, against Debian's numpy 1.24) and the
+# system numpy in a --system-site-packages venv; '.[runtime,build,serve,stream]' must install next to them without
+# replacing numpy (no constraints file: pyproject alone) or bringing pip's OpenCV, and alexnet-stream classifies
+# a GStreamer pipeline through that cv2.
+if [ -z "$STREAM_SKIP" ]; then
+    inside sh -c 'dpkg -s python3-opencv gstreamer1.0-plugins-base >/dev/null 2>&1 || { apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-opencv python3-numpy \
+        gstreamer1.0-plugins-base >/dev/null; }' || die "apt-get install python3-opencv inside the arm64 root"
+    rm -rf --one-file-system "$ROOT/opt/venv-sys"
+    inside /usr/bin/python3 -m venv --system-site-packages /opt/venv-sys || die "python3 -m venv --system-site-packages"
+    inside /opt/venv-sys/bin/pip install -q "/src[runtime,build,serve,stream]" >"$WORK/pip-sys.log" 2>&1 \
+        || { tail -15 "$WORK/pip-sys.log" >&2; die "pip install '.[runtime,build,serve,stream]' next to the system numpy/cv2"; }
+    inside /opt/venv-sys/bin/python -c '
+import re, sys, cv2, numpy, onnxruntime, av
+where = {"numpy": numpy.__file__, "cv2": cv2.__file__}
+bad = {k: v for k, v in where.items() if not v.startswith("/usr/lib/python3/")}
+assert not bad, f"not the system module: {bad} (pip replaced it in the venv)"
+assert numpy.__version__.startswith("1."), numpy.__version__
+assert re.search(r"GStreamer:\s+YES", cv2.getBuildInformation()), "this cv2 has no GStreamer"
+print(f"system numpy {numpy.__version__}, system cv2 {cv2.__version__} (GStreamer), onnxruntime {onnxruntime.__version__}, PyAV {av.__version__}")
+' || die "the venv does not use the system numpy 1.x and cv2"
+    inside env PATH=/opt/venv-sys/bin:/usr/bin:/bin alexnet-stream "$INNER/c10.onnx" \
+        "videotestsrc num-buffers=30 ! video/x-raw,width=320,height=240,framerate=30/1 ! videoconvert ! appsink" \
+        --no-live --jsonl "$INNER/gst.arm64.jsonl" --output "$INNER/gst-frames/%03d.jpg" --no-progress \
+        >/dev/null 2>"$WORK/gst.arm64.err" || { tail -5 "$WORK/gst.arm64.err" >&2; die "alexnet-stream on a GStreamer pipeline (system cv2)"; }
+    "$HOST_PY" -c '
+import json, pathlib, sys
+recs = [json.loads(line) for line in open(sys.argv[1])]
+frames = sorted(pathlib.Path(sys.argv[2]).glob("*.jpg"))
+assert len(recs) == 30 and all(len(r["top"]) == 5 for r in recs), f"{len(recs)} records"
+assert len(frames) == 30, f"{len(frames)} annotated frames"
+print(f"GStreamer videotestsrc: {len(recs)} frames classified through the system cv2, {len(frames)} annotated JPEGs")
+' "$WORK/gst.arm64.jsonl" "$WORK/gst-frames" || die "alexnet-stream GStreamer output on aarch64"
+    stage "system cv2 + numpy 1.x venv, GStreamer (aarch64)"
+else
+    echo "check-aarch64: SKIPPED the system-OpenCV install: $STREAM_SKIP"
+fi
 
 echo
 echo "check-aarch64: PASSED on $(date -u +%Y-%m-%d) in $(( $(date +%s) - START )) s ($(nproc) cores)"
