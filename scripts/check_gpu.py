@@ -1013,9 +1013,12 @@ def cmd_build_cpu_folder(args) -> int:
         r = subprocess.run(cmd, env=env, cwd=tmp)
         if r.returncode != 0:
             die(f"{cmd[0]} failed (exit {r.returncode})", 1 if r.returncode == 1 else 2)
+    kept = dest.parent / "digits.pt"  # the checkpoint it was built from: --checkpoint on the GPU saves the training
+    os.replace(tmp / "digits.pt", kept)
     shutil.rmtree(tmp, ignore_errors=True)
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
-    say(f"{PROG}: CPU-built deployment folder {dest} ({size / 2**20:.1f} MiB)")
+    say(f"{PROG}: CPU-built deployment folder {dest} ({size / 2**20:.1f} MiB); its checkpoint: {kept} "
+        f"({kept.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 
