@@ -372,9 +372,14 @@ def _finish_unfinished(ctx: Context, out: Path, steps: list[Step], outcomes: dic
     else:
         why = f"stopped by an error ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
         state = "failed"
+    running = next((s.name for s in steps if s.name not in outcomes), None)
     for s in steps:
-        outcomes.setdefault(s.name, StepOutcome(s, "interrupted", reason=f"not run: the run was {why} before this "
-                                                "step; files of this step may be from an earlier run, unchecked"))
+        if s.name == running:  # its staging folder is gone; what it would have replaced is still there
+            reason = (f"{why} while this step ran: nothing of it was kept; files of this step in the folder are "
+                      "from an earlier run, unchecked")
+        else:
+            reason = f"not run: the run was {why} before this step; files of this step may be from an earlier run, unchecked"
+        outcomes.setdefault(s.name, StepOutcome(s, "interrupted", reason=reason))
     ours = [p for p in out.iterdir() if not p.name.startswith(".") and p.name not in REPORT_FILES]
     try:
         if not ours:  # nothing of an earlier run or of this one: leave the folder as empty as it was
