@@ -282,7 +282,7 @@ def _not_ours_report(out: Path, name: str) -> str | None:
     if p.is_symlink() or not p.is_file():
         return f"{name} ({'a symbolic link' if p.is_symlink() else 'a folder'})"
     try:
-        head = p.read_bytes()[:4096].decode("utf-8", "replace")
+        head = p.read_bytes()[:16384].decode("utf-8", "replace")  # the heading comes after the inline CSS
     except OSError:
         return f"{name} (unreadable)"
     if name.endswith(".json"):
