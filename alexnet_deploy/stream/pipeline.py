@@ -1,27 +1,37 @@
-"""The stream pipeline: decode -> preprocess -> infer -> output, each stage a thread, joined by bounded queues.
+"""The stream pipeline: one decode thread per source, one inference thread that batches across sources (as
+DeepStream's ``nvstreammux`` does), one output thread; joined by bounded queues.
 
-Live sources (cameras, network streams, GStreamer) never wait for inference: when it falls behind, the oldest
-decoded frames are evicted and counted as dropped, so what is classified is always recent. Files and image
-folders never drop: the decoder waits. Inference takes up to ``batch`` frames at a time (for files it waits
-for a full batch; for live sources it takes what is there, so latency does not grow).
+The model is activated and warmed up *before* any source is opened, so no startup backlog forms. Live sources
+(cameras, network streams, GStreamer) never wait for inference: each hands its frames over through a single
+slot that holds only the newest frame; a frame replaced there is counted as dropped and was never converted to
+RGB or preprocessed (conversion happens when inference takes the frame). The source itself drops earlier still
+(see :mod:`~alexnet_deploy.stream.sources`): its packets are read on their own thread and, when decoding falls
+behind, dropped up to the next key frame; non-reference frames are not even decoded while the slot is full.
+``--max-fps`` skips frames before their conversion as well. Files and image folders never drop: the decoder
+waits, and preprocessing happens in the decode thread; inference waits for a full batch.
 
-The calling (main) thread only waits; a ``KeyboardInterrupt`` there (Ctrl-C, or SIGTERM / SIGHUP turned into
-one) stops the source, lets the frames already decoded flow through, finalizes the video and returns the
+Each frame's age (result time minus the source's own capture time on the wall clock) is kept per stream.
+
+One stream that breaks off ends alone; the others go on (unless ``fail_fast``). The calling (main) thread
+opens the sources and then only waits; a ``KeyboardInterrupt`` there (Ctrl-C, or SIGTERM / SIGHUP turned into
+one) stops the sources, lets the frames already decoded flow through, finalizes the videos and returns the
 summary. A second interrupt discards what is still queued and finalizes at once.
 """
 from __future__ import annotations
 
+import errno as errno_mod
+import inspect
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from alexnet_deploy.errors import AlexnetDeployError
+from alexnet_deploy.errors import AlexnetDeployError, OutputWriteError
 from alexnet_deploy.fileio import printable_path
 from alexnet_deploy.runtime.postprocess import to_probabilities, topk
 from alexnet_deploy.runtime.preprocess import model_batch
@@ -46,10 +56,11 @@ class StreamOptions:
     batch: int = 1
     top_k: int = 5
     max_fps: float | None = None  # files: paced to this rate; live sources: frames above it are skipped
-    max_frames: int | None = None
+    max_frames: int | None = None  # per stream
     duration_s: float | None = None
-    queue_frames: int | None = None  # per queue; default min(2 x batch, MAX_QUEUE_FRAMES); live: batch after decode
-    warmup: bool = True  # one inference before the source opens, so the first frames do not pay for it
+    queue_frames: int | None = None  # files, per queue; default min(2 x batch, MAX_QUEUE_FRAMES); live: 1 slot
+    warmup: bool = True  # one inference before the sources open, so the first frames do not pay for it
+    fail_fast: bool = False  # several streams: one that fails stops them all
 
 
 @dataclass
@@ -61,6 +72,7 @@ class Frame:
     x: np.ndarray | None = None
     top: list[dict] | None = None
     batch: int = 0
+    stream: "_Stream | None" = None
 
 
 @dataclass
@@ -68,66 +80,106 @@ class StreamResult:
     stats: StreamStats
     error: AlexnetDeployError | None = None  # a source that broke off, or a stage that failed
     interrupted: bool = False
-    video_kept: bool | None = None  # None: no --output
+    video_kept: bool | None = None  # None: no --output (several streams: True only if every video was kept)
+    videos_kept: list[bool | None] = field(default_factory=list)  # per stream
+    video_errors: list[str | None] = field(default_factory=list)  # per stream: why its video could not be written
+
+
+class _Stream:
+    """One source's state in a run."""
+
+    def __init__(self, sid: int, source: Source, live: bool, queue: StageQueue, stats: StreamStats):
+        self.id = sid
+        self.source = source
+        self.live = live
+        self.q = queue
+        self.stats = stats
+        self.video = None
+        self.video_kept: bool | None = None
+        self.video_error: str | None = None
+        self.error: AlexnetDeployError | None = None
+        self.stop = threading.Event()  # this stream only (its failure, --max-frames); the run's stop sets it too
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.finished = False  # inference has seen the end of its queue
+        self.meter = RateMeter()
 
 
 class StreamPipeline:
-    """Run ``source`` through ``runner`` (not yet activated; activated and used in the inference thread) into
-    the sinks. ``video`` is a :class:`~alexnet_deploy.stream.sinks.VideoSink` or None; ``on_record`` receives
-    each frame's JSON-ready dict (returns False to stop, e.g. a closed stdout)."""
+    """Run ``source`` (one :class:`Source` or a list: one stream each, not yet opened) through ``runner`` (not
+    yet activated; activated and used in the inference thread) into the sinks.
 
-    def __init__(self, source: Source, runner, options: StreamOptions, *, video=None,
+    ``video``: a :class:`~alexnet_deploy.stream.sinks.VideoSink`, a list of them (one per stream, None for a
+    stream without one), or a callable ``(stream_id, opened_source) -> sink | None`` called once the source is
+    open (so the sink can take the source's frame rate). ``on_record`` receives each frame's JSON-ready dict
+    (returns False to stop, e.g. a closed stdout)."""
+
+    def __init__(self, source: Source | Sequence[Source], runner, options: StreamOptions, *, video=None,
                  on_record: Callable[[dict], bool] | None = None, progress: bool = False):
-        self.source = source
+        sources = list(source) if isinstance(source, (list, tuple)) else [source]
+        if not sources:
+            raise ValueError("no source")
         self.runner = runner
         self.meta = runner.metadata
         self.opts = options
-        self.video = video
         self.on_record = on_record
         self.progress = progress
-        self.live = source.live
+        self._video_spec = video
         b = max(1, options.batch)
         qn = options.queue_frames or min(2 * b, MAX_QUEUE_FRAMES)
-        live_qn = options.queue_frames or min(b, MAX_QUEUE_FRAMES)  # live: few stale frames wait for inference
-        self.q_frames = StageQueue(live_qn if self.live else qn, drop_oldest=self.live)
-        self.q_inputs = StageQueue(qn)
-        self.q_results = StageQueue(qn)
-        self.stats = StreamStats(source=source.description, live=self.live, batch=b)
+        self._arrived = threading.Event()
+        self.streams: list[_Stream] = []
+        for sid, src in enumerate(sources):
+            q = StageQueue(1, drop_oldest=True, on_put=self._arrived.set) if src.live else \
+                StageQueue(qn, on_put=self._arrived.set)
+            st = StreamStats(source=src.description, live=src.live, batch=b, stream=sid)
+            self.streams.append(_Stream(sid, src, src.live, q, st))
+        self.multi = len(self.streams) > 1
+        self.source = sources[0]
+        self.live = any(s.live for s in self.streams)
+        self.q_results = StageQueue(max(qn, 2 * len(self.streams)))
+        self.stats = StreamStats(source=" + ".join(s.stats.source for s in self.streams), live=self.live, batch=b,
+                                 streams=[s.stats for s in self.streams])
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._errors: list[tuple[str, BaseException]] = []
         self._threads: dict[str, threading.Thread] = {}
-        self._done = {stage: threading.Event() for stage in ("decode", "preprocess", "infer", "output")}
-        self._video_kept: bool | None = None
+        self._done = {stage: threading.Event() for stage in ("infer", "output")}
+        self._annotate_stream_kw = _annotate_takes_stream()
 
     @property
     def owns_source(self) -> bool:
-        """True once the decoder thread has started: it closes the source itself, and nobody else may (a
-        stalled camera's read can still be in progress in that thread)."""
-        t = self._threads.get("decode")
-        return t is not None and t.ident is not None
+        """True once the pipeline has taken charge of its sources (it closes them itself, and nobody else may:
+        a stalled camera's read can still be in progress in a decode thread)."""
+        return any(s.thread is not None and s.thread.ident is not None for s in self.streams)
+
+    @property
+    def video(self):
+        return self.streams[0].video
 
     # ------------------------------------------------------------------------------------------------------
     def run(self) -> StreamResult:
         self._threads = threads = {
             "infer": threading.Thread(target=self._guard(self._infer, "infer"), name="stream-infer", daemon=True),
-            "preprocess": threading.Thread(target=self._guard(self._preprocess, "preprocess"),
-                                           name="stream-preprocess", daemon=True),
             "output": threading.Thread(target=self._guard(self._output, "output"), name="stream-output",
-                                       daemon=True),
-            "decode": threading.Thread(target=self._guard(self._decode, "decode"), name="stream-decode",
                                        daemon=True),
         }
         interrupted = False
         try:
             threads["infer"].start()
-            while not self._ready.wait(POLL_S):  # the model loads before the source starts producing
+            while not self._ready.wait(POLL_S):  # the model loads before any source opens
                 if not threads["infer"].is_alive():
                     break
             if self._ready.is_set():
+                self._open_sources()  # errors opening a source are the run's error: nothing has started yet
                 self.stats.started = time.perf_counter()
-                for name in ("preprocess", "output", "decode"):
-                    threads[name].start()
+                for st in self.streams:
+                    st.stats.started = self.stats.started
+                threads["output"].start()
+                for st in self.streams:
+                    st.thread = threading.Thread(target=self._decode_guard, args=(st,),
+                                                 name=f"stream-decode-{st.id}", daemon=True)
+                    st.thread.start()
             else:
                 self.q_results.close()
                 threads["output"].start()
@@ -135,29 +187,94 @@ class StreamPipeline:
         except KeyboardInterrupt:
             interrupted = True
             self.stats.stopped_by = "interrupted"
-            self._stop.set()
-            self.q_frames.close()  # what is decoded still flows through; nothing new enters
+            self._stop_all(drain=True)  # what is decoded still flows through; nothing new enters
             try:
                 self._wait("output")
             except KeyboardInterrupt:  # again: finalize now with what is written
-                for q in (self.q_frames, self.q_inputs, self.q_results):
-                    q.abort()
+                self._abort_all()
                 self._wait("output", interruptible=False)
         finally:
             self._stop.set()
-            for q in (self.q_frames, self.q_inputs, self.q_results):
-                q.abort()
-            for name in ("output", "infer", "preprocess", "decode"):  # output finalizes the video: no time limit
-                self._wait(name, interruptible=False, timeout=None if name == "output" else STAGE_JOIN_S)
+            for st in self.streams:
+                st.stop.set()
+            self._abort_all()
+            if threads["output"].ident is None:  # never started: sinks created, nothing to finalize
+                self._close_videos(keep=False)
+            self._wait("output", interruptible=False, timeout=None)  # output finalizes the videos: no limit
+            self._wait("infer", interruptible=False, timeout=STAGE_JOIN_S)
+            deadline = time.monotonic() + STAGE_JOIN_S
+            for st in self.streams:
+                if st.thread is None:
+                    st.source.close()  # opened (or not) here, never read
+                elif st.thread.ident is not None:
+                    _wait_event(st.done, max(0.0, deadline - time.monotonic()))
             self.stats.finished = time.perf_counter()
+            for st in self.streams:
+                st.stats.finished = self.stats.finished
+        return self._result(interrupted)
+
+    def _open_sources(self) -> None:
+        for st in self.streams:
+            st.source.stop = st.stop
+            st.source.open()
+            if callable(self._video_spec) and not hasattr(self._video_spec, "write"):
+                st.video = self._video_spec(st.id, st.source)
+            elif isinstance(self._video_spec, (list, tuple)):
+                st.video = self._video_spec[st.id] if st.id < len(self._video_spec) else None
+            elif st.id == 0:
+                st.video = self._video_spec
+
+    def _result(self, interrupted: bool) -> StreamResult:
+        total = self.stats
+        total.total_from_streams()
+        errors = []
+        for st in self.streams:
+            if st.error is not None:
+                st.stats.stopped_by = "error"
+                st.stats.error = str(st.error)
+                errors.append(st)
         error = None
         if self._errors:
             stage, exc = self._errors[0]
-            if self.stats.stopped_by not in ("interrupted",):
-                self.stats.stopped_by = "error"
             error = exc if isinstance(exc, AlexnetDeployError) else AlexnetDeployError(
                 f"stream {stage} stage failed: {type(exc).__name__}: {exc}")
-        return StreamResult(self.stats, error, interrupted, self._video_kept)
+        elif errors:
+            if not self.multi:
+                error = errors[0].error
+            else:
+                first = errors[0]
+                more = "" if len(errors) == 1 else \
+                    f"; also failed: {', '.join(f'stream {s.id}' for s in errors[1:])}"
+                msg = f"stream {first.id}: {first.error}{more}"
+                error = OutputWriteError(msg, getattr(first.error, "errno", None)) \
+                    if isinstance(first.error, OutputWriteError) else SourceError(msg)
+        if total.stopped_by not in ("interrupted", "output closed"):
+            if error is not None:
+                total.stopped_by = "error"
+            elif self.streams:
+                reasons = {s.stats.stopped_by for s in self.streams}
+                total.stopped_by = self.streams[0].stats.stopped_by if len(reasons) == 1 else ", ".join(sorted(reasons))
+        if interrupted:
+            for st in self.streams:
+                if st.stats.stopped_by == "end of stream":
+                    st.stats.stopped_by = "interrupted"
+        total.error = str(error) if error is not None else None
+        kept = [st.video_kept for st in self.streams]
+        with_video = [k for k in kept if k is not None]
+        video_kept = None if not with_video else all(with_video)
+        return StreamResult(total, error, interrupted, video_kept, kept, [st.video_error for st in self.streams])
+
+    def _stop_all(self, drain: bool) -> None:
+        self._stop.set()
+        for st in self.streams:
+            st.stop.set()
+            if drain:
+                st.q.close()
+
+    def _abort_all(self) -> None:
+        for st in self.streams:
+            st.q.abort()
+        self.q_results.abort()
 
     def _wait(self, stage: str, *, interruptible: bool = True, timeout: float | None = None) -> None:
         """Wait for a stage's thread to finish. Not with ``Thread.join``: a KeyboardInterrupt that lands in
@@ -185,30 +302,48 @@ class StreamPipeline:
                     log.debug("stream %s stage failed", stage, exc_info=True)
                 self._errors.append((stage, exc))
                 self._stop.set()
-                if stage == "decode":  # a source that broke off: what was decoded is still classified
-                    self.q_frames.close()
-                elif stage == "output":
-                    for q in (self.q_frames, self.q_inputs, self.q_results):
-                        q.abort()
-                else:  # upstream stops now, downstream drains what it has and finalizes
-                    upstream = {"preprocess": [self.q_frames], "infer": [self.q_frames, self.q_inputs]}[stage]
-                    for q in upstream:
-                        q.abort()
-                    (self.q_inputs if stage == "preprocess" else self.q_results).close()
+                for st in self.streams:
+                    st.stop.set()
+                if stage == "output":
+                    self._abort_all()
+                else:  # inference: upstream stops now, the output drains what it has and finalizes
+                    for st in self.streams:
+                        st.q.abort()
+                    self.q_results.close()
             finally:
                 self._done[stage].set()
         return run
 
+    def _decode_guard(self, st: _Stream) -> None:
+        try:
+            self._decode(st)
+        except BaseException as exc:  # this stream ends; the others go on unless --fail-fast
+            if not isinstance(exc, AlexnetDeployError):
+                log.debug("stream %d decode failed", st.id, exc_info=True)
+                exc = AlexnetDeployError(f"{st.source.description}: {type(exc).__name__}: {exc}")
+            if st.error is None:
+                st.error = exc
+            if self.opts.fail_fast:
+                self._stop_all(drain=True)
+        finally:
+            st.q.close()  # what it decoded is still classified
+            st.done.set()
+
     # stages -----------------------------------------------------------------------------------------------
-    def _decode(self) -> None:
-        opts, q, stats = self.opts, self.q_frames, self.stats
+    def _decode(self, st: _Stream) -> None:
+        opts, q, stats, src = self.opts, st.q, st.stats, st.source
         period = 1.0 / opts.max_fps if opts.max_fps else 0.0
         t_start = time.perf_counter()
         next_due = t_start
-        frames = self.source.frames()
+        keep_image = st.video is not None
+        if st.live:  # the decoder may skip non-reference frames while the slot already holds a frame
+            src.consumer_busy = lambda: len(q) > 0
+        frames = src.frames()
         try:
-            while not self._stop.is_set():
-                if opts.max_frames is not None and stats.decoded - stats.skipped >= opts.max_frames:
+            while not (self._stop.is_set() or st.stop.is_set()):
+                if opts.max_frames is not None and (  # files: frames sent on; live: frames classified
+                        stats.frames >= opts.max_frames if st.live
+                        else stats.decoded - stats.skipped >= opts.max_frames):
                     stats.stopped_by = "--max-frames"
                     break
                 if opts.duration_s is not None and time.perf_counter() - t_start >= opts.duration_s:
@@ -220,10 +355,12 @@ class StreamPipeline:
                 except StopIteration:
                     break
                 now = time.perf_counter()
-                decode_s = now - t0
+                # the decoder's own time when the source measures it (a live source's wait for the next packet
+                # is not decoding), else the time the source took to hand the frame over
+                decode_s = raw.decode_s if raw.decode_s is not None else now - t0
                 stats.decoded += 1
-                if period:
-                    if self.live:  # keep every n-th frame, on the source's own clock
+                if period:  # before the frame is converted to RGB: a skipped frame costs its decode only
+                    if st.live:  # keep every n-th frame, on the source's own clock
                         if now < next_due:
                             stats.skipped += 1
                             continue
@@ -234,55 +371,79 @@ class StreamPipeline:
                                 break
                             now = time.perf_counter()
                         next_due = max(next_due + period, now - period)
-                frame = Frame(raw, now, time.time(), {"decode": decode_s})
+                frame = Frame(raw, now, time.time(), {"decode": decode_s}, stream=st)
+                if not st.live:  # files never drop: preprocess here, in parallel with inference
+                    self._preprocess(frame, keep_image)
                 try:
                     stats.dropped += q.put(frame)
                 except Closed:
                     break
         finally:
             q.close()
-            frames.close()
-            self.source.close()
+            try:
+                frames.close()
+            finally:
+                src.close()
+                stats.dropped += src.dropped
+                stats.reconnects = src.reconnects
+                stats.unreadable = src.unreadable
 
-    def _preprocess(self) -> None:
-        try:
-            while True:
-                frame = self.q_frames.get()
-                t0 = time.perf_counter()
-                frame.x = model_batch([frame.raw.image], self.meta)
-                frame.stages["preprocess"] = time.perf_counter() - t0
-                if self.video is None:
-                    frame.raw.image = None  # only the annotated video needs the full-resolution picture
-                self.q_inputs.put(frame)
-        except Closed:
-            pass
-        finally:
-            self.q_inputs.close()
+    def _preprocess(self, frame: Frame, keep_image: bool) -> None:
+        t0 = time.perf_counter()
+        frame.x = model_batch([frame.raw.image], self.meta)  # a live frame is converted to RGB only here
+        frame.stages["preprocess"] = time.perf_counter() - t0
+        if not keep_image:
+            frame.raw.image = None  # only the annotated video needs the full-resolution picture
+
+    def _gather(self, b: int) -> list[Frame] | None:
+        """Up to ``b`` frames, round-robin over the streams: a live stream's slot if it holds one, a file's next
+        frame (waiting for it). None once every stream has ended."""
+        streams = self.streams
+        n = len(streams)
+        while True:
+            self._arrived.clear()
+            batch: list[Frame] = []
+            progressed = True
+            while len(batch) < b and progressed:
+                progressed = False
+                for k in range(n):
+                    st = streams[(self._rr + k) % n]
+                    if st.finished or len(batch) >= b:
+                        continue
+                    try:
+                        item = st.q.get(block=not st.live)
+                    except Closed:
+                        st.finished = True
+                        continue
+                    if item is not None:
+                        batch.append(item)
+                        progressed = True
+            self._rr = (self._rr + 1) % n
+            if batch:
+                return batch
+            if all(st.finished for st in streams):
+                return None
+            self._arrived.wait(POLL_S)
 
     def _infer(self) -> None:
         runner, meta, b = self.runner, self.meta, max(1, self.opts.batch)
+        self._rr = 0
         try:
             with runner:
                 self.stats.engine = runner.describe()
+                for st in self.streams:
+                    st.stats.engine = self.stats.engine
                 if self.opts.warmup:
                     blank = Image.new("RGB", (meta.preprocessing.crop, meta.preprocessing.crop))
                     runner.infer_batches(np.concatenate([model_batch([blank], meta)] * b), b)
                 self._ready.set()
-                done = False
-                while not done:
-                    try:
-                        batch = [self.q_inputs.get()]
-                    except Closed:
+                while True:
+                    batch = self._gather(b)
+                    if batch is None:
                         break
-                    while len(batch) < b:  # files: wait for a full batch; live: take what is there
-                        try:
-                            item = self.q_inputs.get(block=not self.live)
-                        except Closed:
-                            done = True
-                            break
-                        if item is None:
-                            break
-                        batch.append(item)
+                    for f in batch:
+                        if f.x is None:  # live: converted and preprocessed only now that inference takes it
+                            self._preprocess(f, f.stream.video is not None)
                     t0 = time.perf_counter()
                     out = runner.infer_batches(np.concatenate([f.x for f in batch]), b)
                     tops = topk(to_probabilities(out, meta.output_kind), self.opts.top_k, meta.class_names)
@@ -296,14 +457,59 @@ class StreamPipeline:
         finally:
             self.q_results.close()
 
+    def _write_video(self, st: _Stream, f: Frame, fps: float) -> None:
+        if st.video is None or st.video_error is not None:
+            return
+        try:
+            st.video.write(self._annotate(f, st, fps), f.raw.time)
+        except Exception as exc:  # noqa: BLE001 - disk full, quota, a dead RTSP server: this stream's output ends
+            if not _is_write_error(exc):
+                raise
+            self._video_failed(st, exc, "writing")
+
+    def _video_failed(self, st: _Stream, exc: BaseException, doing: str) -> None:
+        code = getattr(exc, "errno", None)
+        text = str(exc)
+        full = code == errno_mod.ENOSPC or "No space left on device" in text
+        after = f"after {st.stats.frames} classified frame(s)"
+        if isinstance(exc, AlexnetDeployError):  # the sink's own line already names the output
+            msg = f"{text.rstrip('.')} {after}"
+        else:
+            reason = getattr(exc, "strerror", None) or text
+            where = printable_path(getattr(st.video, "target", None) or getattr(st.video, "path", None) or "?")
+            msg = f"--output {where}: {doing} the video failed {after}: {reason}"
+        if full:
+            msg += "; the disk is full"
+        st.video_error = msg
+        if st.error is None:
+            st.error = OutputWriteError(msg, errno_mod.ENOSPC if full else code)
+        st.stop.set()  # nothing more is classified for a video that cannot be written
+        if self.opts.fail_fast or not self.multi:
+            self._stop_all(drain=True)
+
+    def _annotate(self, f: Frame, st: _Stream, fps: float) -> Image.Image:
+        if not self.multi:
+            return annotate(f.raw.image, f.top, fps)
+        if self._annotate_stream_kw:
+            return annotate(f.raw.image, f.top, fps, stream=st.id)
+        out = annotate(f.raw.image, f.top, fps)
+        draw = ImageDraw.Draw(out)  # the stream id in the bottom-left corner
+        text = f"stream {st.id}"
+        w, h = out.size
+        box = draw.textbbox((0, 0), text)
+        tw, th = box[2] - box[0], box[3] - box[1]
+        draw.rectangle((0, h - th - 6, tw + 6, h), fill=(0, 0, 0))
+        draw.text((3, h - th - 4), text, fill=(255, 255, 255))
+        return out
+
     def _output(self) -> None:
-        meter, stats = RateMeter(), self.stats
+        total = self.stats
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=self.source.frame_count if not self.opts.max_frames else None, unit="frame",
-                       desc="stream", dynamic_ncols=True, leave=False)
+            count = self.source.frame_count if not self.multi and not self.opts.max_frames else None
+            bar = tqdm(total=count, unit="frame", desc="stream", dynamic_ncols=True, leave=False)
         ok = True
         try:
             while True:
@@ -311,32 +517,55 @@ class StreamPipeline:
                     f = self.q_results.get()
                 except Closed:
                     break
+                st = f.stream
+                if st.video_error is not None:
+                    continue  # its video failed: the stream is stopping, nothing more is recorded for it
+                if self.opts.max_frames is not None and st.stats.frames >= self.opts.max_frames:
+                    st.stop.set()  # a live stream's frames still in flight past --max-frames
+                    continue
                 t0 = time.perf_counter()
-                fps = meter.tick(t0)
-                if self.video is not None:
-                    self.video.write(annotate(f.raw.image, f.top, fps), f.raw.time)
+                fps = st.meter.tick(t0)
+                self._write_video(st, f, fps)
+                if st.video_error is not None:
+                    continue
                 done = time.perf_counter()
                 f.stages["output"] = done - t0
                 f.stages["end_to_end"] = done - f.t_decoded
-                stats.add(f.stages)
-                if self.on_record is not None and not self.on_record(self._record(f)):
-                    stats.stopped_by = "output closed"
-                    self._stop.set()
-                    self.q_frames.close()
+                age = time.time() - (f.raw.captured if f.raw.captured is not None else f.wall_time)
+                st.stats.add(f.stages, age)
+                total.add(f.stages, age)
+                if self.on_record is not None and not self.on_record(self._record(f, age)):
+                    total.stopped_by = "output closed"
+                    self._stop_all(drain=True)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(fps=f"{fps:.1f}", dropped=stats.dropped, refresh=False)
+                    bar.set_postfix(fps=f"{fps:.1f}", dropped=sum(s.stats.dropped for s in self.streams),
+                                    refresh=False)
         except BaseException:
             ok = False
             raise
         finally:
             if bar is not None:
                 bar.close()
-            if self.video is not None:
-                self._video_kept = self.video.close(keep=ok)
+            self._close_videos(keep=ok)
 
-    def _record(self, f: Frame) -> dict:
+    def _close_videos(self, keep: bool) -> None:
+        for st in self.streams:
+            if st.video is None or st.video_kept is not None:
+                continue
+            try:
+                st.video_kept = bool(st.video.close(keep=keep))
+            except Exception as exc:  # noqa: BLE001 - finalizing on a full disk
+                st.video_kept = False
+                if _is_write_error(exc) and st.video_error is None:
+                    self._video_failed(st, exc, "finalizing")
+                elif not _is_write_error(exc):
+                    raise
+
+    def _record(self, f: Frame, age_s: float) -> dict:
         rec = {"frame": f.raw.index}
+        if self.multi:
+            rec = {"stream": f.stream.id, **rec}
         if f.raw.name is not None:
             rec["image"] = printable_path(f.raw.name)  # non-UTF-8 file names stay valid JSON text
         rec["time"] = None if f.raw.time is None else round(f.raw.time, 6)
@@ -346,7 +575,37 @@ class StreamPipeline:
                       for t in f.top]
         rec["batch"] = f.batch
         rec["latency_ms"] = {k: round(v * 1e3, 3) for k, v in f.stages.items()}
+        rec["age_ms"] = round(age_s * 1e3, 3)
         return rec
+
+
+def _wait_event(event: threading.Event, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not event.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            event.wait(min(left, POLL_S))
+        except KeyboardInterrupt:
+            pass
+
+
+def _is_write_error(exc: BaseException) -> bool:
+    if isinstance(exc, (OSError, AlexnetDeployError)):  # the sink's one-line errors included
+        return True
+    try:
+        import av
+    except ImportError:
+        return False
+    return isinstance(exc, av.FFmpegError)
+
+
+def _annotate_takes_stream() -> bool:
+    try:
+        return "stream" in inspect.signature(annotate).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 __all__ = ["StreamOptions", "StreamPipeline", "StreamResult", "SourceError"]

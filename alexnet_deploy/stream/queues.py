@@ -1,4 +1,7 @@
-"""The bounded queue between two pipeline stages, with the live-source drop policy and a clean shutdown."""
+"""The bounded queue between two pipeline stages, with the live-source drop policy and a clean shutdown.
+
+A live stream hands its frames to inference through a queue of one (``StageQueue(1, drop_oldest=True)``): a
+single slot that always holds the newest frame, so nothing stale waits in front of the model."""
 from __future__ import annotations
 
 import threading
@@ -17,7 +20,7 @@ class StageQueue:
     discards the queued items and wakes every waiting producer and consumer.
     """
 
-    def __init__(self, maxsize: int, *, drop_oldest: bool = False):
+    def __init__(self, maxsize: int, *, drop_oldest: bool = False, on_put=None):
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         self.maxsize = maxsize
@@ -26,6 +29,7 @@ class StageQueue:
         self._items: deque = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._on_put = on_put  # called after each put (a consumer that watches several queues waits on it)
 
     def put(self, item) -> int:
         """Queue ``item``; returns how many older items were evicted to make room (0 unless ``drop_oldest``)."""
@@ -41,7 +45,9 @@ class StageQueue:
             self.dropped += evicted
             self._items.append(item)
             self._cond.notify_all()
-            return evicted
+        if self._on_put is not None:
+            self._on_put()
+        return evicted
 
     def get(self, block: bool = True):
         """The oldest item; ``None`` when ``block`` is false and nothing is queued; :class:`Closed` at the end."""
@@ -60,12 +66,20 @@ class StageQueue:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        if self._on_put is not None:  # a watching consumer learns of the end without polling
+            self._on_put()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def abort(self) -> None:
         with self._cond:
             self._closed = True
             self._items.clear()
             self._cond.notify_all()
+        if self._on_put is not None:
+            self._on_put()
 
     def __len__(self) -> int:
         with self._cond:
