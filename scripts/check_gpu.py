@@ -394,6 +394,7 @@ class Check:
         self.logs = work / "logs"
         self.trt_library: str | None = None
         self.rehearse = bool(getattr(args, "rehearse_on_cpu", False))
+        self.on_row = None  # called after each row (the partial report)
 
     # capability -> (present?, reason when not); None: decided by an earlier step at run time
     def need(self, needs) -> str | None:
@@ -433,6 +434,8 @@ class Check:
         if self.dry_run:
             for c in r["commands"]:
                 say(f"         $ {c}")
+        if self.on_row:
+            self.on_row()
         return r
 
     def run(self, rid: str, title: str, commands: list, needs=(), timeout: float = 120, check=None, cwd=None,
@@ -473,6 +476,7 @@ class Check:
                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
         except OSError as exc:
             return 127, "", f"cannot start {cmd[0]}: {exc.strerror}"
+        _RUNNING.append(proc)
         try:
             out, err = proc.communicate(timeout=timeout)
             rc = proc.returncode
@@ -480,8 +484,22 @@ class Check:
             _kill_group(proc)
             out, err = proc.communicate()
             rc = 124
+        finally:
+            _RUNNING.remove(proc)
         log.write_text(f"$ {shlex.join(map(str, cmd))}\n--- stdout\n{out}\n--- stderr\n{err}\n--- exit {rc}\n")
         return rc, out, err
+
+
+_RUNNING: list = []  # the step's process (its own process group), stopped with the run
+
+
+def _stop_on_signal(signum, frame) -> None:
+    """SIGINT / SIGTERM / SIGHUP: stop the running step's whole process group (a server included), then exit.
+    The rows done so far are already in the report."""
+    for proc in list(_RUNNING):
+        _kill_group(proc)
+    print(f"{PROG}: stopped by signal {signum}; the report has the steps done so far", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
 
 
 def _kill_group(proc) -> None:
@@ -754,7 +772,7 @@ def markdown(report: dict) -> str:
              f" ({'onnxruntime-gpu' if ort.get('gpu_distribution') else 'CPU build'}, built for CUDA "
              f"{ort.get('cuda_version', '-')}; providers {', '.join(ort.get('providers') or []) or '-'})",
              "- other libraries: " + ", ".join(f"{k} {v}" for k, v in (m.get("libraries") or {}).items() if v),
-             f"- result: **{report['result']}** (exit {report['exit_code']}) in {report['seconds']:.0f} s", "",
+             f"- result: **{report['result']}** (exit {report['exit_code'] if report['exit_code'] is not None else '-'}) in {report['seconds']:.0f} s", "",
              "| step | status | s | details |", "| --- | --- | ---: | --- |"]
     for r in report["rows"]:
         why = "as preflight" if r["id"] != "preflight" and pre and r["reason"] == pre else r["reason"]
@@ -951,6 +969,11 @@ def cmd_run(args) -> int:
         skip_all = bad
     check = Check(args, work, out, env, caps, args.dry_run, skip_all, t_start)
     check.trt_library = trt_libs[0] if trt_libs else None  # tensorrt first: its runtime runs data-centre GPUs
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on_signal)
+    if not args.dry_run and not bad:  # a run stopped from outside still leaves the rows done so far
+        check.on_row = lambda: write_report(out, make_report(args, check, p, work, t_start, None,
+                                                             "incomplete (still running, or stopped)"))
     if args.dry_run:
         say(f"{PROG}: dry run: the steps and the commands it would run (PATH gets {bindir})")
     if args.dry_run:
@@ -960,16 +983,8 @@ def cmd_run(args) -> int:
     run_steps(check, python)
     failed = [r for r in check.rows if r["status"] == "failed" and not bad]
     code = 0 if args.dry_run else (2 if bad else (1 if failed else 0))
-    report = {"schema": SCHEMA, "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "dry_run": args.dry_run, "rehearsal_on_cpu": args.rehearse_on_cpu, "exit_code": code, "result": ("dry run" if args.dry_run else
-                                                                     "bad input" if bad else
-                                                                     "failed" if failed else "passed"),
-              "seconds": round(time.monotonic() - t_start, 1), "budget_s": args.budget_s,
-              "machine": machine_summary(p), "probe": p, "rows": check.rows, "bench": check.bench,
-              "expected_wheels": [f"{d}=={v}" for d, v, _, _ in REQUIRED_WHEELS],
-              "optional_wheels": [f"{d}=={v}" for d, v, _, _ in OPTIONAL_WHEELS],
-              "work": str(work), "cpu_folder": args.cpu_folder}
-    write_report(out, report)
+    result = "dry run" if args.dry_run else "bad input" if bad else "failed" if failed else "passed"
+    write_report(out, make_report(args, check, p, work, t_start, code, result))
     if args.dry_run:
         shutil.rmtree(scratch, ignore_errors=True)
     else:
@@ -982,6 +997,16 @@ def cmd_run(args) -> int:
         die(f"FAILED: {len(failed)} step(s): " + "; ".join(f"{r['id']}: {r['reason']}" for r in failed)[:600], 1)
     say(f"{PROG}: {'dry run done' if args.dry_run else 'PASSED'} in {time.monotonic() - t_start:.0f} s")
     return 0
+
+
+def make_report(args, check, p: dict, work: Path, t_start: float, code: int | None, result: str) -> dict:
+    return {"schema": SCHEMA, "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "dry_run": args.dry_run, "rehearsal_on_cpu": args.rehearse_on_cpu, "exit_code": code, "result": result,
+            "seconds": round(time.monotonic() - t_start, 1), "budget_s": args.budget_s,
+            "machine": machine_summary(p), "probe": p, "rows": check.rows, "bench": check.bench,
+            "expected_wheels": [f"{d}=={v}" for d, v, _, _ in REQUIRED_WHEELS],
+            "optional_wheels": [f"{d}=={v}" for d, v, _, _ in OPTIONAL_WHEELS],
+            "work": str(work), "cpu_folder": args.cpu_folder}
 
 
 def cmd_build_cpu_folder(args) -> int:
@@ -1065,7 +1090,8 @@ def cmd_serve_request(args) -> int:
     import urllib.request
 
     log = open(Path(args.predict).with_suffix(".serve.log"), "w")
-    proc = subprocess.Popen(args.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # same process group as this helper (check_gpu.py run gave it its own): stopping the step stops the server
+    proc = subprocess.Popen(args.command, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -1104,11 +1130,11 @@ def cmd_serve_request(args) -> int:
         die(f"classify request failed: {exc}", 1)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            proc.terminate()
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()
         log.close()
     return 0
 

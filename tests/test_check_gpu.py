@@ -172,6 +172,52 @@ def test_time_budget_stops_the_steps_exit_1(tmp_path):
     assert not (tmp_path / "work" / "digits.pt").exists() and "CPU REHEARSAL" in (tmp_path / "out" / "gpu-check.md").read_text()
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find the child processes")
+def test_sigterm_stops_the_running_step_and_keeps_the_rows_done(tmp_path):
+    """A run stopped from outside (the device tool's time limit, Ctrl-C) stops the step it is in, with its whole
+    process group (each step runs in its own session, so nothing would stop it otherwise), and leaves the
+    report of the steps done so far."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "-1"}
+    env.pop("OUT", None)
+    proc = subprocess.Popen(["bash", str(SCRIPT), "--rehearse-on-cpu", "--out", str(tmp_path / "out"),
+                             "--work", str(tmp_path / "work")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        kids: list[int] = []
+        while time.monotonic() < deadline and not kids:  # the first step (pytest -m gpu) has started
+            time.sleep(0.2)
+            kids = _children(proc.pid) if (tmp_path / "out" / "gpu-check.json").exists() else []
+        assert kids, "no step started"
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 128 + signal.SIGTERM and "stopped by signal" in _one_line(proc.stderr.read())
+    for pid in kids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    report = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
+    assert report["result"].startswith("incomplete") and report["rows"][0]["id"] == "preflight"
+
+
 def _gpu_probe(**changes) -> dict:
     """A probe of a GPU machine (H200-like) with every wheel staged; ``changes`` break one thing."""
     p = {"python": "3.12.3", "cpu": "x", "cores": 16, "cuda_visible_devices": None,
