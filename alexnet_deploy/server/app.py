@@ -346,6 +346,8 @@ def create_app(runner, options: ServeOptions | None = None):
 
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    # the same checks, batcher, limits and statistics for the KServe v2 gRPC endpoint (server/grpc_service.py)
+    app.state.v2 = {"state": state, "prepare_infer": prepare_infer, "run": run, "model_meta": model_meta}
     route_names = frozenset(getattr(r, "name", "") for r in app.routes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, route_names=route_names)
     return app
