@@ -13,10 +13,14 @@ from alexnet_deploy.runtime.preprocess import DEFAULT_MAX_PIXELS
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(), metavar="MODEL|ARTIFACT_DIR")
 @click.option("--engine", default=None, help="ort (default for .onnx) | ort-cuda | ort-trt | trt | torch.")
-@click.option("--name", default="alexnet", show_default=True, help="Model name in the v2 URLs.")
+@click.option("--name", "--model-name", "name", default="alexnet", show_default=True,
+              help="Model name in the v2 URLs and gRPC calls; 'auto': the name alexnet-deploy's Triton repository "
+                   "gives this precision (alexnet-fp32, alexnet-fp16, alexnet-int8).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="TCP port (0: a free one, printed in the serving line).")
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=None,
+              help="Also serve KServe v2 / Triton gRPC on this port of --host (off unless given; 0: a free one).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--max-queue-delay-ms", type=click.FloatRange(min=0), default=2.0, show_default=True)
 @click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True, help="Queued images before 503.")
@@ -36,7 +40,7 @@ from alexnet_deploy.runtime.preprocess import DEFAULT_MAX_PIXELS
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--variant", default=None, help="Variant defaults for a model without metadata.")
 @_handle_errors
-def serve_cmd(model, engine, name, host, port, max_batch, max_queue_delay_ms, max_queue, max_body_mb, timeout_s,
+def serve_cmd(model, engine, name, host, port, grpc_port, max_batch, max_queue_delay_ms, max_queue, max_body_mb, timeout_s,
               max_pixels, max_connections, header_timeout_s, body_timeout_s, decode_workers, threads, variant):
     """Serve a model over the Open Inference Protocol v2 (KServe / Triton compatible) with dynamic batching."""
     _setup_logging()
@@ -48,8 +52,20 @@ def serve_cmd(model, engine, name, host, port, max_batch, max_queue_delay_ms, ma
     from alexnet_deploy.server.app import ServeOptions, bind_socket, serve
 
     model = artifact_model(model)
+    grpc_sock = None
+    if grpc_port is not None:
+        from alexnet_deploy.errors import MissingDependencyError
+
+        try:
+            import google.protobuf  # noqa: F401
+            import grpc  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependencyError(exc.name or "grpc", "'alexnet-deploy[serve]'", "alexnet-serve --grpc-port") from None
+        from alexnet_deploy.server.grpc_service import reserve_port
     sock = bind_socket(host, port)  # before loading the model: a busy port is a one-line error at once
     try:
+        if grpc_port is not None:
+            grpc_sock = reserve_port(host, grpc_port)
         runner = open_runner(model, engine, variant=variant, threads=threads)
         # open, check and run the model once before announcing the address: a model the runners refuse is one
         # line and exit 2 here, not a uvicorn startup traceback after "serving ... on http://..."
@@ -59,14 +75,34 @@ def serve_cmd(model, engine, name, host, port, max_batch, max_queue_delay_ms, ma
         n = runner.min_batch or 1
         runner.infer(np.zeros((n, *runner.metadata.input_dims), runner.metadata.input_dtype))
         port = sock.getsockname()[1]
-        click.echo(f"serving {model} as {name!r} on http://{host}:{port} ({runner.engine}, max batch {max_batch}, "
+        if name == "auto":
+            name = f"alexnet-{runner.metadata.precision}"
+        from alexnet_deploy.server.triton import check_model_name
+
+        check_model_name(name)
+        grpc_url = f" and grpc://{host}:{grpc_sock.getsockname()[1]}" if grpc_sock is not None else ""
+        click.echo(f"serving {model} as {name!r} on http://{host}:{port}{grpc_url} ({runner.engine}, max batch {max_batch}, "
                    f"queue delay {max_queue_delay_ms} ms)")
         opts = ServeOptions(name, "1", max_batch, max_queue_delay_ms, max_queue, max_body_mb, timeout_s,
                             max_pixels=max_pixels, max_connections=max_connections, header_timeout_s=header_timeout_s,
                             body_timeout_s=body_timeout_s, decode_workers=decode_workers)
-        serve(runner, opts, host, port, sock=sock)
+        if grpc_sock is None:
+            serve(runner, opts, host, port, sock=sock)
+        else:  # the same app, batcher and limits; gRPC starts once the model is warm and stops before the drain
+            import uvicorn
+
+            from alexnet_deploy.server.app import create_app, server_config
+            from alexnet_deploy.server.grpc_service import attach_grpc
+
+            app = create_app(runner, opts)
+            attach_grpc(app, runner, name, opts.version, host, grpc_sock.getsockname()[1],
+                        max_message_bytes=int(max_body_mb * 1024 * 1024), max_concurrent_rpcs=max_connections,
+                        reserved=grpc_sock)
+            uvicorn.Server(server_config(app, opts)).run(sockets=[sock])
     finally:
         sock.close()
+        if grpc_sock is not None:
+            grpc_sock.close()
 
 
 def artifact_model(model: str) -> str:
