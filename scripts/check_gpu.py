@@ -747,7 +747,8 @@ def run_steps(c: Check, py: str) -> None:
     c.run("serve-ort-cuda", "alexnet-serve --engine ort-cuda: one classify request, same answer as alexnet-predict",
           [[*helper, "serve-request", url, str(images), str(pred["ort-cuda"]), "alexnet",
             "ort" if c.rehearse else "ort-cuda", "--",
-            "alexnet-serve", str(digits_onnx), "--engine", "ort-cuda", "--host", "127.0.0.1", "--port", str(port)]],
+            "alexnet-serve", str(digits_onnx), "--engine", "ort-cuda", "--name", "alexnet", "--host", "127.0.0.1",
+            "--port", str(port)]],
           needs=("gpu", "ort-cuda", "serve", pred["ort-cuda"]), timeout=150,
           check=lambda outputs: ("passed", one_line(outputs[-1][1]), None))
 
