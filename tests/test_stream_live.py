@@ -319,7 +319,7 @@ def test_frame_age_stays_bounded_live_and_grows_for_a_file_with_a_slow_runner():
     assert result.error is None
     ages = np.array([r["age_ms"] for r in recs]) / 1e3
     assert ages.min() >= delay * 0.9  # a result is never younger than the inference it took
-    assert ages.max() < 4 * delay + 0.1  # single slot: at most a frame waiting plus one being classified
+    assert ages.max() < 6 * delay + 0.2  # single slot: a frame waiting plus one classified (an unbounded queue: ~2.4 s)
     assert result.stats.dropped > 20 and result.stats.frames + result.stats.dropped == 60
     assert cam.converted == result.stats.frames  # dropped frames were never converted to RGB
     s = result.stats.to_dict()

@@ -50,6 +50,8 @@ HTTP_LIVE_SUFFIXES = (".ts", ".m2ts", ".m3u8", ".flv", ".mjpg", ".mjpeg", ".cgi"
 DEFAULT_TIMEOUT_S = 10.0
 # Live sources: packets queued this long (decoder behind) are dropped up to the next key frame.
 MAX_BACKLOG_S = 0.5
+# A packet this much later than the source's clock predicts means its timestamps jumped: the clock restarts.
+CLOCK_JUMP_S = 5.0
 # csi://N defaults (nvarguscamerasrc modes every Jetson CSI sensor offers); override with csi://0?width=...
 CSI_DEFAULTS = {"width": 1280, "height": 720, "fps": 30, "flip": 0}
 STREAM_PIP = "'alexnet-deploy[stream]'"
@@ -306,12 +308,18 @@ def _require_av():
 
 class _Feed:
     """What a reader thread hands the decoder: items in order, then the end (None, or the exception that ended
-    the read). With ``backlog_s``, items older than that are dropped up to the newest one ``keep`` accepts
-    (a key frame), so the decoder restarts from something it can decode."""
+    the read). With ``backlog_s``, once the oldest queued item is older than that, the queue is dropped up to
+    the newest item ``keep`` accepts (a key frame), so the decoder restarts from something it can decode.
 
-    def __init__(self, backlog_s: float | None = None, keep: Callable[[object], bool] | None = None):
+    An item's age is ``age(item, received)`` seconds: by default since it was received; a source with a clock
+    passes its timestamp's age, so a backlog that built up in the socket (a reader that got no CPU, then read
+    a burst) is seen too, not only one in this queue."""
+
+    def __init__(self, backlog_s: float | None = None, keep: Callable[[object], bool] | None = None,
+                 age: Callable[[object, float], float] | None = None):
         self.backlog_s = backlog_s
         self.keep = keep
+        self.age = age or (lambda item, received: time.time() - received)
         self.dropped = 0
         self._items: deque = deque()
         self._cond = threading.Condition()
@@ -327,14 +335,15 @@ class _Feed:
                     return
                 self._resync = False
             self._items.append((item, received))
-            if self.backlog_s is not None and received - self._items[0][1] > self.backlog_s:
+            if self.backlog_s is not None and self.age(*self._items[0]) > self.backlog_s:
                 self._drop_to_key()
             self._cond.notify_all()
 
     def _drop_to_key(self) -> None:
         items = list(self._items)
-        keys = [i for i, (item, _) in enumerate(items) if self.keep(item)]
-        if keys and keys[-1] > 0:  # restart from the newest key frame already queued
+        keys = [i for i, (item, received) in enumerate(items)
+                if self.keep(item) and self.age(item, received) <= self.backlog_s]
+        if keys and keys[-1] > 0:  # restart from the newest key frame already queued (and recent enough)
             self.dropped += keys[-1]
             self._items = deque(items[keys[-1]:])
         else:  # none queued after the head: drop them all and wait for the next key frame
@@ -374,7 +383,9 @@ class _ClockMap:
         if ts is None:
             return
         d = received - ts
-        if self.offset is None or d < self.offset:
+        # an item far later than the clock says is a timestamp jump (a sender restarted, a wrap), not a delay:
+        # start the clock again rather than call every following frame stale
+        if self.offset is None or d < self.offset or d - self.offset > CLOCK_JUMP_S:
             self.offset = d
 
     def captured(self, ts: float | None) -> float | None:
@@ -477,8 +488,12 @@ class AvSource(Source):
         for packet in self._container.demux(self._stream):
             yield packet, time.time()
 
-    def _packets_threaded(self, av) -> Iterator[tuple[object, float]]:
-        feed = _Feed(MAX_BACKLOG_S, keep=lambda p: p.is_keyframe)
+    def _packets_threaded(self, av, clock: "_ClockMap") -> Iterator[tuple[object, float]]:
+        def age(packet, received: float) -> float:
+            captured = clock.captured(_packet_time(packet))
+            return time.time() - (received if captured is None else captured)
+
+        feed = _Feed(MAX_BACKLOG_S, keep=lambda p: p.is_keyframe, age=age)
         container, stream, closing = self._container, self._stream, self._closing
 
         def read():
@@ -486,7 +501,9 @@ class AvSource(Source):
                 for packet in container.demux(stream):
                     if self.stop.is_set() or closing.is_set():
                         break
-                    feed.put(packet, time.time())
+                    received = time.time()
+                    clock.observe(_packet_time(packet), received)
+                    feed.put(packet, received)
                 feed.end()
             except BaseException as exc:  # handed to the decoder, which names the source and the reason
                 feed.end(exc)
@@ -513,11 +530,11 @@ class AvSource(Source):
         ctx = self._stream.codec_context
         clock = _ClockMap()
         index, last_time = 0, None
-        packets = self._packets_threaded(av) if self.live else self._packets_direct(av)
+        packets = self._packets_threaded(av, clock) if self.live else self._packets_direct(av)
         try:
             for packet, received in packets:
-                if packet.pts is not None and packet.time_base is not None:
-                    clock.observe(float(packet.pts * packet.time_base), received)
+                if not self.live:
+                    clock.observe(_packet_time(packet), received)
                 busy = self.consumer_busy
                 if self.live and busy is not None:  # nothing would take a frame now: skip what nothing refers to
                     ctx.skip_frame = "NONREF" if busy() else "DEFAULT"
@@ -599,6 +616,12 @@ class AvSource(Source):
                     return
             container.close()
         self._remove_sdp()
+
+
+def _packet_time(packet) -> float | None:
+    if packet.pts is None or packet.time_base is None:
+        return None
+    return float(packet.pts * packet.time_base)
 
 
 def _ffmpeg_reason(exc) -> str:
