@@ -174,11 +174,19 @@ def _check_file_output(option: str, path: str, check_writable) -> None:
     import tempfile
     from pathlib import Path
 
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
     try:
         check_writable(path)
     except UserInputError as exc:
-        raise UserInputError(f"{option} {path}: {str(exc).split('; choose another')[0]}") from None
-    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+        why = str(exc).split("; choose another")[0]
+        try:
+            if os.statvfs(folder).f_flag & os.ST_RDONLY:
+                why = f"folder {folder} is on a read-only file system"
+            elif not os.access(folder, os.W_OK):
+                why = f"folder {folder} is not writable by this user (permission denied)"
+        except OSError:
+            pass
+        raise UserInputError(f"{option} {path}: {why}") from None
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".probe", dir=folder)
     except OSError as exc:
