@@ -220,7 +220,8 @@ stage "alexnet-serve request (aarch64)"
 if [ -z "$STREAM_SKIP" ]; then
     inside sh -c 'dpkg -s python3-opencv gstreamer1.0-plugins-base >/dev/null 2>&1 || { apt-get update -qq &&
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-opencv python3-numpy \
-        gstreamer1.0-plugins-base >/dev/null; }' || die "apt-get install python3-opencv inside the arm64 root"
+        gstreamer1.0-plugins-base; }' >"$WORK/apt-sys.log" 2>&1 \
+        || { tail -8 "$WORK/apt-sys.log" >&2; die "apt-get install python3-opencv inside the arm64 root"; }
     rm -rf --one-file-system "$ROOT/opt/venv-sys"
     inside /usr/bin/python3 -m venv --system-site-packages /opt/venv-sys || die "python3 -m venv --system-site-packages"
     inside /opt/venv-sys/bin/pip install -q "/src[runtime,build,serve,stream]" >"$WORK/pip-sys.log" 2>&1 \
