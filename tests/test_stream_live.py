@@ -576,6 +576,18 @@ def test_output_onto_a_full_disk_is_reported_as_such(cli, digits_onnx, tmp_path)
     assert "no frame was classified" not in err and not left  # no temporary left on the full disk
 
 
+def test_jsonl_onto_a_full_disk_is_reported_and_the_video_still_finalized(cli, digits_onnx, tmp_path):
+    clip = _write_video(tmp_path / "clip.mkv", 200)
+    with _mounted_tmpfs(tmp_path / "small", "size=16k") as small:
+        code, _, err = cli(stream_main, digits_onnx, clip, "--jsonl", small / "x.jsonl", "--output",
+                           tmp_path / "out.mkv")
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: --jsonl ") and "x.jsonl: writing the JSON lines failed after" in last
+    assert "the disk is full" in last and "annotated video" in err
+    assert 0 < _decoded_frames(tmp_path / "out.mkv") < 200
+
+
 def test_jsonl_and_summary_into_a_read_only_folder_name_the_problem(cli, digits_onnx, tmp_path):
     clip = _write_video(tmp_path / "clip.mp4", 2)
     if os.geteuid() == 0:

@@ -146,7 +146,11 @@ def stream_cmd(model, sources, extra_sources, engine, variant, batch, top_k, max
             for source in streams:
                 source.close()
         if records is not None:
-            records.close()
+            try:
+                records.close()
+            except OSError:  # a full disk: the run's error already says so
+                if pipeline is None or pipeline.on_record is not None:
+                    raise
     stats = result.stats
     click.echo(stats.format(), err=True)
     videos = [st.video for st in pipeline.streams]

@@ -534,7 +534,7 @@ class StreamPipeline:
                 age = time.time() - (f.raw.captured if f.raw.captured is not None else f.wall_time)
                 st.stats.add(f.stages, age)
                 total.add(f.stages, age)
-                if self.on_record is not None and not self.on_record(self._record(f, age)):
+                if self.on_record is not None and not self._send_record(f, age):
                     total.stopped_by = "output closed"
                     self._stop_all(drain=True)
                 if bar is not None:
@@ -548,6 +548,23 @@ class StreamPipeline:
             if bar is not None:
                 bar.close()
             self._close_videos(keep=ok)
+
+    def _send_record(self, f: Frame, age: float) -> bool:
+        """Hand one record on; a record file that cannot be written (disk full) ends the run with one line,
+        and the videos are still finalized."""
+        try:
+            return self.on_record(self._record(f, age))
+        except OSError as exc:
+            full = exc.errno == errno_mod.ENOSPC
+            sink = getattr(self.on_record, "__self__", None)
+            name = getattr(getattr(sink, "_file", None), "name", None)
+            where = f"--jsonl {printable_path(name)}: " if isinstance(name, str) else ""
+            msg = (f"{where}writing the JSON lines failed after {self.stats.frames} frame(s): "
+                   f"{exc.strerror or exc}" + ("; the disk is full" if full else ""))
+            self._errors.append(("output", OutputWriteError(msg, exc.errno)))
+            self.on_record = None
+            self._stop_all(drain=True)
+            return True
 
     def _close_videos(self, keep: bool) -> None:
         for st in self.streams:
