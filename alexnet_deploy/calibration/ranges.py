@@ -159,7 +159,7 @@ def thresholds(h: Histograms, method: str, percentile: float = 99.999) -> dict[s
 def tensors_data(amax: dict[str, float], method: str, nonnegative: set[str] | frozenset = frozenset()):
     """ONNX Runtime's TensorsData for ranges [-amax, amax], or [0, amax] for the tensors in ``nonnegative``
     (ReLU outputs, for asymmetric UINT8 activations)."""
-    from onnxruntime.quantization import TensorData, TensorsData
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData  # also exported there by 1.18-1.23 (JetPack 6)
     from onnxruntime.quantization.calibrate import CalibrationMethod
 
     ort_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
