@@ -350,3 +350,47 @@ def test_dockerfile_matches_the_server():
     url = re.search(r"http://(?:127\.0\.0\.1|localhost):(\d+)(/\S+?)['\"]", health)
     assert url and int(url.group(1)) == params["port"] and url.group(2) in _routes(), health
     assert shlex.split(health)  # well-formed
+
+
+def _unknown_fields(doc, schema, where="") -> list[str]:
+    """Fields the CRD's structural schema does not declare: the API server would prune them silently."""
+    if not isinstance(doc, dict) or schema.get("x-kubernetes-preserve-unknown-fields"):
+        if isinstance(doc, list) and "items" in schema:
+            return [u for i, item in enumerate(doc) for u in _unknown_fields(item, schema["items"], f"{where}[{i}]")]
+        return []
+    props = schema.get("properties")
+    if props is None:
+        extra = schema.get("additionalProperties")
+        return [u for k, v in doc.items() for u in _unknown_fields(v, extra, f"{where}.{k}")] if isinstance(extra, dict) else []
+    out = []
+    for k, v in doc.items():
+        if k not in props:
+            out.append(f"{where}.{k}")
+        else:
+            out += _unknown_fields(v, props[k], f"{where}.{k}")
+    return out
+
+
+def test_inferenceservices_validate_against_kserves_crd_schema():
+    """KServe's own CRD schema (tests/data, extracted from kserve's config/crd/full at the commit it names)."""
+    import gzip
+
+    yaml = pytest.importorskip("yaml", reason="parses deploy/k8s with PyYAML ([dev] extra)")
+    jsonschema = pytest.importorskip("jsonschema", reason="validates against KServe's CRD schema")
+    schema = json.loads(gzip.decompress((ROOT / "tests" / "data" / "kserve_inferenceservice_v1beta1.schema.json.gz")
+                                        .read_bytes()))
+    isvcs = [doc for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+             for doc in yaml.safe_load_all(path.read_text()) if doc["kind"] == "InferenceService"]
+    assert len(isvcs) == 3
+    validator = jsonschema.Draft7Validator(schema)  # validate() would re-check the 600 KB schema on each call
+    for doc in isvcs:
+        assert doc["apiVersion"] == "serving.kserve.io/v1beta1"
+        validator.validate(doc)
+        assert _unknown_fields(doc, schema) == [], doc["metadata"]["name"]
+    # the checker itself: a misspelt field and a wrong type are caught
+    bad = json.loads(json.dumps(isvcs[0]))
+    bad["spec"]["predictor"]["containers"][0]["readinesProbe"] = {}
+    assert _unknown_fields(bad, schema) == [".spec.predictor.containers[0].readinesProbe"]
+    bad["spec"]["predictor"]["containers"][0]["ports"][0]["containerPort"] = "8080"
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(bad)
