@@ -18,14 +18,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/alexnet-demo
 
-# The INT8 tests also run ONNX Runtime's AVX2 kernels (no VNNI) under qemu-user, whatever this CPU is
-# (tests/test_kernel_portability.py): Debian's qemu-user-static, installed here when root can apt-get it,
-# otherwise those tests skip and say why.
+# Some tests use Debian packages: qemu-user-static (ONNX Runtime's AVX2 kernels under qemu-user, whatever this CPU
+# is), gst-rtsp-server (a real RTSP server for streams), the system numpy (a Jetson-style venv). They are installed
+# here when root can apt-get them (scripts/install_test_debs.sh), otherwise those tests skip and say why.
 test: $(STAMP)
-	@command -v qemu-x86_64-static >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-		&& echo "make test: installing qemu-user-static (apt-get) for the AVX2-kernel tests" \
-		&& { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static \
-		>/dev/null || echo "make test: could not install qemu-user-static; the AVX2-kernel tests will skip"; }; } || true
+	@bash scripts/install_test_debs.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The runtime on aarch64 (Jetson's CPU) under qemu-user in a cached Debian arm64 root; needs root and
