@@ -443,3 +443,24 @@ def test_short_held_out_part_is_named(tmp_path, digits_onnx):
     with pytest.raises(DatasetError, match="held-out part of .* has only 10 images"):
         calibrate(digits_onnx, tmp_path / "q.onnx", dataset=str(tmp_path / "folder"), echo=lambda *_: None)
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_quantizer_failure_is_one_line(cli, digits_onnx, tmp_path, monkeypatch):
+    """onnxruntime.quantization's own errors (ValueError, AssertionError 'scale issue') used to surface as a
+    traceback from inside onnxruntime."""
+    import onnxruntime.quantization
+
+    from alexnet_deploy.calibration import qdq
+    from alexnet_deploy.cli import calibrate_main
+
+    def boom(*_a, **_k):
+        raise AssertionError("scale issue")
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_static", boom)
+    monkeypatch.setattr(qdq, "_quantize_direct", boom)
+    code, out, err = cli(calibrate_main, digits_onnx, "-o", tmp_path / "q.onnx", "--num-images", 16,
+                         "--eval-images", 16)
+    assert code == 2, (code, err)
+    line = err.strip().splitlines()[-1]
+    assert "could not quantize" in line and "scale issue" in line and "Traceback" not in err, err
+    assert not (tmp_path / "q.onnx").exists() and not list(tmp_path.glob(".alexnet*"))

@@ -20,9 +20,23 @@ def engines(digits_onnx, tmp_path_factory):
     d = tmp_path_factory.mktemp("engines")
     out = {}
     for p in ("fp32", "fp16", "int8"):
+        cache = str(d / "c10.calib") if p == "int8" else None  # strongly typed: alexnet-calibrate's range cache
         out[p] = build_engine(digits_onnx, d / f"c10-{p}.plan",
-                              TrtBuildOptions(precision=p, calib_images=128, timing_cache=str(d / "timing.cache")), **quiet)
+                              TrtBuildOptions(precision=p, calib_images=128, timing_cache=str(d / "timing.cache"),
+                                              calib_cache=cache), **quiet)
     return out
+
+
+def test_calib_cache_is_used_or_refused(engines, digits_onnx, tmp_path):
+    """--calib-cache used to be ignored silently by strongly typed builders (tensorrt-rtx)."""
+    d = engines["int8"].engine.parent
+    assert (d / "c10.calib").is_file() and (d / "c10.calib.provenance.json").is_file()
+    ranges = json.loads((d / "c10.calib").read_text())
+    assert ranges["amax"], "empty range cache"
+    with pytest.raises(UserInputError, match="--calib-cache is not used by this build"):
+        build_engine(digits_onnx, tmp_path / "f.plan", TrtBuildOptions(precision="fp16", calib_cache=str(d / "c10.calib")),
+                     **quiet)
+    assert not (tmp_path / "f.plan").exists()
 
 
 def test_cifar10_engines_and_manifests(engines, digits_onnx):

@@ -36,7 +36,7 @@ from alexnet_deploy.calibration.placement import (Placement, QdqPlan, layer_name
                                                   quantize_float_output_bias, remove_qdq_pairs)
 from alexnet_deploy.calibration.ranges import Histograms, collect_histograms, tensors_data, thresholds
 from alexnet_deploy.fileio import atomic_write_json, sha256_file
-from alexnet_deploy.errors import UserInputError
+from alexnet_deploy.errors import ExportError, UserInputError
 from alexnet_deploy.runtime.metadata import ModelMetadata
 
 
@@ -135,14 +135,22 @@ def quantize(fp32_path: Path, out_path: Path, amax: dict[str, float], cfg: Quant
             kwargs = dict(quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, activation_type=act_type,
                           weight_type=QuantType.QInt8, calibrate_method=data.calibration_method, extra_options=extra,
                           **plan.ort_kwargs())
-            if _takes_range_cache():
-                from onnxruntime.quantization.calibrate import save_tensors_data
+            try:
+                if _takes_range_cache():
+                    from onnxruntime.quantization.calibrate import save_tensors_data
 
-                cache = Path(tmp) / "ranges.json"  # newer onnxruntime takes precomputed ranges as a cache
-                save_tensors_data(data, cache)
-                quantize_static(str(fp32_path), str(out_path), None, calibration_cache_path=str(cache), **kwargs)
-            else:
-                _quantize_direct(fp32_path, out_path, data, cfg, plan, extra, act_type)
+                    cache = Path(tmp) / "ranges.json"  # newer onnxruntime takes precomputed ranges as a cache
+                    save_tensors_data(data, cache)
+                    quantize_static(str(fp32_path), str(out_path), None, calibration_cache_path=str(cache), **kwargs)
+                else:
+                    _quantize_direct(fp32_path, out_path, data, cfg, plan, extra, act_type)
+            except (ValueError, KeyError, IndexError, TypeError, RuntimeError, AssertionError) as exc:
+                # the quantizer's own checks (e.g. "scale issue" from non-finite ranges, a node it cannot
+                # place): one line naming the model, not a traceback from inside onnxruntime
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ExportError(f"onnxruntime.quantization could not quantize {Path(fp32_path).name}: {detail} "
+                                  "(an FP32 ONNX exported by alexnet-export onnx, or one simplified with onnxsim, "
+                                  "is what it takes)") from exc
     finally:
         root.setLevel(level)
     fix_overflow = cfg.overflow_fix and plan.placement is not Placement.TENSORRT  # tensorrt: float convs on ORT

@@ -137,8 +137,10 @@ def _derived_onnx(onnx_path: Path, meta, opts: TrtBuildOptions, lib: TrtLibrary,
 
     out = engine.with_name(engine.stem + ".int8.onnx")
     echo(f"calibrating a QDQ INT8 ONNX ({out.name}) for the strongly typed {lib.name} builder")
+    # --calib-cache here is alexnet-calibrate's range cache (checked against its provenance, reused when the
+    # model, data and method match): what a strongly typed build calibrates with instead of TensorRT's calibrator
     calibrate(onnx_path, out, dataset=opts.calib_dataset, num_images=opts.calib_images, method=opts.calib_method,
-              placement=opts.qdq_placement, echo=echo)
+              placement=opts.qdq_placement, cache=opts.calib_cache, echo=echo)
     return out, "int8"
 
 
@@ -170,6 +172,9 @@ def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOption
     if placement == "all":  # Q/DQ pairs placed for ONNX Runtime's CPU kernels, not TensorRT's guidance
         echo(f"note: {onnx_path.name} was calibrated with --placement all (for ONNX Runtime); for "
              "TensorRT calibrate with alexnet-calibrate --placement tensorrt or pass the FP32 ONNX")
+    if opts.calib_cache and not (opts.precision == "int8" and meta.precision == "fp32"):  # was ignored silently
+        raise UserInputError(f"--calib-cache is not used by this build (an {opts.precision} engine from a "
+                             f"{meta.precision} ONNX calibrates nothing); drop it")
     build_onnx, onnx_precision = _derived_onnx(onnx_path, meta, opts, lib, output, echo)
     try:
         return _build(trt, lib, meta, opts, onnx_path, output, build_onnx, onnx_precision, profile,
