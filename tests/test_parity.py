@@ -97,3 +97,21 @@ def test_tolerance_overrides():
         parse_overrides(["oops"])
     with pytest.raises(UserInputError, match="unknown precision"):
         tolerances_for("int4")
+
+
+def test_fp16_gates_the_distribution_not_each_small_logit():
+    """Half-precision arithmetic (ONNX Runtime on arm64, CUDA/TensorRT) leaves small logits 10 %+ off while
+    top-1, cosine and KL stay exact; the fp16 gate on max_rel failed such a model on arm64 although x86 (which
+    casts FP16 to float) passed it. A real FP16 problem still fails on cosine / agreement."""
+    from alexnet_deploy.parity.compare import gate, output_metrics
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((256, 10)) * 4
+    ref[np.arange(256), rng.integers(0, 10, 256)] += 12  # a clear winner per row, as a trained model has
+    small = np.abs(ref) < 0.1 * np.abs(ref).max(axis=1, keepdims=True)
+    fp16 = ref + np.where(small, 0.13 * np.sign(ref) * np.abs(ref).max(axis=1, keepdims=True) * 0.02, 0.0)
+    m = output_metrics(ref, fp16)
+    assert m["max_rel"] > 0.05 and m["cosine"] > 0.9999, m
+    assert gate(m, tolerances_for("fp16")) == []
+    broken = ref + rng.standard_normal(ref.shape) * 3  # what FP16 overflow or a wrong cast looks like
+    assert gate(output_metrics(ref, broken), tolerances_for("fp16"))

@@ -45,7 +45,12 @@ _RENAMED = {"max_accuracy_drop": "max_accuracy_drop_pct"}  # the name before uni
 TOLERANCES: dict[str, Tolerances] = {
     "fp32": Tolerances(max_abs=1e-3, max_rel=1e-3, min_cosine=0.99999, min_top1_agreement=0.99,
                        min_top5_overlap=0.99, max_kl=1e-5, max_accuracy_drop_pct=0.5),
-    "fp16": Tolerances(max_abs=None, max_rel=5e-2, min_cosine=0.999, min_top1_agreement=0.995,
+    # FP16 gates the distribution, not each logit: where FP16 really runs in half precision (ONNX Runtime on
+    # arm64 CPUs with FP16 arithmetic, i.e. every Jetson; CUDA/TensorRT) sums of 4096 products accumulate
+    # rounding, and a logit at 1 % of its row's max can be off by 10 %+ while top-1, cosine and KL are exact.
+    # x86 ONNX Runtime casts FP16 models to float, which is why 5e-2 once passed (found by alexnet-verify on
+    # arm64: max_rel 0.134, cosine 1.0000, agreement 100 %). max_rel is still reported.
+    "fp16": Tolerances(max_abs=None, max_rel=None, min_cosine=0.999, min_top1_agreement=0.995,
                        min_top5_overlap=0.98, max_kl=1e-3, max_accuracy_drop_pct=0.5),
     "int8": Tolerances(max_abs=None, max_rel=None, min_cosine=0.98, min_top1_agreement=0.90,
                        min_top5_overlap=0.85, max_kl=5e-2, max_accuracy_drop_pct=1.0, gate_random_inputs=False),
