@@ -47,6 +47,7 @@ from alexnet_deploy.errors import UserInputError
               help="With --server: images per request.")
 @click.option("--model-name", default=None,
               help="With --server: the model to load-test (default: the only model the server lists).")
+@click.version_option(package_name="alexnet-deploy")  # the installed version (importlib.metadata)
 @_handle_errors
 def bench_cmd(models, engines, batch_sizes, warmup_ms, duration_s, iterations, threads, baseline, images_dir,
               overhead_check, no_roofline, cuda_graph, json_path, csv_path, md_path, plot_path, compare_path,

@@ -53,6 +53,7 @@ from alexnet_deploy.errors import UserInputError
 @click.option("--allow-kernel-mismatch", is_flag=True,
               help="Write the model even when this host's ONNX Runtime kernels give other results than the exact "
                    "QDQ math (int16 saturation on this CPU); it is refused by default.")
+@click.version_option(package_name="alexnet-deploy")  # the installed version (importlib.metadata)
 @_handle_errors
 def calibrate_cmd(model, output, dataset, num_images, eval_images, method, percentile, max_drop, sensitivity,
                   allow_synthetic, variant, cache, force_cache, json_path, weights_fc, block_size, int4_format,

@@ -15,6 +15,7 @@ from alexnet_deploy.cli.common import (
 @click.option("--workdir", type=click.Path(file_okay=False), default="artifacts/demo", show_default=True)
 @click.option("--retrain", is_flag=True, help="Train again even when a cached checkpoint exists.")
 @click.option("--force", is_flag=True, help="Redo every deployment step (they are reused when up to date).")
+@click.version_option(package_name="alexnet-deploy")  # the installed version (importlib.metadata)
 @_handle_errors
 def demo_cmd(workdir, retrain, force):
     """The main job: train (or reuse) cifar10 on the embedded digits, then alexnet-deploy it: ONNX FP32/FP16/INT8,

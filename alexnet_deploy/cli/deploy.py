@@ -55,6 +55,7 @@ def _names(text: str, option: str) -> tuple[str, ...]:
 @click.option("--force", is_flag=True, help="Redo every step even when its inputs and options are unchanged, "
               "and replace folders/files in --out that share an artifact's name but were not written by alexnet-deploy.")
 @click.option("-v", "--verbose", is_flag=True)
+@click.version_option(package_name="alexnet-deploy")  # the installed version (importlib.metadata)
 @_handle_errors
 def deploy_cmd(weights, variant, dataset, out, precisions, targets, engines, batch_sizes, bench_duration_s,
                bench_iterations, bench_warmup_ms, no_roofline, parity_images, golden_images, tol, calib_images, calib_method, no_sensitivity,

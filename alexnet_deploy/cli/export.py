@@ -15,6 +15,7 @@ from alexnet_deploy.cli.common import (
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="alexnet-deploy")  # the installed version (importlib.metadata)
 def export_group():
     """Export models: `onnx` (PyTorch -> verified ONNX), `trt` (ONNX -> TensorRT engine + manifest)."""
 

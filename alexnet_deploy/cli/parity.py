@@ -35,6 +35,7 @@ from alexnet_deploy.cli.common import (
 @click.option("--preprocess", type=click.Choice(["default", "stretch"]), default="default", show_default=True,
               help="stretch: also run the dataset resized to the input size without the center crop, as DeepStream "
                    "and jetson-inference do, and report the accuracy change.")
+@click.version_option(package_name="alexnet-deploy")  # the installed version (importlib.metadata)
 @_handle_errors
 def parity_cmd(candidate, engine, golden, reference, variant, dataset, num_images, random_samples, precision, tol,
                json_path, junit_path, rebuild_if_stale, preprocess):

@@ -24,6 +24,7 @@ from alexnet_deploy.cli.common import (
 @click.option("--rebuild-if-stale", is_flag=True, help="Engines: rebuild from the recorded ONNX when stale.")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=None,
               help="Refuse images whose header declares more pixels (default 50000000, as alexnet-serve; 0: no limit).")
+@click.version_option(package_name="alexnet-deploy")  # the installed version (importlib.metadata)
 @_handle_errors
 def predict_cmd(model, images, top_k, engine, variant, batch_size, as_json, rebuild_if_stale, max_pixels):
     """Classify images (files or folders) with a checkpoint, an ONNX model or an engine.

@@ -39,6 +39,7 @@ from alexnet_deploy.runtime.preprocess import DEFAULT_MAX_PIXELS
               help="Threads that parse request JSON and decode images (off the event loop).")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--variant", default=None, help="Variant defaults for a model without metadata.")
+@click.version_option(package_name="alexnet-deploy")  # the installed version (importlib.metadata)
 @_handle_errors
 def serve_cmd(model, engine, name, host, port, grpc_port, max_batch, max_queue_delay_ms, max_queue, max_body_mb, timeout_s,
               max_pixels, max_connections, header_timeout_s, body_timeout_s, decode_workers, threads, variant):

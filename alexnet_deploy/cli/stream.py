@@ -87,6 +87,7 @@ printed (--reconnect N retries first); 128 + signal for Ctrl-C / SIGTERM, which 
 @click.option("--fail-fast", is_flag=True, help="Several streams: stop them all when one fails.")
 @click.option("--rebuild-if-stale", is_flag=True, help="Engines: rebuild from the recorded ONNX when stale.")
 @click.option("--progress/--no-progress", default=None, help="Progress display (default: when stderr is a terminal).")
+@click.version_option(package_name="alexnet-deploy")  # the installed version (importlib.metadata)
 @_handle_errors
 def stream_cmd(model, sources, extra_sources, engine, variant, batch, top_k, max_fps, max_frames, duration_s,
                outputs, codec, bitrate, encoder_options, jsonl, summary_path, live, input_options, timeout_s,

@@ -26,6 +26,7 @@ from alexnet_deploy.cli.common import (
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.version_option(package_name="alexnet-deploy")  # the installed version (importlib.metadata)
 @_handle_errors
 def train_cmd(variant, dataset, output, weights, epochs, batch_size, lr, momentum, weight_decay, seed, threads,
               no_progress):

@@ -17,6 +17,7 @@ from alexnet_deploy.cli.common import _handle_errors, _setup_logging
               help="Override a gate the golden set carries, e.g. min_top1_agreement=0.98.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None, help="Write a JUnit XML report.")
+@click.version_option(package_name="alexnet-deploy")  # the installed version (importlib.metadata)
 @_handle_errors
 def verify_cmd(target, engine, tol, json_path, junit_path):
     """Verify TARGET (a deployment folder written by alexnet-deploy, one artifact folder in it, or one model file
