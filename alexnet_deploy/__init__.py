@@ -58,7 +58,15 @@ def __getattr__(name: str):
         module, attr = _LAZY[name]
     except KeyError:
         raise AttributeError(f"module 'alexnet_deploy' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), attr)
+    try:
+        value = getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as exc:  # e.g. load_model without torch: one line naming the pip command
+        from alexnet_deploy.deps import missing_module_error
+
+        err = missing_module_error(exc)
+        if err is None:
+            raise
+        raise err from None
     globals()[name] = value  # the next access is a plain attribute lookup
     return value
 

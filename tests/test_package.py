@@ -93,6 +93,7 @@ def test_import_is_light_and_torch_free_names_resolve_without_torch():
         from alexnet_deploy.parity.verify import verify
         assert ad.open_runner is open_runner and ad.load_image is load_image and ad.verify is verify
         assert callable(ad.model_batch) and callable(ad.topk)
+        assert callable(ad.calibrate) and callable(ad.run_deploy)  # engine-build and folder paths: torch-free
         try:
             ad.no_such_name
         except AttributeError as exc:
@@ -104,6 +105,28 @@ def test_import_is_light_and_torch_free_names_resolve_without_torch():
     """)
     out = _python(code)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_torch_name_without_torch_is_one_line_error():
+    code = textwrap.dedent("""
+        import sys
+        class Missing:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "torch":
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        sys.meta_path.insert(0, Missing())
+        import alexnet_deploy as ad
+        from alexnet_deploy.errors import MissingDependencyError
+        try:
+            ad.load_model
+        except MissingDependencyError as exc:
+            print(exc)
+        else:
+            raise SystemExit("load_model resolved without torch")
+    """)
+    out = _python(code)
+    assert out.returncode == 0, out.stderr
+    assert "torch" in out.stdout and "alexnet-deploy[export]" in out.stdout and len(out.stdout.splitlines()) == 1
 
 
 def test_every_lazy_name_resolves_and_subpackages_still_import():
