@@ -6,19 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# ONNX element types stored with fewer than 8 bits per element (two per byte)
-_SUB_BYTE_BITS = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4}
-
-
-def initializer_bytes(init) -> int:
-    """Bytes one ONNX initializer takes as stored (packed sub-byte types rounded up to whole bytes)."""
-    from onnx import TensorProto, helper
-
-    n = int(np.prod(init.dims)) if len(init.dims) else 1
-    name = TensorProto.DataType.Name(init.data_type)
-    if name in _SUB_BYTE_BITS:
-        return (n * _SUB_BYTE_BITS[name] + 7) // 8
-    return n * np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+from alexnet_deploy.onnxgraph import behind_dequantize, initializer_bytes, producers
 
 
 def model_cost(path) -> dict:
@@ -43,12 +31,10 @@ def model_cost(path) -> dict:
         shapes[vi.name] = dims
     inits = {i.name: i for i in model.graph.initializer}
     # weights of QDQ models sit behind DequantizeLinear: follow it back to the initializer
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = producers(model.graph)
 
     def weight_dims(name):
-        n = producer.get(name)
-        if n is not None and n.op_type == "DequantizeLinear":
-            name = n.input[0]
+        name = behind_dequantize(name, producer)
         return list(inits[name].dims) if name in inits else shapes.get(name)
 
     layers = []

@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from alexnet_deploy.calibration.placement import WEIGHTED_OPS
-from alexnet_deploy.exporter.naming import module_of_node
+from alexnet_deploy.onnxgraph import module_of_node
 
 
 def zero_dead_inputs(model: onnx.ModelProto, channel_amax: dict[str, np.ndarray]) -> dict[str, int]:

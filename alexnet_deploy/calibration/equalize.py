@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from alexnet_deploy.exporter.naming import module_of_node
+from alexnet_deploy.onnxgraph import consumers as consumers_of
+from alexnet_deploy.onnxgraph import module_of_node
 
 PASS_THROUGH = ("Relu", "MaxPool")  # positively homogeneous, channel-wise: f(s * x) = s * f(x) for s > 0
 
@@ -36,10 +37,7 @@ def equalize(model: onnx.ModelProto) -> dict[str, float]:
     """Equalize (in place) every Conv/Gemm pair joined by ReLU/MaxPool only. Returns {"first->second": the
     largest per-channel weight range ratio before equalization} for the pairs it changed."""
     inits = {i.name: i for i in model.graph.initializer}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumers_of(model.graph)
     outputs = {o.name for o in model.graph.output}
     users = {name: len(c) for name, c in consumers.items()}
     report: dict[str, float] = {}

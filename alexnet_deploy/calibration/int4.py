@@ -30,8 +30,9 @@ from onnx import numpy_helper
 
 from alexnet_deploy.calibration.placement import quantize_float_output_bias, tensorrt_qdq_problem
 from alexnet_deploy.errors import UserInputError
-from alexnet_deploy.exporter.naming import module_of_node
 from alexnet_deploy.fileio import sha256_file
+from alexnet_deploy.onnxgraph import behind_dequantize, initializer_bytes, module_of_node, producers
+from alexnet_deploy.onnxgraph import consumers as consumers_of
 
 FORMS = ("ort", "trt")
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits supports powers of two from 16
@@ -152,11 +153,8 @@ def _to_float_matmul(model: onnx.ModelProto, node_name: str) -> str:
     """Replace Gemm ``node_name`` by MatMul(+Add) on float weights, without activation Q/DQ around it.
     Returns the MatMul's name."""
     g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer = producers(g)
+    consumers = consumers_of(g)
     gemm = next(n for n in g.node if n.name == node_name)
     w, bias = _gemm_weights(model, gemm, producer)
     base = node_name.rsplit("/", 1)[0] if "/" in node_name else node_name
@@ -203,10 +201,7 @@ def _fuse_bias(model: onnx.ModelProto) -> None:
     """MatMulNBits -> Add(constant [N]) becomes one MatMulNBits with its optional bias input (index 5)."""
     g = model.graph
     inits = {i.name for i in g.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumers_of(g)
     graph_outputs = {o.name for o in g.output}
     for n in list(g.node):
         if n.op_type != "MatMulNBits" or n.output[0] in graph_outputs:
@@ -277,23 +272,16 @@ def to_int4(int8: onnx.ModelProto, cfg: Int4Config) -> onnx.ModelProto:
 def _bytes_saved(int8: onnx.ModelProto, layer: str) -> int:
     """Bytes INT4 saves on ``layer`` against its INT8 weights (about half; scales not counted)."""
     node = next(n for n in int8.graph.node if n.name == fc_layers(int8)[layer])
-    producer = {o: n for n in int8.graph.node for o in n.output}
     inits = {i.name: i for i in int8.graph.initializer}
-    w = node.input[1]
-    if w in producer and producer[w].op_type == "DequantizeLinear":
-        w = producer[w].input[0]
+    w = behind_dequantize(node.input[1], producers(int8.graph))
     if w not in inits:
         return 0
-    from alexnet_deploy.benchmarks.cost import initializer_bytes
-
     n = int(np.prod(inits[w].dims))
     return initializer_bytes(inits[w]) - (n + 1) // 2
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
     """Bytes of the initializers as stored (INT4 counts half a byte per element)."""
-    from alexnet_deploy.benchmarks.cost import initializer_bytes
-
     return sum(initializer_bytes(i) for i in model.graph.initializer)
 
 

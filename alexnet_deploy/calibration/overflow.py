@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from alexnet_deploy.exporter.naming import module_of_node
+from alexnet_deploy.onnxgraph import consumers, module_of_node, producers
 
 INT16_MAX = 32767
 MAX_ACTIVATION_CODE = 255  # UINT8 activations, or INT8 ones that the x86 kernels shift by 128
@@ -94,7 +94,7 @@ class LayerFix:
 def _integer_layers(model: onnx.ModelProto):
     """(node, weight DequantizeLinear) of each Conv/Gemm/MatMul whose activation and INT8 weight both come
     from DequantizeLinear: what ONNX Runtime fuses into its integer kernels."""
-    producer = {o: n for n in model.graph.node for o in n.output if o}
+    producer = producers(model.graph)
     inits = {i.name: i for i in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2:
@@ -130,10 +130,7 @@ def fix_pair_overflow(model: onnx.ModelProto, float_weights: dict[str, np.ndarra
     rounding is stacked on rounding; a weight not found there is taken as its dequantized INT8 values. Returns
     one entry per integer layer (``changed`` 0 where nothing could overflow)."""
     inits = {i.name: i for i in model.graph.initializer}
-    users: dict[str, int] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            users[i] = users.get(i, 0) + 1
+    users = {name: len(c) for name, c in consumers(model.graph).items()}
     fixes = []
     for n, wdq in _integer_layers(model):
         q_init, s_init = inits[wdq.input[0]], inits[wdq.input[1]]

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import onnx
 
 from alexnet_deploy.errors import UserInputError
-from alexnet_deploy.exporter.naming import module_of_node
+from alexnet_deploy.onnxgraph import consumers as consumers_of
+from alexnet_deploy.onnxgraph import module_of_node, producers
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -117,7 +118,7 @@ def nonnegative_tensors(model: onnx.ModelProto) -> set[str]:
 def output_tail(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     """(nodes, tensors) from the last weighted layers' outputs to the graph outputs: walking back from each graph
     output through non-weighted nodes (Softmax, Reshape...) until a Conv/Gemm/MatMul output is reached."""
-    producer = {o: n for n in model.graph.node for o in n.output if o}
+    producer = producers(model.graph)
     inits = {i.name for i in model.graph.initializer}
     nodes: list[str] = []
     tensors: list[str] = []
@@ -140,11 +141,8 @@ def remove_qdq_pairs(model: onnx.ModelProto, tensors: list[str] | tuple[str, ...
     """Remove the QuantizeLinear -> DequantizeLinear pairs ONNX Runtime put on ``tensors``, in place: their
     consumers (and a graph output) read the float tensor again. Returns the number of pairs removed."""
     g = model.graph
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    producer = {o: n for n in g.node for o in n.output if o}
+    consumers = consumers_of(g)
+    producer = producers(g)
     outputs = {o.name for o in g.output}
     drop: list[onnx.NodeProto] = []
     for q in [n for n in g.node if n.op_type == "QuantizeLinear"]:
@@ -195,11 +193,8 @@ def quantize_float_output_bias(model: onnx.ModelProto) -> list[str]:
 
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    producer = {o: n for n in g.node for o in n.output if o}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer = producers(g)
+    consumers = consumers_of(g)
 
     def dq_scale(name: str):
         dq = producer.get(name)

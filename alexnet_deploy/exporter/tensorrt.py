@@ -16,9 +16,9 @@ from pathlib import Path
 import onnx
 
 from alexnet_deploy.errors import EngineBuildError, UserInputError
-from alexnet_deploy.exporter.naming import module_of_node
 from alexnet_deploy.fileio import (atomic_path, atomic_write_bytes, atomic_write_json, check_writable, sha256_bytes,
                                    sha256_file)
+from alexnet_deploy.onnxgraph import module_of_node
 from alexnet_deploy.runtime.metadata import read_onnx_metadata
 from alexnet_deploy.runtime.trt_library import (MANIFEST_SCHEMA, TrtLibrary, gpu_properties, load_library,
                                                 manifest_path, platform_info)
