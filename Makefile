@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The runtime on aarch64 (Jetson's CPU) under qemu-user in a cached Debian arm64 root; needs root and
-# network access to Debian and PyPI (see scripts/check_aarch64.sh and the README's Jetson section).
+# network access to Debian and PyPI (see scripts/check_aarch64.sh and docs/jetson.md).
 check-aarch64: $(STAMP)
 	PYTHON=$(abspath $(PY)) bash scripts/check_aarch64.sh
 

@@ -1,5 +1,5 @@
 """The pieces of `make check-aarch64` that run without an arm64 root: emulation detection in the bench output
-and the x86-vs-aarch64 comparison of scripts/aarch64_reference.py (the full check is run by hand; README)."""
+and the x86-vs-aarch64 comparison of scripts/aarch64_reference.py (the full check is run by hand; docs/jetson.md)."""
 import importlib.util
 import json
 import subprocess
