@@ -196,7 +196,9 @@ def test_rebuild_if_stale_rebuilds_from_recorded_onnx(engines, tmp_path):
     current = m["library"]["version"]
     m["library"]["version"] = "0.9.0"
     manifest_path(eng).write_text(json.dumps(m))
-    runner = open_runner(eng, rebuild_if_stale=True)
+    from alexnet_deploy.exporter.rebuild import rebuild_engine
+
+    runner = open_runner(eng, rebuild_if_stale=True, rebuild=rebuild_engine)
     with pytest.raises(InferenceError, match="no CUDA GPU"):  # rebuilt, then stopped by the missing GPU
         runner.activate()
     assert json.loads(manifest_path(eng).read_text())["library"]["version"] == current

@@ -81,10 +81,13 @@ def parity_cmd(candidate, engine, golden, reference, variant, dataset, num_image
                                       parse_overrides(tol), preprocess)
         _finish(report, json_path, junit_path, preprocess)
         return
+    from alexnet_deploy.exporter.rebuild import rebuild_engine  # the builder a stale engine is rebuilt with
+
     report = check_parity(candidate, engine=engine, reference=reference, variant=variant,
                           dataset=None if dataset == "none" else (dataset or "auto"), num_images=num_images,
                           random_samples=random_samples, precision=precision,
-                          rebuild_if_stale=rebuild_if_stale, preprocess=preprocess, **parse_overrides(tol))
+                          rebuild_if_stale=rebuild_if_stale, rebuild=rebuild_engine if rebuild_if_stale else None,
+                          preprocess=preprocess, **parse_overrides(tol))
     _finish(report, json_path, junit_path, preprocess)
 
 

@@ -42,7 +42,10 @@ def predict_cmd(model, images, top_k, engine, variant, batch_size, as_json, rebu
 
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else (max_pixels or None)
     files = find_images(images)
-    runner = open_runner(model, engine, variant=variant, rebuild_if_stale=rebuild_if_stale)
+    from alexnet_deploy.exporter.rebuild import rebuild_engine  # the builder a stale engine is rebuilt with
+
+    runner = open_runner(model, engine, variant=variant, rebuild_if_stale=rebuild_if_stale,
+                         rebuild=rebuild_engine if rebuild_if_stale else None)
     if len(files) == 1:  # one image: a bad one is the command's error, before the model is activated
         load_image(files[0], max_pixels=limit, name=printable_path(files[0]))
     meta = runner.metadata

@@ -126,7 +126,10 @@ def stream_cmd(model, sources, extra_sources, engine, variant, batch, top_k, max
 
     streams = [create_source(spec, options=options, timeout_s=timeout_s, reconnect=reconnect,
                              reconnect_delay_s=reconnect_delay_s, loop=loop, warn=warn) for spec in specs]
-    runner = open_runner(model, engine, variant=variant, rebuild_if_stale=rebuild_if_stale)
+    from alexnet_deploy.exporter.rebuild import rebuild_engine  # the builder a stale engine is rebuilt with
+
+    runner = open_runner(model, engine, variant=variant, rebuild_if_stale=rebuild_if_stale,
+                         rebuild=rebuild_engine if rebuild_if_stale else None)
 
     def make_video(sid: int, source):  # once the source is open: the video takes its frame rate
         return VideoSink(outputs[sid], fps=max_fps or source.rate, codec=codec, bitrate=bitrate,

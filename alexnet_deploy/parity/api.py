@@ -14,8 +14,11 @@ from alexnet_deploy.parity.compare import ParityReport
 def check_parity(candidate, *, engine: str | None = None, reference: str | None = None,
                  variant: str | None = None, dataset: str | None = "auto", num_images: int = 360,
                  random_samples: int = 16, precision: str = "auto", rebuild_if_stale: bool = False,
-                 preprocess: str = "default", **tolerances) -> ParityReport:
+                 rebuild=None, preprocess: str = "default", **tolerances) -> ParityReport:
     """Run ``candidate`` (ONNX, engine or checkpoint) and its PyTorch FP32 reference; return the report.
+
+    ``rebuild_if_stale`` with ``rebuild``: a stale TensorRT engine is rebuilt by that builder first
+    (``alexnet_deploy.exporter.rebuild.rebuild_engine``; see ``runtime/runners/tensorrt.py``).
 
     ``dataset``: ``auto`` (the training dataset recorded in the model, or digits for digit / unnamed classes),
     a dataset spec, or None / ``none`` (random inputs only)."""
@@ -26,7 +29,7 @@ def check_parity(candidate, *, engine: str | None = None, reference: str | None 
     from alexnet_deploy.runtime.runners.factory import open_runner
     from alexnet_deploy.runtime.runners.torch_runner import TorchRunner
 
-    runner = open_runner(candidate, engine, variant=variant, rebuild_if_stale=rebuild_if_stale)
+    runner = open_runner(candidate, engine, variant=variant, rebuild_if_stale=rebuild_if_stale, rebuild=rebuild)
     meta = runner.metadata
     prec = meta.precision if precision == "auto" else precision
     tol = tolerances_for(prec, tolerances)

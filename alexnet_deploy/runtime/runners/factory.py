@@ -80,8 +80,10 @@ def check_onnx_contract(path: str | os.PathLike, meta) -> None:
 
 
 def open_runner(path: str | os.PathLike, engine: str | None = None, *, variant: str | None = None,
-                threads: int | None = None, rebuild_if_stale: bool = False, **options):
-    """A (not yet activated) runner for ``path``; ``variant`` supplies defaults for metadata-less ONNX."""
+                threads: int | None = None, rebuild_if_stale: bool = False, rebuild=None, **options):
+    """A (not yet activated) runner for ``path``; ``variant`` supplies defaults for metadata-less ONNX.
+    ``rebuild``: the engine builder a stale TensorRT engine is rebuilt with under ``rebuild_if_stale``
+    (see runners/tensorrt.py; the runtime never imports the exporter, the caller wires one in)."""
     if not Path(path).is_file():
         raise ModelLoadError(f"model not found: {path}")
     engine = engine or default_engine(path)
@@ -100,7 +102,7 @@ def open_runner(path: str | os.PathLike, engine: str | None = None, *, variant: 
     if kind == "engine":
         from alexnet_deploy.runtime.runners.tensorrt import TensorRTRunner
 
-        return TensorRTRunner(path, rebuild_if_stale=rebuild_if_stale, **options)
+        return TensorRTRunner(path, rebuild_if_stale=rebuild_if_stale, rebuild=rebuild, **options)
     from alexnet_deploy.models.weights import load_model
     from alexnet_deploy.runtime.runners.torch_runner import TorchRunner
 

@@ -7,22 +7,32 @@ the engine bytes; a mismatch is one line naming both sides and the rebuild comma
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from alexnet_deploy.errors import InferenceError, MissingDependencyError, ModelLoadError
+from alexnet_deploy.errors import InferenceError, MissingDependencyError, ModelLoadError, UserInputError
 from alexnet_deploy.fileio import sha256_file
 from alexnet_deploy.runtime.metadata import ModelMetadata, read_onnx_metadata
 from alexnet_deploy.runtime.runners.base import Runner, TensorSpec
 from alexnet_deploy.runtime.trt_library import (check_compatible, gpu_properties, load_library, read_manifest,
                                                 rebuild_command, rebuild_options)
 
+# The builder interface (``--rebuild-if-stale``): ``rebuild(onnx_path, engine_path, options)`` builds the engine
+# again, ``options`` being the TrtBuildOptions keywords its manifest recorded. The runtime never imports the
+# exporter; the layer that opens the runner wires one in (alexnet_deploy.exporter.rebuild.rebuild_engine).
+EngineBuilder = Callable[[str, Path, dict], object]
+
 
 class TensorRTRunner(Runner):
     engine = "trt"
 
-    def __init__(self, path, *, rebuild_if_stale: bool = False, cuda_graph: bool = False, library: str | None = None):
+    def __init__(self, path, *, rebuild_if_stale: bool = False, rebuild: EngineBuilder | None = None,
+                 cuda_graph: bool = False, library: str | None = None):
+        if rebuild_if_stale and rebuild is None:
+            raise UserInputError("rebuild_if_stale needs a rebuild callable (the builder interface: pass "
+                                 "rebuild=alexnet_deploy.exporter.rebuild.rebuild_engine)")
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         super().__init__(ModelMetadata.from_props(self.manifest["metadata"], str(self.path)))
@@ -31,6 +41,7 @@ class TensorRTRunner(Runner):
         c, h, w = self.metadata.input_dims  # (H, W, 3) uint8 for a raw-pixel model (--input-format uint8-nhwc)
         self.input_spec = TensorSpec(self.manifest["input"]["name"], (None, c, h, w), np.dtype(self.metadata.input_dtype))
         self.rebuild_if_stale = rebuild_if_stale
+        self.rebuild = rebuild
         self.cuda_graph = cuda_graph
         self.library = library or self.manifest["library"]["name"]
 
@@ -64,8 +75,6 @@ class TensorRTRunner(Runner):
         return lib, gpu
 
     def _rebuild(self) -> None:
-        from alexnet_deploy.exporter.tensorrt import TrtBuildOptions, build_engine
-
         src = self.manifest.get("source_onnx")
         if not src or not Path(src).is_file():
             raise ModelLoadError(f"cannot rebuild {self.path.name}: its ONNX {src} is gone")
@@ -76,7 +85,7 @@ class TensorRTRunner(Runner):
                                      f"{self.manifest['build']['calibration'].get('dataset')}; run "
                                      f"{rebuild_command(self.manifest, self.path)}")
             del recorded["calib_dataset"]  # a QDQ ONNX carries its ranges
-        build_engine(src, self.path, TrtBuildOptions(library=self.library, **recorded))
+        self.rebuild(src, self.path, {"library": self.library, **recorded})
         self.manifest = read_manifest(self.path)
 
     # --------------------------------------------------------------------------------- lifecycle
