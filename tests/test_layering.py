@@ -176,3 +176,18 @@ def test_stale_engine_rebuild_needs_a_builder_passed_in(tmp_path):
     (tmp_path / "e.plan").write_bytes(b"\0" * 16)
     with pytest.raises(UserInputError, match="rebuild_if_stale needs a rebuild callable"):
         open_runner(tmp_path / "e.plan", rebuild_if_stale=True)
+
+
+def test_pyav_is_an_optional_dependency_of_deps(monkeypatch):
+    """stream/sinks.py takes PyAV through deps.require (not stream/sources.py's private helper): a missing PyAV
+    is one line naming the [stream] extra and what it is for."""
+    import sys
+
+    from alexnet_deploy.deps import require
+    from alexnet_deploy.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "av", None)  # import av -> ImportError, as where PyAV is not installed
+    with pytest.raises(MissingDependencyError) as err:
+        require("av")
+    assert "alexnet-deploy[stream]" in str(err.value) and "video files" in str(err.value)
+    assert "_require_av" not in (PKG / "stream" / "sinks.py").read_text()

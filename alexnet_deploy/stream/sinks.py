@@ -150,9 +150,9 @@ def container_for(path: str | os.PathLike, codec: str | None = None) -> tuple[st
 
 
 def _choose_encoder(spec: OutputSpec, codec: str | None) -> str:
-    from alexnet_deploy.stream.sources import _require_av
+    from alexnet_deploy.deps import require
 
-    available = _require_av().codecs_available
+    available = require("av").codecs_available
     if codec is not None:
         if codec not in available:
             hint = (" (PyAV's wheels bring their own FFmpeg; one built against the system's: "
@@ -241,9 +241,9 @@ def check_output(target: str | os.PathLike, codec: str | None = None, *, bitrate
 
 
 def _trial_open(spec: OutputSpec, codec: str, fps: float, options: dict, bitrate: int | None) -> None:
-    from alexnet_deploy.stream.sources import _require_av
+    from alexnet_deploy.deps import require
 
-    av = _require_av()
+    av = require("av")
     ctx = av.CodecContext.create(codec, "w")
     _configure(ctx, codec, TRIAL_SIZE, fps, dict(options), bitrate)
     try:
@@ -368,9 +368,9 @@ class VideoSink:
         return AlexnetDeployError(f"--output {self.target}: cannot write ({why})")
 
     def _open(self, size: tuple[int, int]) -> None:
-        from alexnet_deploy.stream.sources import _require_av
+        from alexnet_deploy.deps import require
 
-        av = _require_av()
+        av = require("av")
         even = self.codec not in ("png", "ffv1")
         w, h = (size[0] + size[0] % 2, size[1] + size[1] % 2) if even else size  # 4:2:0 needs even sizes
         self._size = (w, h)
@@ -398,9 +398,9 @@ class VideoSink:
 
     def write(self, image: Image.Image, time_s: float | None) -> None:
         """Encode one frame shown at ``time_s`` seconds (source time; None: the next slot at ``fps``)."""
-        from alexnet_deploy.stream.sources import _require_av
+        from alexnet_deploy.deps import require
 
-        av = _require_av()
+        av = require("av")
         if self._container is None:
             self._open(image.size)
         if image.size != self._size:
@@ -429,13 +429,13 @@ class VideoSink:
         """Flush the encoder and close the container. A file is renamed over ``path`` when ``keep`` and a frame
         was written, and its temporary file never survives this call; an image sequence that is not kept is
         removed again (only the frames this sink wrote). Returns whether the output was kept."""
-        from alexnet_deploy.stream.sources import _require_av
+        from alexnet_deploy.deps import require
 
         kept, error = False, None
         self._closed = True
         try:
             if self._container is not None:
-                av = _require_av()
+                av = require("av")
                 container, self._container = self._container, None
                 try:
                     if keep:
