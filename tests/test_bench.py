@@ -162,12 +162,17 @@ def test_layered_roofline_on_known_numbers():
         layered_roofline(layers, 0, 0, 1.0, {"fp32": 1.0}, 1.0)
 
 
-def test_memory_ceilings_measure_read_and_copy():
-    from alexnet_deploy.benchmarks.machine import memory_bandwidth_gbs, memory_copy_gbs, memory_read_gbs
+def test_memory_ceilings_measure_read_and_copy(monkeypatch):
+    from alexnet_deploy.benchmarks import machine
 
-    read, copy = memory_read_gbs(0.2, mb=32), memory_copy_gbs(0.2, mb=32)
+    read, copy = machine.memory_read_gbs(0.2, mb=32), machine.memory_copy_gbs(0.2, mb=32)
     assert read > 0.1 and copy > 0.1
-    assert memory_bandwidth_gbs(0.2, mb=32) > 0.5 * max(read, copy)  # the better of the two (noisy machine)
+    # the ceiling is the better of the two (checked on the logic: two timed runs on a shared machine differ
+    # by 2x, which made a timed comparison flaky)
+    for r, c in ((40.0, 31.0), (20.0, 35.0)):
+        monkeypatch.setattr(machine, "memory_read_gbs", lambda *a, r=r, **k: r)
+        monkeypatch.setattr(machine, "memory_copy_gbs", lambda *a, c=c, **k: c)
+        assert machine.memory_bandwidth_gbs(0.2, mb=32) == max(r, c)
 
 
 def test_weight_bytes_follow_storage_dtypes():
