@@ -20,7 +20,7 @@ own layer or above (the small modules of layer 0 may import each other):
 
 ``EXCEPTIONS`` lists the upward imports that remain, each with its reason; each names the file and the module it
 imports, so nothing else may follow it, and an entry whose import is gone fails too (delete it then). runtime/,
-calibration/ and models/ have no exception except models/keras_*.py, listed below with the move that ends it."""
+calibration/ and models/ have no exception except models/keras_reference.py, listed below with the move that ends it."""
 from __future__ import annotations
 
 import ast
@@ -49,9 +49,6 @@ LAYERS = {
 
 # (importing file, imported module or package) -> why it is still allowed
 EXCEPTIONS = {
-    ("models/keras_h5.py", "alexnet_deploy.exporter.bn_fold"):
-        "_execution_order (the leaf modules of an AlexNet in run order) is a models/ helper that lives in "
-        "exporter/bn_fold.py; move it to models/ and import it from there in both",
     ("models/keras_reference.py", "alexnet_deploy.deploy.golden"):
         "keras_reference.py writes a parity golden set from Keras' outputs (a parity-layer job); move it to parity/",
     ("models/keras_reference.py", "alexnet_deploy.parity.golden"): "as above: keras_reference.py belongs in parity/",

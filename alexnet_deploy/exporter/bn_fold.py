@@ -13,21 +13,7 @@ import copy
 import torch
 from torch import nn
 
-
-def _execution_order(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Leaf modules of features -> (flatten) -> classifier, with their qualified names."""
-    order = []
-    for part in ("features", "avgpool", "classifier"):
-        sub = getattr(model, part, None)
-        if sub is None:
-            continue
-        if isinstance(sub, nn.Sequential):
-            order += [(f"{part}.{i}", m) for i, m in enumerate(sub)]
-        else:
-            order.append((part, sub))
-        if part == "features":
-            order.append(("flatten", nn.Flatten()))
-    return order
+from alexnet_deploy.models.alexnet import execution_order as _execution_order
 
 
 @torch.no_grad()

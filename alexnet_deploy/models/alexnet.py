@@ -142,3 +142,19 @@ def build_model(variant: str, *, num_classes: int | None = None, dropout: float 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def execution_order(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Leaf modules of features -> (flatten) -> classifier, with their qualified names."""
+    order = []
+    for part in ("features", "avgpool", "classifier"):
+        sub = getattr(model, part, None)
+        if sub is None:
+            continue
+        if isinstance(sub, nn.Sequential):
+            order += [(f"{part}.{i}", m) for i, m in enumerate(sub)]
+        else:
+            order.append((part, sub))
+        if part == "features":
+            order.append(("flatten", nn.Flatten()))
+    return order

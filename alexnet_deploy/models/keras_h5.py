@@ -347,7 +347,7 @@ class Op:
 def _torch_ops(model) -> list[Op]:
     from torch import nn
 
-    from alexnet_deploy.exporter.bn_fold import _execution_order
+    from alexnet_deploy.models.alexnet import execution_order as _execution_order
 
     ops = []
     for name, m in _execution_order(model):
@@ -702,7 +702,7 @@ def _feature_shape(model, variant: str) -> tuple[int, int, int] | None:
     """(C, H, W) of the feature map that is flattened (shape arithmetic over the modules, no forward pass)."""
     from torch import nn
 
-    from alexnet_deploy.exporter.bn_fold import _execution_order
+    from alexnet_deploy.models.alexnet import execution_order as _execution_order
     from alexnet_deploy.models.specs import get_variant
 
     size = get_variant(variant).input_size
