@@ -270,3 +270,18 @@ def test_isa_features_name_the_int8_kernels():
     arm = isa_features("processor: 0\nFeatures\t: fp asimd evtstrm asimddp asimdhp\n", "aarch64")
     assert arm["int8_kernels"] == "neon-dotprod" and arm["flags"]["asimddp"] and not arm["flags"]["i8mm"]
     assert isa_features("", "x86_64")["source"] == "unavailable"
+
+
+def test_an_unfinished_deployment_is_named(copy_of, cli, tmp_path):
+    """A folder whose report says in-progress / interrupted / failed may mix two runs' artifacts: verify still
+    checks each on its own hashes and gates, and says so (it used to pass such a folder without a word)."""
+    from alexnet_deploy.cli import verify_main
+
+    d = copy_of()
+    report = json.loads((d / "report.json").read_text())
+    report["state"] = "interrupted"
+    (d / "report.json").write_text(json.dumps(report))
+    code, out, err = cli(verify_main, d, "--json", tmp_path / "v.json")
+    assert code == 0, out + err
+    assert "warning:" in err and "interrupted" in err
+    assert json.loads((tmp_path / "v.json").read_text())["warnings"]

@@ -42,6 +42,8 @@ def verify_cmd(target, engine, tol, json_path, junit_path):
         if p:
             check_writable(p)
     result = verify(target, engine=engine, tolerances=overrides)
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
     click.echo(result.table())
     if json_path:
         atomic_write_bytes(json_path, result.to_json().encode())

@@ -58,6 +58,7 @@ class VerifyResult:
     rows: list[VerifyRow] = field(default_factory=list)
     machine: dict = field(default_factory=dict)
     strict: bool = False  # one artifact or an explicit --engine: a skipped row is a failure
+    warnings: list[str] = field(default_factory=list)  # about the folder, not a gate (e.g. an unfinished deploy)
 
     @property
     def passed(self) -> bool:
@@ -101,7 +102,7 @@ class VerifyResult:
         return {"schema": VERIFY_SCHEMA, "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "target": self.target, "folder": str(self.folder), "passed": self.passed, "failures": self.failures,
                 "strict": self.strict, "golden": self.golden, "rows": [r.as_dict() for r in self.rows],
-                "machine": self.machine}
+                "machine": self.machine, "warnings": self.warnings}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=_default) + "\n"
@@ -254,6 +255,11 @@ def verify(path: str | Path, engine: str | None = None, tolerances: dict | None 
     golden = load_golden(folder / GOLDEN_DIR)
     result = VerifyResult(str(path), folder, golden.summary(), machine=machine_info(None),
                           strict=single or engine is not None)
+    report = _read_json(folder / REPORT)
+    state = report.get("state") if isinstance(report, dict) else None
+    if state in ("in-progress", "interrupted", "failed"):  # each artifact is still checked on its own hashes
+        result.warnings.append(f"{folder / REPORT} says the deployment is {state}: the folder may mix artifacts "
+                               "of two runs; run alexnet-deploy again to finish it")
     for artifact, model_rel in targets:
         kind = (_artifact_manifest(folder / artifact) or {}).get("kind", "")
         eng = _engine_for(model_rel, kind, engine)
