@@ -118,8 +118,9 @@ def _name(label: str, path: str) -> str:
     return f"{label} {printable_path(path)}" if label else printable_path(path)
 
 
-def check_writable(path: str | os.PathLike) -> Path:
-    """Fail early, with one line, when ``path`` cannot be written (before any expensive work)."""
+def check_writable(path: str | os.PathLike, option: str | None = None) -> Path:
+    """Fail early, with one line, when ``path`` cannot be written (before any expensive work). ``option`` names
+    the command-line option the path came from, for the message (default: "path")."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
@@ -129,7 +130,7 @@ def check_writable(path: str | os.PathLike) -> Path:
     except OSError as exc:
         raise UserInputError(f"cannot create output folder {parent}: {exc.strerror}") from None
     if not os.access(parent, os.W_OK):
-        raise UserInputError(f"output folder {parent} is not writable; choose another --output")
+        raise UserInputError(f"output folder {parent} is not writable; choose another {option or 'path'}")
     return path
 
 

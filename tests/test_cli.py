@@ -108,3 +108,17 @@ def test_missing_torch_in_a_command_is_one_line(tmp_path):
     code, _, message = out.stdout.strip().partition(" ")
     assert code == "2" and "is not installed" in message and "alexnet-deploy[export]" in message
     assert "Traceback" not in out.stdout
+
+
+def test_an_unwritable_folder_names_the_option(cli, tmp_path, monkeypatch):
+    """check_writable used to say "choose another --output" for --json, --summary and every other option."""
+    import os
+
+    from alexnet_deploy.errors import UserInputError
+    from alexnet_deploy.fileio import check_writable
+
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)  # root ignores chmod: pretend the folder is read-only
+    with pytest.raises(UserInputError, match="choose another --json$"):
+        check_writable(tmp_path / "r.json", "--json")
+    with pytest.raises(UserInputError, match="choose another path$"):
+        check_writable(tmp_path / "r.json")

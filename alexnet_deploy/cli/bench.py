@@ -69,7 +69,7 @@ def bench_cmd(models, engines, batch_sizes, warmup_ms, duration_s, iterations, t
         from alexnet_deploy.server.loadgen import run_load
 
         if json_path:
-            check_writable(json_path)
+            check_writable(json_path, "--json")
         result = run_load(server, list(_int_list(concurrency)), duration_s, model=model_name, batch=client_batch,
                           warmup_ms=warmup_ms, echo=click.echo)
         if json_path:

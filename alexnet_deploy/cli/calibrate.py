@@ -76,7 +76,7 @@ def calibrate_cmd(model, output, dataset, num_images, eval_images, method, perce
     refuse_overlapping_paths(inputs={"the model": model, "--dataset": dataset},
                              outputs={"--output": output, "--json": json_path, "--cache": cache})
     if json_path:
-        check_writable(json_path)
+        check_writable(json_path, "--json")
     meta = read_onnx_metadata(model, variant)
     dataset = dataset_for_model(dataset, meta.class_names, meta.training_dataset)
     if dataset is None:

@@ -120,7 +120,7 @@ def export_onnx_cmd(variant, weights, num_classes, seed, output, batch, opset, f
     refuse_overlapping_paths(inputs={"--weights": None if weights in ("random", "imagenet") else weights,
                                      "--labels": labels, "--keras-reference": keras_reference},
                              outputs={"--output": output, "--json": json_path})
-    check_writable(output)
+    check_writable(output, "--output")
     overrides = parse_overrides(tol)
     if weights.lower().endswith(".onnx"):
         ctx = click.get_current_context()

@@ -38,7 +38,7 @@ def train_cmd(variant, dataset, output, weights, epochs, batch_size, lr, momentu
 
     refuse_overlapping_paths(inputs={"--weights": None if weights == "random" else weights, "--dataset": dataset},
                              outputs={"--output": output})
-    check_writable(output)
+    check_writable(output, "--output")
     train_set, held = load_dataset(dataset, "train"), load_dataset(dataset, "heldout")
     loaded = model_for_dataset(variant, weights, train_set, seed)
     if "keras" in loaded.info:  # fine-tuning a Keras import
