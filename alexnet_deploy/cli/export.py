@@ -50,6 +50,23 @@ def _floats3(text: str | None, option: str):
     return tuple(vals)
 
 
+def _apply_preprocessing(loaded, source, mean, std, input_size, interpolation):
+    """The --mean/--std/... options applied to a loaded model (in place); a Keras model that does not say its
+    normalization and got no --mean/--std is refused in one line. Returns where the options came from, or None
+    when none was given."""
+    keras_layers = bool(loaded.info.get("keras", {}).get("preprocessing_layers"))
+    prep, given = _preprocessing(loaded.preprocessing, loaded.variant, mean, std, input_size, interpolation,
+                                 keras_layers=keras_layers)
+    if loaded.info.get("preprocessing_unknown") and not (mean and std):
+        from alexnet_deploy.models.keras_h5 import preprocessing_unknown_message
+
+        raise UserInputError(preprocessing_unknown_message(source))
+    if prep is None:
+        return None
+    loaded.preprocessing = prep
+    return given
+
+
 def _preprocessing(base, variant: str, mean, std, input_size, interpolation, *, keras_layers: bool = False):
     """``base`` with the options applied (None where none was given) and where they came from."""
     from dataclasses import replace
@@ -140,15 +157,8 @@ def export_onnx_cmd(variant, weights, num_classes, seed, output, batch, opset, f
     loaded = load_model(variant, weights, num_classes=num_classes, seed=seed, softmax=softmax, class_names=names)
     if keras:
         click.echo(keras_summary(loaded))
-    keras_layers = bool(loaded.info.get("keras", {}).get("preprocessing_layers"))
-    prep, given = _preprocessing(loaded.preprocessing, loaded.variant, mean, std, input_size, interpolation,
-                                 keras_layers=keras_layers)
-    if loaded.info.get("preprocessing_unknown") and not (mean and std):
-        from alexnet_deploy.models.keras_h5 import preprocessing_unknown_message
-
-        raise UserInputError(preprocessing_unknown_message(weights))
-    if prep is not None:
-        loaded.preprocessing = prep
+    given = _apply_preprocessing(loaded, weights, mean, std, input_size, interpolation)
+    if given is not None:
         loaded.info["preprocessing_from"] = given
         loaded.info.pop("preprocessing_unknown", None)
     opts = ExportOptions(opset=opset, batch=batch, fp16=fp16, simplify=not no_simplify, check=not no_check,
@@ -280,15 +290,7 @@ def keras_reference_cmd(model, out_dir, dataset, num_images, variant, mean, std,
         raise UserInputError(f"{out} exists and is not a Keras reference folder; choose another --out")
     names = read_labels(Path(labels), _count_lines(labels)) if labels else None
     loaded = load_keras_model(model, variant, class_names=names)
-    keras_layers = bool(loaded.info.get("keras", {}).get("preprocessing_layers"))
-    prep, given = _preprocessing(loaded.preprocessing, loaded.variant, mean, std, input_size, interpolation,
-                                 keras_layers=keras_layers)
-    if loaded.info.get("preprocessing_unknown") and not (mean and std):
-        from alexnet_deploy.models.keras_h5 import preprocessing_unknown_message
-
-        raise UserInputError(preprocessing_unknown_message(model))
-    if prep is not None:
-        loaded.preprocessing = prep
+    _apply_preprocessing(loaded, model, mean, std, input_size, interpolation)
     write_keras_reference(model, out, dataset=dataset, num_images=num_images, loaded=loaded, echo=click.echo)
 
 
