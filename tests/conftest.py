@@ -52,7 +52,24 @@ def session_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_checkpoint(session_dir) -> Path:
-    """cifar10 trained on digits with the CLI's defaults (also the training acceptance test's subject)."""
+    """cifar10 trained on digits with the CLI's defaults (also the training acceptance test's subject).
+
+    ALEXNET_DEPLOY_TEST_CACHE=DIR (a developer's loop, never CI): reuse the checkpoint a previous pytest run
+    trained into DIR, keyed by the sources that make it (training, models, data), instead of 30 s of training."""
+    import hashlib
+
+    cache = os.environ.get("ALEXNET_DEPLOY_TEST_CACHE")
+    key = None
+    if cache:
+        pkg = Path(__file__).resolve().parents[1] / "alexnet_deploy"
+        h = hashlib.sha256()
+        for f in sorted([*pkg.glob("training/*.py"), *pkg.glob("models/*.py"), *pkg.glob("data/*.py")]):
+            h.update(f.name.encode() + f.read_bytes())
+        key = Path(cache) / h.hexdigest()[:16]
+        if (key / "digits.pt").is_file() and (key / "train_seconds.txt").is_file():
+            for name in ("digits.pt", "train_seconds.txt"):
+                shutil.copy(key / name, session_dir / name)
+            return session_dir / "digits.pt"
     from alexnet_deploy.data.datasets import load_digits
     from alexnet_deploy.models.weights import load_model
     from alexnet_deploy.training.train import TrainConfig, train
@@ -61,6 +78,15 @@ def digits_checkpoint(session_dir) -> Path:
     loaded = load_model("cifar10", "random", num_classes=10, class_names=train_set.class_names)
     result = train(loaded, train_set, held, TrainConfig(epochs=30, lr=0.02), session_dir / "digits.pt", progress=False)
     (session_dir / "train_seconds.txt").write_text(f"{result.seconds:.2f} {result.heldout_accuracy!r}")
+    if key is not None:
+        tmp = key.with_name(key.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name in ("digits.pt", "train_seconds.txt"):
+            shutil.copy(session_dir / name, tmp / name)
+        try:
+            tmp.rename(key)
+        except OSError:  # another run cached it first
+            shutil.rmtree(tmp, ignore_errors=True)
     return session_dir / "digits.pt"
 
 

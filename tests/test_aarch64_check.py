@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alexnet_deploy.benchmarks import machine, report
+from alexnet_deploy.benchmarks import report
+from alexnet_deploy.runtime import machine
 
 ROOT = Path(__file__).parents[1]
 

@@ -163,7 +163,7 @@ def test_layered_roofline_on_known_numbers():
 
 
 def test_memory_ceilings_measure_read_and_copy(monkeypatch):
-    from alexnet_deploy.benchmarks import machine
+    from alexnet_deploy.benchmarks import ceilings as machine
 
     read, copy = machine.memory_read_gbs(0.2, mb=32), machine.memory_copy_gbs(0.2, mb=32)
     assert read > 0.1 and copy > 0.1

@@ -305,7 +305,7 @@ def test_serve_and_triton_uint8_model(raw_models, digits_onnx, tmp_path):
     from alexnet_deploy.runtime.preprocess import model_batch
     from alexnet_deploy.runtime.runners import open_runner
     from alexnet_deploy.server.app import ServeOptions, create_app
-    from alexnet_deploy.server.triton import export_triton
+    from alexnet_deploy.exporter.triton import export_triton
 
     held = load_digits("heldout")
     images = [held.image(i) for i in range(0, 359, 45)]

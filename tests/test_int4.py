@@ -72,7 +72,7 @@ def test_cli_writes_int4_classifier_with_provenance(int4_cli):
 
 def test_int4_accuracy_close_to_fp32_on_digits(int4_cli, digits_onnx):
     """Held-out digits top-1 of the INT4-FC model within a point of FP32 (the 0.5-point targets for the
-    bn and torchvision variants are measured by benchmarks/int4_study.py)."""
+    bn and torchvision variants are measured by studies/int4_study.py)."""
     from alexnet_deploy.calibration.data import load_calibration_set
     from alexnet_deploy.runtime.runners.ort import OrtRunner
 
@@ -131,7 +131,7 @@ def test_max_drop_keeps_the_worst_fc_layer_in_int8(digits_onnx, int8_onnx, tmp_p
             drop = sum(cost[m] for m in int4_layers(onnx.load(str(path))))
             return Evaluation(method, kept, 90.0, 90.0 - drop, 1.0 - drop / 100, drop / 10)
 
-    monkeypatch.setattr(run, "_Evaluator", FakeEvaluator)
+    monkeypatch.setattr(run, "Evaluator", FakeEvaluator)
     res = quantize_fc(fp32, int8, tmp_path / "w4.onnx", max_drop=1.0, eval_images=32, echo=lambda *_: None)
     assert [r["layer"] for r in res.sensitivity] == ["classifier.0", "classifier.2"]
     assert res.sensitivity[0]["cost_pct"] == pytest.approx(2.0)

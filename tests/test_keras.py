@@ -157,7 +157,7 @@ def _small_keras(path, *, rescale: bool, channels_first: bool = False, use_bias:
 @pytest.mark.parametrize("channels_first,use_bias", [(False, True), (True, False)])
 def test_small_twin_rescaling_channels_first_no_bias(tmp_path, channels_first, use_bias):
     """Rescaling + Normalization become the preprocessing; channels_first and use_bias=False map exactly."""
-    from alexnet_deploy.models.keras_reference import keras_inputs
+    from alexnet_deploy.parity.keras_reference import keras_inputs
     from alexnet_deploy.models.weights import load_model
     from alexnet_deploy.runtime.preprocess import normalize_pixels
 

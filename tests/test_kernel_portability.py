@@ -46,7 +46,7 @@ def _haswell(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 _RUN_SCRIPT = """
 import sys, numpy as np
 from alexnet_deploy.runtime.cpu_features import kernel_family
-from alexnet_deploy.benchmarks.machine import isa_features
+from alexnet_deploy.runtime.machine import isa_features
 from alexnet_deploy.runtime.metadata import read_onnx_metadata
 from alexnet_deploy.runtime.runners.ort import OrtRunner
 model, x, out = sys.argv[1], np.load(sys.argv[2]), sys.argv[3]

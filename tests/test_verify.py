@@ -255,7 +255,7 @@ def test_pixels_golden_set_feeds_float_and_raw_pixel_models(folder, tmp_path, mo
 
 
 def test_isa_features_name_the_int8_kernels():
-    from alexnet_deploy.benchmarks.machine import isa_features
+    from alexnet_deploy.runtime.machine import isa_features
 
     def x86(flags):
         return isa_features(f"processor: 0\nflags\t\t: fpu sse4_1 {flags}\n", "x86_64")

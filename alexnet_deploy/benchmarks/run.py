@@ -9,7 +9,8 @@ import numpy as np
 from dataclasses import dataclass, field
 
 from alexnet_deploy.benchmarks.harness import BenchConfig, Row, bench_bare_ort, bench_images, bench_runner
-from alexnet_deploy.benchmarks.machine import ceilings, machine_info
+from alexnet_deploy.benchmarks.ceilings import ceilings
+from alexnet_deploy.runtime.machine import machine_info
 from alexnet_deploy.benchmarks.stats import summarize
 from alexnet_deploy.benchmarks.tegrastats import TegraStats
 from alexnet_deploy.benchmarks.tegrastats import summarize as power_summary

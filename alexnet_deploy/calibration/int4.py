@@ -320,7 +320,7 @@ def quantize_fc(fp32_path: str | Path, int8_path: str | Path, output: str | Path
     held-out comparison against FP32 (and INT8), per-layer sensitivity and the ``max_drop`` budget."""
     from alexnet_deploy.calibration.data import load_calibration_set
     from alexnet_deploy.calibration.qdq import temp_dir
-    from alexnet_deploy.calibration.run import _Evaluator
+    from alexnet_deploy.calibration.run import Evaluator
     from alexnet_deploy.fileio import atomic_path, check_writable
     from alexnet_deploy.runtime.metadata import read_onnx_metadata, set_metadata
 
@@ -335,7 +335,7 @@ def quantize_fc(fp32_path: str | Path, int8_path: str | Path, output: str | Path
     if not layers:
         raise UserInputError(f"{int8_path.name} has no fully-connected (Gemm) layers to put in INT4")
     held = load_calibration_set(dataset, meta, eval_images, "heldout", allow_synthetic)
-    evaluate = _Evaluator(fp32_path, meta, held)
+    evaluate = Evaluator(fp32_path, meta, held)
     base = evaluate(int8_path, "int8", [])
     echo(f"INT4 FC ({form}, block {block_size}) on {held.name}: {len(held.x)} held-out images; "
          f"INT8 drop {base.drop:+.2f} pts")

@@ -91,7 +91,10 @@ class KernelGate:
 KERNEL_GATE = KernelGate()
 
 
-class _Evaluator:
+class Evaluator:
+    """The FP32 model's outputs on the held-out set, once; then each candidate INT8 file against them: top-1
+    agreement, accuracy when labelled, logit error and cosine, on this host's kernels or the exact emulation."""
+
     def __init__(self, fp32_path: Path, meta, held: CalibrationSet):
         from alexnet_deploy.runtime.runners.ort import OrtRunner
 
@@ -161,7 +164,7 @@ def calibrate(model: str | Path, output: str | Path, *, dataset: str = "digits",
                                                                     allow_synthetic)
     echo(f"calibrating {model.name} on {cal.name}: {len(cal.x)} images (sha256 {cal.fingerprint[:12]}); "
          f"evaluating on {len(held.x)} held-out images")
-    evaluate = _Evaluator(model, meta, held)
+    evaluate = Evaluator(model, meta, held)
     layers = list(weighted_layers(proto))
     result_tried: list[Evaluation] = []
     amax: dict[str, dict[str, float]] = {}  # method -> tensor -> symmetric range

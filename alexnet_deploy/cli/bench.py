@@ -66,7 +66,7 @@ def bench_cmd(models, engines, batch_sizes, warmup_ms, duration_s, iterations, t
                 ("--end-to-end-images", images_dir)],
         outputs={"--json": json_path, "--csv": csv_path, "--markdown": md_path, "--plot": plot_path})
     if server:
-        from alexnet_deploy.server.loadgen import run_load
+        from alexnet_deploy.benchmarks.loadgen import run_load
 
         if json_path:
             check_writable(json_path, "--json")

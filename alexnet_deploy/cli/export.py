@@ -166,7 +166,7 @@ def export_onnx_cmd(variant, weights, num_classes, seed, output, batch, opset, f
     opts.input_format = input_format
     opts.keras_reference = keras_reference
     if keras and keras_reference != "none" and opts.check:
-        from alexnet_deploy.models.keras_reference import find_reference
+        from alexnet_deploy.parity.keras_reference import find_reference
 
         if find_reference(loaded, keras_reference) is None:
             click.echo(f"note: no Keras outputs next to {weights} (write them where Keras runs: alexnet-export "
@@ -281,7 +281,7 @@ def keras_reference_cmd(model, out_dir, dataset, num_images, variant, mean, std,
     _setup_logging()
     from alexnet_deploy.fileio import refuse_overlapping_paths
     from alexnet_deploy.models.keras_h5 import load_keras_model, read_labels
-    from alexnet_deploy.models.keras_reference import default_reference_dir, write_keras_reference
+    from alexnet_deploy.parity.keras_reference import default_reference_dir, write_keras_reference
 
     out = Path(out_dir) if out_dir else default_reference_dir(model)
     refuse_overlapping_paths(inputs={"the model": model, "--dataset": dataset, "--labels": labels},
@@ -364,7 +364,7 @@ def export_trt_cmd(model, output, precision, library, min_batch, opt_batch, max_
 @_handle_errors
 def export_triton_cmd(model, repo, name, max_batch, instances, kind, preferred_batch, max_queue_delay_us):
     """Write a Triton Inference Server model repository (config.pbtxt, labels, model in version 1)."""
-    from alexnet_deploy.server.triton import export_triton
+    from alexnet_deploy.exporter.triton import export_triton
 
     root = export_triton(model, repo, name=name, max_batch=max_batch, instances=instances, kind=kind,
                          preferred=list(_int_list(preferred_batch)), max_queue_delay_us=max_queue_delay_us)

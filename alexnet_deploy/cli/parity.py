@@ -129,7 +129,7 @@ def _keras_reference(candidate, reference):
 
     if reference is not None:
         from alexnet_deploy.models.keras_h5 import is_keras_file
-        from alexnet_deploy.models.keras_reference import default_reference_dir
+        from alexnet_deploy.parity.keras_reference import default_reference_dir
 
         if is_keras_file(reference):
             folder = default_reference_dir(reference)
@@ -187,7 +187,7 @@ class _LayoutAdapter:
 
 
 def _parity_against_onnx(candidate, source, engine, dataset, num_images, random_samples, precision, tol, preprocess):
-    from alexnet_deploy.benchmarks.machine import machine_info
+    from alexnet_deploy.runtime.machine import machine_info
     from alexnet_deploy.errors import UserInputError
     from alexnet_deploy.fileio import printable_path
     from alexnet_deploy.parity.run import run_parity

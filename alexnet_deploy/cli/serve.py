@@ -78,7 +78,7 @@ def serve_cmd(model, engine, name, host, port, grpc_port, max_batch, max_queue_d
         port = sock.getsockname()[1]
         if name == "auto":
             name = f"alexnet-{runner.metadata.precision}"
-        from alexnet_deploy.server.triton import check_model_name
+        from alexnet_deploy.exporter.triton import check_model_name
 
         check_model_name(name)
         grpc_url = f" and grpc://{host}:{grpc_sock.getsockname()[1]}" if grpc_sock is not None else ""

@@ -213,7 +213,7 @@ def in_progress(ctx, steps, previous: dict | None) -> dict:
 
 
 def build(ctx, steps, outcomes: dict, seconds: float, state: str = "complete", note: str | None = None) -> dict:
-    from alexnet_deploy.benchmarks.machine import machine_info
+    from alexnet_deploy.runtime.machine import machine_info
 
     opts, out = ctx.opts, ctx.out
     by_name = {n: o for n, o in outcomes.items()}

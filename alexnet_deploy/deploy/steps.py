@@ -107,7 +107,7 @@ def key_parts(ctx: Context, step: Step, input_sha: dict[str, str]) -> dict:
     if step.kind == "triton":
         return {**base, "max_batch": o.max_batch, "kind": triton_kind(o), "preferred": _preferred(o)}
     if step.kind == "golden":
-        from alexnet_deploy.deploy.golden import gates_for
+        from alexnet_deploy.parity.golden_write import gates_for
         from alexnet_deploy.parity.golden import FLOAT_INPUTS_MAX_BYTES, GOLDEN_SCHEMA
 
         # the gates themselves (project defaults + --tol) are in the key: changed defaults rewrite gates.json
@@ -122,7 +122,7 @@ def key_parts(ctx: Context, step: Step, input_sha: dict[str, str]) -> dict:
                 "tolerances": o.tolerances,
                 "versions": _versions("onnxruntime", "torch", "tensorrt", "tensorrt_rtx")}
     if step.kind == "bench":
-        from alexnet_deploy.benchmarks.machine import machine_info
+        from alexnet_deploy.runtime.machine import machine_info
 
         machine = {k: v for k, v in machine_info(None).items() if k not in ("threads", "load_average")}
         return {**base, "model_sha256": model_sha, "engines": engines_for(step.artifact, ctx.engines),
@@ -136,7 +136,7 @@ def triton_kind(o: DeployOptions) -> str:
     if o.triton_kind:
         return o.triton_kind
     try:
-        from alexnet_deploy.server.triton import host_kind
+        from alexnet_deploy.exporter.triton import host_kind
     except ImportError:
         return "gpu"
     return host_kind()
@@ -312,7 +312,7 @@ def run_trt(ctx: Context, step: Step, stage: Path) -> dict:
 
 def run_triton(ctx: Context, step: Step, stage: Path) -> dict:
     from alexnet_deploy.runtime.metadata import read_onnx_metadata
-    from alexnet_deploy.server.triton import export_triton
+    from alexnet_deploy.exporter.triton import export_triton
 
     o = ctx.opts
     names = []

@@ -46,7 +46,7 @@ class ExportOptions:
     tolerance_overrides: dict = field(default_factory=dict)
     input_format: str = "float-nchw"  # or raw pixels with normalization in the graph (exporter.input_format)
     # Keras imports: the folder of Keras' own outputs to gate against (None: MODEL.keras-reference next to the
-    # Keras file when it exists; "none": skip). See models/keras_reference.py.
+    # Keras file when it exists; "none": skip). See parity/keras_reference.py.
     keras_reference: str | None = None
 
 
@@ -218,7 +218,7 @@ def export_onnx(loaded: LoadedModel, output: str | Path, opts: ExportOptions | N
                 raise ParityError(
                     f"exported model disagrees with PyTorch; {output} was not written:\n{report.table()}", report)
         if keras_ref is not None:  # an imported Keras model: the reference is Keras itself, not our port
-            from alexnet_deploy.models.keras_reference import check_against_reference
+            from alexnet_deploy.parity.keras_reference import check_against_reference
 
             kreport = check_against_reference(str(tmp), metadata, keras_ref, output.name)
             for kset in kreport.sets:
@@ -239,7 +239,7 @@ def _keras_reference(loaded: LoadedModel, metadata: ModelMetadata, opts: ExportO
         metadata.extra["preprocessing_from"] = loaded.info["preprocessing_from"]
     if "keras" not in loaded.info:
         return None
-    from alexnet_deploy.models.keras_reference import find_reference
+    from alexnet_deploy.parity.keras_reference import find_reference
 
     metadata.extra["keras"] = loaded.info["keras"]
     # also with check=False (alexnet-deploy parities in a later step against PyTorch): the reference is Keras

@@ -40,7 +40,7 @@ def check_parity(candidate, *, engine: str | None = None, reference: str | None 
     with runner, ref:
         report = run_parity(runner, ref, sets, tol, prec)
     report.candidate = f"{printable_path(candidate)} [{runner.describe()}]"
-    from alexnet_deploy.benchmarks.machine import machine_info
+    from alexnet_deploy.runtime.machine import machine_info
 
     report.machine = machine_info(None)  # the figures name the machine they were measured on
     return report

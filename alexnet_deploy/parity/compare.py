@@ -33,7 +33,7 @@ class ParityReport:
     precision: str
     tolerances: Tolerances
     sets: list[SetResult] = field(default_factory=list)
-    machine: dict | None = None  # benchmarks.machine.machine_info() of where the candidate ran
+    machine: dict | None = None  # runtime.machine.machine_info() of where the candidate ran
     extra: dict = field(default_factory=dict)  # e.g. the candidate's sha256 and the golden set it was checked on
 
     @property

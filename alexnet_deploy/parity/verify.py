@@ -244,7 +244,7 @@ def verify(path: str | Path, engine: str | None = None, tolerances: dict | None 
 
     A golden set that does not match its manifest raises :class:`GoldenIntegrityError` (exit 1: nothing is
     verified against it); bad input (no folder, no golden set, a corrupt file) raises :class:`UserInputError`."""
-    from alexnet_deploy.benchmarks.machine import machine_info
+    from alexnet_deploy.runtime.machine import machine_info
 
     if engine is not None and engine not in ENGINES:
         raise UserInputError(f"unknown --engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -318,7 +318,7 @@ def check_with_golden(candidate: str | Path, golden_path: str | Path, engine: st
                       precision: str | None = None, tolerances: dict | None = None) -> ParityReport:
     """``alexnet-parity --golden``: one model file (built anywhere, e.g. an engine built on the device) against
     a golden set; the report carries the model's sha256 and the machine."""
-    from alexnet_deploy.benchmarks.machine import machine_info
+    from alexnet_deploy.runtime.machine import machine_info
     from alexnet_deploy.fileio import printable_path
     from alexnet_deploy.runtime.runners.factory import open_runner
 

@@ -32,7 +32,7 @@ from alexnet_deploy.server.connections import ConnectionLimits
 from alexnet_deploy.server.metrics import Metrics, MetricsMiddleware
 from alexnet_deploy.server.protocol import (HEADER_LENGTH, NP_TO_V2, ProtocolError, build_infer_response, check_outputs,
                                              decompress, header_int, parse_infer_request)
-from alexnet_deploy.server.triton import config_json as triton_config
+from alexnet_deploy.exporter.triton import config_json as triton_config
 
 PLATFORMS = {"ort": "onnxruntime_onnx", "trt": "tensorrt_plan", "torch": "pytorch_libtorch"}
 log = logging.getLogger("alexnet_deploy.server")

@@ -9,18 +9,15 @@ ONNX metadata, and ``alexnet-parity`` / ``alexnet-verify`` style checks run agai
 """
 from __future__ import annotations
 
-import io
-import json
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from alexnet_deploy.errors import ModelLoadError, UserInputError
+from alexnet_deploy.parity.golden_write import SEED
 
 REFERENCE_SUFFIX = ".keras-reference"
-SEED = 0
 
 
 def default_reference_dir(keras_path) -> Path:
@@ -28,12 +25,6 @@ def default_reference_dir(keras_path) -> Path:
 
     p = Path(keras_path)
     return p.with_name(_weights_stem(p) + REFERENCE_SUFFIX)
-
-
-def _npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
 
 
 def keras_inputs(pixels: np.ndarray, loaded) -> np.ndarray:
@@ -54,11 +45,9 @@ def write_keras_reference(keras_path, out: Path | None = None, *, dataset: str |
     """Run the Keras model (needs keras) on ``num_images`` held-out images of ``dataset`` (None: seeded random
     pixels) and write the golden set to ``out`` (default: next to the model). ``loaded``: the import
     (:func:`~alexnet_deploy.models.keras_h5.load_keras_model`, with any --mean/--std applied)."""
-    from alexnet_deploy.deploy.golden import gates_for
     from alexnet_deploy.deps import require
-    from alexnet_deploy.fileio import atomic_write_bytes, atomic_write_json, sha256_file
-    from alexnet_deploy.parity.golden import GATES, GOLDEN_SCHEMA, LABELS, MANIFEST, PIXELS, REFERENCE
-    from alexnet_deploy.runtime.preprocess import model_pixels
+    from alexnet_deploy.parity.golden import PIXELS
+    from alexnet_deploy.parity.golden_write import heldout_pixels, write_golden_files
 
     keras_path = Path(keras_path)
     out = Path(out) if out is not None else default_reference_dir(keras_path)
@@ -71,12 +60,7 @@ def write_keras_reference(keras_path, out: Path | None = None, *, dataset: str |
     prep = loaded.preprocessing
     labels = None
     if dataset:
-        from alexnet_deploy.data.datasets import balanced_subset, labels_for_model, load_dataset
-
-        held = balanced_subset(load_dataset(dataset, "heldout"), num_images, SEED)
-        pixels = np.stack([model_pixels(held.image(i), prep) for i in range(len(held))])
-        labels = labels_for_model(held, list(loaded.class_names))
-        ds = {"spec": dataset, "subset": held.name, "seed": SEED}
+        pixels, labels, ds = heldout_pixels(dataset, num_images, prep, loaded.class_names)
     else:
         c = prep.crop
         pixels = np.random.default_rng(SEED).integers(0, 256, (num_images, c, c, 3), dtype=np.uint8)
@@ -90,16 +74,7 @@ def write_keras_reference(keras_path, out: Path | None = None, *, dataset: str |
     ref = np.asarray(km.predict(keras_inputs(pixels, loaded), batch_size=32, verbose=0), dtype=np.float32)
     if ref.shape != (len(pixels), loaded.num_classes):
         raise ModelLoadError(f"Keras' outputs have shape {ref.shape}, expected ({len(pixels)}, {loaded.num_classes})")
-    files = {PIXELS: _npy(pixels), REFERENCE: _npy(ref),
-             GATES: (json.dumps(gates_for(tolerances), indent=2) + "\n").encode()}
-    if labels is not None:
-        files[LABELS] = _npy(np.asarray(labels, dtype=np.int64))
-    for name, data in files.items():
-        atomic_write_bytes(out / name, data)
     manifest = {
-        "schema": GOLDEN_SCHEMA,
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "images": len(pixels),
         "inputs": {"file": PIXELS, "stored": "pixels", "dtype": "uint8", "shape": list(pixels.shape),
                    "input_format": "uint8-nhwc pixels",
                    "how": "uint8 RGB pixels after resize + center crop (Pillow); Keras got them "
@@ -107,16 +82,13 @@ def write_keras_reference(keras_path, out: Path | None = None, *, dataset: str |
                               "preprocessing_layers") else "normalized with the preprocessing below")},
         "preprocessing": prep.to_dict(),
         "class_names": list(loaded.class_names),
-        "labels": LABELS if labels is not None else None,
-        "reference": {"file": REFERENCE, "output_kind": "probabilities" if loaded.softmax else "logits",
+        "reference": {"output_kind": "probabilities" if loaded.softmax else "logits",
                       "engine": f"keras {keras.__version__} ({keras.backend.backend()} backend), model.predict",
                       "variant": loaded.variant, "weights_sha256": loaded.source_sha256,
                       "keras_file": keras_path.name},
-        "gates": GATES,
         "dataset": ds,
-        "files": {name: sha256_file(out / name) for name in files},
     }
-    atomic_write_json(out / MANIFEST, manifest)
+    manifest, _ = write_golden_files(out, PIXELS, pixels, ref, labels, tolerances, manifest)
     echo(f"Keras reference: {len(pixels)} images, outputs of {manifest['reference']['engine']} -> {out}")
     return out
 

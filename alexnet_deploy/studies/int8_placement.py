@@ -7,7 +7,7 @@ Q/DQ counts, ONNX Runtime CPU latency (batch 1 and 32, every model in one interl
 engine size. With ``--modelopt-python`` (a Python that has ``nvidia-modelopt[onnx]``, kept in its own
 virtualenv) the same FP32 models and calibration images go through Model Optimizer's ONNX PTQ as well.
 
-    python -m alexnet_deploy.benchmarks.int8_placement --variant cifar10 --variant bn \\
+    python -m alexnet_deploy.studies.int8_placement --variant cifar10 --variant bn \\
         --modelopt-python /tmp/venv-modelopt/bin/python --out docs/benchmarks/int8-placement.json
 
 Benchmarks are not tests: this prints tables and writes JSON + Markdown; nothing here is run by pytest.
@@ -45,7 +45,7 @@ def checkpoint(variant: str, root: Path) -> Path:
         shutil.copy(shared, path)
         print(f"{variant}: reusing {shared}")
         return path
-    from alexnet_deploy.benchmarks.int4_study import train_variant
+    from alexnet_deploy.studies.int4_study import train_variant
 
     return train_variant(variant, root, progress=False)
 
@@ -124,7 +124,7 @@ def study(variant: str, root: Path, modelopt_python: str | None) -> dict:
 
     from alexnet_deploy.calibration.data import load_calibration_set
     from alexnet_deploy.calibration.placement import count_qdq
-    from alexnet_deploy.calibration.run import _Evaluator, calibrate
+    from alexnet_deploy.calibration.run import Evaluator, calibrate
     from alexnet_deploy.runtime.metadata import read_onnx_metadata, set_metadata
 
     fp32 = fp32_onnx(variant, root)
@@ -133,7 +133,7 @@ def study(variant: str, root: Path, modelopt_python: str | None) -> dict:
     t0 = time.perf_counter()
     cal = load_calibration_set("digits", meta, 500, "train")
     held = load_calibration_set("digits", meta, 1000, "heldout")
-    evaluate = _Evaluator(fp32, meta, held)
+    evaluate = Evaluator(fp32, meta, held)
     row["calibration_images"], row["heldout_images"] = len(cal.x), len(held.x)
     row["fp32_heldout_accuracy_pct"] = 100 * float(np.mean(evaluate.ref.argmax(1) == held.labels))
     models = {"fp32": fp32}
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     doc = {"machine": f"{cpu}, {os.cpu_count()} cores, load average {load:.1f} at the start, "
                       f"onnxruntime {onnxruntime.__version__}",
-           "command": "python -m alexnet_deploy.benchmarks.int8_placement " + " ".join(argv or sys.argv[1:]),
+           "command": "python -m alexnet_deploy.studies.int8_placement " + " ".join(argv or sys.argv[1:]),
            "latency_protocol": {k: v if not isinstance(v, dict) else {str(a): b for a, b in v.items()} for k, v in LATENCY.items()},
            "variants": [study(v, args.work, args.modelopt_python) for v in (args.variant or VARIANTS)]}
     if args.out.is_file():  # keep the variants this run did not redo (each variant is measured in one run)

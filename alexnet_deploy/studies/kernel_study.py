@@ -5,7 +5,7 @@ int16 pair-overflow fix (calibration/overflow.py), each run on the held-out spli
 - this host's kernels (ONNX Runtime as deployed),
 - ONNX Runtime's AVX2 kernels (no VNNI) under ``qemu-x86_64-static -cpu Haswell`` (x86 hosts with qemu-user).
 
-    python -m alexnet_deploy.benchmarks.kernel_study --variants cifar10,bn --out docs/benchmarks/int8-kernels.json
+    python -m alexnet_deploy.studies.kernel_study --variants cifar10,bn --out docs/benchmarks/int8-kernels.json
 
 Benchmarks are not tests: this prints a table and writes JSON; nothing here is run by pytest.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_deploy.benchmarks.int4_study import ARTIFACTS, train_variant
+from alexnet_deploy.studies.int4_study import ARTIFACTS, train_variant
 
 _RUN = """
 import sys, numpy as np
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="cifar10,bn")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    from alexnet_deploy.benchmarks.machine import machine_info
+    from alexnet_deploy.runtime.machine import machine_info
 
     rows = [r for v in args.variants.split(",") for r in study(v.strip())]
     print(table(rows))

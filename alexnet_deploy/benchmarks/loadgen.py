@@ -11,7 +11,10 @@ import numpy as np
 
 from alexnet_deploy.benchmarks.stats import summarize
 from alexnet_deploy.errors import UserInputError
-from alexnet_deploy.server.protocol import HEADER_LENGTH, NP_TO_V2
+
+# The client side of the v2 binary-tensor extension, spelled out as tritonclient does (a client does not import
+# the server): the JSON header's length travels in this HTTP header, the tensor bytes follow it.
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def _target(url: str) -> tuple[str, int, str]:
@@ -26,7 +29,7 @@ def _request_body(input_name: str, shape: list[int], output_name: str, seed: int
     rng = np.random.default_rng(seed)  # UINT8: raw pixels (a uint8-nhwc model); else normalized-looking floats
     x = (rng.integers(0, 256, shape, dtype=np.uint8) if datatype == "UINT8"
          else rng.standard_normal(shape).astype(np.float32))
-    head = json.dumps({"inputs": [{"name": input_name, "shape": shape, "datatype": NP_TO_V2[x.dtype],
+    head = json.dumps({"inputs": [{"name": input_name, "shape": shape, "datatype": "UINT8" if x.dtype == np.uint8 else "FP32",
                                    "parameters": {"binary_data_size": x.nbytes}}],
                        "outputs": [{"name": output_name, "parameters": {"binary_data": True}}]}).encode()
     return head + x.tobytes(), {HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"}

@@ -1,8 +1,8 @@
 """INT4 classifier study (issue 13): train the digits checkpoints it needs (cached under artifacts/),
 then export, calibrate and compare FP32 / INT8 QDQ / INT8-conv + INT4-FC on the held-out split.
 
-    python -m alexnet_deploy.benchmarks.int4_study train [--variant bn|torchvision]
-    python -m alexnet_deploy.benchmarks.int4_study accuracy --out docs/benchmarks/int4-accuracy.json
+    python -m alexnet_deploy.studies.int4_study train [--variant bn|torchvision]
+    python -m alexnet_deploy.studies.int4_study accuracy --out docs/benchmarks/int4-accuracy.json
 
 Benchmarks are not tests: this prints a table and writes JSON; nothing here is run by pytest.
 """
