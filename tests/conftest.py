@@ -144,3 +144,43 @@ def no_files_like(folder: Path, pattern: str) -> bool:
 def copy(src: Path, dst: Path) -> Path:
     shutil.copy(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def small_onnx(session_dir) -> Path:
+    """A random cifar10 model with digit class names (so digits are its labelled data), no parity check."""
+    from alexnet_deploy.exporter.onnx_export import ExportOptions, export_onnx
+    from alexnet_deploy.models.weights import load_model
+
+    loaded = load_model("cifar10", "random", class_names=[str(i) for i in range(10)])
+    return export_onnx(loaded, session_dir / "small.onnx", ExportOptions(check=False, simplify=False)).path
+
+
+@pytest.fixture(scope="session")
+def faces(session_dir) -> Path:
+    """ImageFolder with train/{face,nonface} and a val/ that holds only nonface/."""
+    import numpy as np
+    from PIL import Image
+
+    from helpers import FACES
+
+    rng = np.random.default_rng(0)
+    root = session_dir / "faces"
+    for split, classes in (("train", FACES), ("val", ["nonface"])):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def face_onnx(session_dir) -> Path:
+    """A 2-class face model whose metadata records no training dataset."""
+    from alexnet_deploy.exporter.onnx_export import ExportOptions, export_onnx
+    from alexnet_deploy.models.weights import load_model
+
+    from helpers import FACES
+
+    loaded = load_model("cifar10", "random", num_classes=2, class_names=FACES)
+    return export_onnx(loaded, session_dir / "face.onnx", ExportOptions(check=False, simplify=False)).path

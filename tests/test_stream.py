@@ -22,6 +22,7 @@ from PIL import Image
 av = pytest.importorskip("av", reason="alexnet-stream needs PyAV: pip install 'alexnet-deploy[stream]'")
 
 from alexnet_deploy.cli import predict_main, stream_main  # noqa: E402
+from alexnet_deploy.errors import UserInputError  # noqa: E402
 from alexnet_deploy.runtime.metadata import ModelMetadata  # noqa: E402
 from alexnet_deploy.stream.pipeline import StreamOptions, StreamPipeline  # noqa: E402
 from alexnet_deploy.stream.sources import RawFrame, Source, SourceSpec, open_source, parse_source  # noqa: E402
@@ -317,7 +318,7 @@ def test_gstreamer_needs_opencv_with_gstreamer(monkeypatch, cli, tmp_path):
     assert code == 2 and err.count("\n") == 1
     fake = types.SimpleNamespace(__version__="4.13.0", getBuildInformation=lambda: "  Video I/O:\n    GStreamer: NO\n")
     monkeypatch.setitem(sys.modules, "cv2", fake)  # pip's opencv-python: built without GStreamer
-    with pytest.raises(Exception, match="built without GStreamer"):
+    with pytest.raises(UserInputError, match="built without GStreamer"):
         open_source(parse_source(["videotestsrc ! appsink"]))
 
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from alexnet_deploy.data.datasets import balanced_subset, load_dataset, load_digits
-from alexnet_deploy.errors import DatasetError
+from alexnet_deploy.errors import DatasetError, UserInputError
 from alexnet_deploy.models.weights import load_model
 from alexnet_deploy.training.train import TrainConfig, train
 
@@ -88,7 +88,7 @@ def test_dataset_errors(tmp_path):
 
 def test_class_count_mismatch_is_explained(tmp_path):
     loaded = load_model("cifar10", num_classes=5)
-    with pytest.raises(Exception, match="--num-classes 10"):
+    with pytest.raises(UserInputError, match="--num-classes 10"):
         train(loaded, load_digits("train"), load_digits("heldout"), TrainConfig(epochs=1), progress=False)
 
 
