@@ -219,14 +219,14 @@ def test_refuses_overlapping_out_and_bad_options(cli, digits_checkpoint, tmp_pat
 
 
 def test_interrupted_step_leaves_no_temporaries(digits_checkpoint, tmp_path, monkeypatch):
-    from alexnet_deploy.deploy import steps
+    from alexnet_deploy.deploy.plan import step_kinds
     from alexnet_deploy.deploy.run import run_deploy
 
     def interrupted(ctx, step, stage):
         (stage / "model.onnx").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(steps.RUNNERS, "export", interrupted)
+    monkeypatch.setattr(step_kinds()["export"], "run", interrupted)
     out = tmp_path / "dep"
     with pytest.raises(KeyboardInterrupt):
         run_deploy(_opts(digits_checkpoint, out, precisions=("fp32",), targets=("onnx",)), echo=lambda *a: None)
@@ -241,7 +241,7 @@ def slow(ctx, step, stage):
     (stage / "model.onnx").write_bytes(b"half")
     print("READY", flush=True)
     time.sleep(60)
-steps.RUNNERS["export"] = slow
+steps.STEP_KINDS["export"].run = slow
 from alexnet_deploy.cli import deploy_main
 deploy_main(sys.argv[1:])
 """

@@ -92,7 +92,7 @@ class DeployOptions:
 @dataclass(frozen=True)
 class Step:
     name: str  # unique, e.g. "export fp32", "parity onnx-int8 ort"
-    kind: str  # export | calibrate | trt | triton | golden | parity | bench
+    kind: str  # a registered StepKind name: export | calibrate | trt | triton | golden | parity | bench
     artifact: str  # the folder the step writes (export/calibrate/trt/triton) or reads (parity/bench)
     precision: str | None = None
     engine: str | None = None
@@ -117,34 +117,77 @@ def engines_for(artifact: str, engines: tuple[str, ...]) -> tuple[str, ...]:
     return ()
 
 
+# ------------------------------------------------------------------------------------------- step kinds
+class StepKind:
+    """One kind of step: the steps it adds to a plan, its cache key, its reproduce command and its run. Each
+    kind is one class in deploy/steps.py, registered with :func:`register_step` (torchvision's
+    ``@register_model`` pattern); a new kind is one new class there and nothing else."""
+
+    name: str = ""  # Step.kind, filled in by register_step
+    writes_artifact: bool = True  # an artifact folder with provenance.json; False: a record in checks/
+    reads_weights: bool = False  # the checkpoint is one of its provenance inputs
+
+    def plan(self, opts: "DeployOptions", engines: tuple[str, ...], models: list[str]) -> list["Step"]:
+        """The steps of this kind, in run order. ``models``: the model artifacts planned so far (kinds that make
+        models append theirs; later kinds check them)."""
+        return []
+
+    def key(self, ctx, step: "Step", input_sha: dict[str, str]) -> dict:
+        """What decides the step's output besides its name, input sha256s and the toolkit's version."""
+        raise NotImplementedError
+
+    def command(self, ctx, step: "Step") -> str:
+        """The command line that makes this step's output alone, run from the deployment folder."""
+        raise NotImplementedError
+
+    def run(self, ctx, step: "Step", stage: Path) -> dict:
+        """Artifact kinds: write into ``stage`` (renamed into place afterwards) -> the provenance "result"."""
+        raise NotImplementedError
+
+    def check(self, ctx, step: "Step") -> dict:
+        """Check kinds: -> the check record's body (``status`` and the :attr:`payload` field)."""
+        raise NotImplementedError
+
+    # check kinds: what their record in checks/ is called and holds
+    statuses: tuple[str, ...] = ()
+    payload: str = "result"
+
+    def record_name(self, step: "Step") -> str:
+        return f"{step.artifact}.{self.name}.json"
+
+
+STEP_KINDS: dict[str, StepKind] = {}  # name -> the kind's one instance, in plan order (registration order)
+
+
+def register_step(name: str):
+    """Class decorator: ``@register_step("export")`` makes the class the ``export`` kind."""
+    def wrap(cls: type[StepKind]) -> type[StepKind]:
+        if name in STEP_KINDS:
+            raise ValueError(f"step kind {name!r} is registered twice")
+        cls.name = name
+        STEP_KINDS[name] = cls()
+        return cls
+    return wrap
+
+
+def step_kinds() -> dict[str, StepKind]:
+    """The registry, filled (deploy/steps.py registers every kind when imported)."""
+    from alexnet_deploy.deploy import steps  # noqa: F401 - registers the kinds (it imports this module)
+
+    return STEP_KINDS
+
+
+def kind_of(step: "Step") -> StepKind:
+    return step_kinds()[step.kind]
+
+
 def plan_steps(opts: DeployOptions, engines: tuple[str, ...]) -> list[Step]:
-    """The steps in the order they run (every step after the ones it needs)."""
+    """The steps in the order they run (every step after the ones it needs): each kind's, in registration
+    order."""
     steps: list[Step] = []
     models: list[str] = []
-    for p in opts.built_precisions:
-        a = onnx_artifact(p)
-        if p == "int8":
-            steps.append(Step("calibrate int8", "calibrate", a, p, needs=(onnx_artifact("fp32"),)))
-        else:
-            steps.append(Step(f"export {p}", "export", a, p))
-        models.append(a)
-    if "trt" in opts.targets:
-        for p in opts.built_precisions:
-            a = trt_artifact(p)
-            # INT8 engines are calibrated from FP32 with TensorRT's Q/DQ placement (onnx-int8 has ONNX Runtime's)
-            steps.append(Step(f"trt {p}", "trt", a, p, needs=(onnx_artifact("fp32" if p == "int8" else p),)))
-            models.append(a)
-    if "triton" in opts.targets:
-        steps.append(Step("triton", "triton", "triton", needs=tuple(onnx_artifact(p) for p in opts.built_precisions)))
-    steps.append(Step("golden", "golden", GOLDEN))  # from the checkpoint and the dataset: needs no artifact
-    for a in models:
-        prec = a.split("-", 1)[1]
-        for e in engines_for(a, engines):
-            steps.append(Step(f"parity {a} {e}", "parity", a, prec, e, needs=(a,)))
-    for a in [*models, REFERENCE]:
-        if engines_for(a, engines):
-            steps.append(Step(f"bench {a}", "bench", a, "fp32" if a == REFERENCE else a.split("-", 1)[1],
-                              needs=() if a == REFERENCE else (a,)))
+    for kind in step_kinds().values():
+        steps += kind.plan(opts, engines, models)
     return steps
 
 

@@ -1,16 +1,19 @@
-"""The steps of `alexnet-deploy`, each a thin call of a stage's public API: what it reads (for its cache key),
-what it writes into its staging folder, and the command that reproduces it alone."""
+"""The steps of `alexnet-deploy`, each a thin call of a stage's public API. Every step kind is one class
+registered with ``@register_step`` (deploy/plan.py's registry): the steps it plans, what it reads (its cache
+key), what it writes into its staging folder (or its check record) and the command that reproduces it alone."""
 from __future__ import annotations
 
 import json
 import os
 import shlex
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from alexnet_deploy.deploy.plan import GOLDEN, REFERENCE, DeployOptions, Step, engines_for, onnx_artifact
+from alexnet_deploy.deploy.plan import (GOLDEN, REFERENCE, STEP_KINDS, DeployOptions, Step, StepKind, engines_for,
+                                        kind_of, onnx_artifact, register_step, trt_artifact)
 from alexnet_deploy.errors import InferenceError, MissingDependencyError, ModelLoadError
 
 ARTIFACT_SCHEMA = "alexnet-deploy.artifact/1"
@@ -75,61 +78,28 @@ def _versions(*modules: str) -> dict:
     return out
 
 
-# ------------------------------------------------------------------------------------------- key parts
+# ------------------------------------------------------------------------------------------- registry use
 def key_parts(ctx: Context, step: Step, input_sha: dict[str, str]) -> dict:
     """What decides a step's output besides its name: input sha256s (``input_sha``: artifact -> model sha256),
-    options and library versions. Only the options a step uses are in its key."""
-    o = ctx.opts
+    options and library versions (the step kind's :meth:`~StepKind.key`). Only the options a step uses are in
+    its key."""
     from alexnet_deploy import __version__
 
-    ins = {a: input_sha[a] for a in step.needs}
-    base = {"inputs": ins, "alexnet_deploy": __version__}
-    if step.kind == "export":
-        return {**base, "weights": str(o.weights), "weights_sha256": ctx.weights_sha256, "variant": o.variant,
-                "precision": step.precision, "versions": _versions("torch", "onnx", "onnxsim", "onnxruntime")}
-    if step.kind == "calibrate":
-        return {**base, "dataset": ctx.dataset_id, "images": o.calib_images, "method": o.calib_method,
-                "placement": ORT_PLACEMENT, "sensitivity": o.sensitivity, "max_drop": o.max_drop, "eval_images": o.parity_images,
-                "versions": _versions("onnxruntime", "onnx")}
-    if step.kind == "trt":
-        from alexnet_deploy.runtime.trt_library import load_library
+    base = {"inputs": {a: input_sha[a] for a in step.needs}, "alexnet_deploy": __version__}
+    return {**base, **kind_of(step).key(ctx, step, input_sha)}
 
-        try:
-            lib = load_library(o.trt_library)
-        except MissingDependencyError as exc:
-            raise Skipped(str(exc)) from None
-        calib = {} if step.precision != "int8" else {
-            "calibration": {"dataset": ctx.dataset_id, "images": o.calib_images, "method": o.calib_method,
-                            "sensitivity": o.sensitivity, "max_drop": o.max_drop, "eval_images": o.parity_images,
-                            "placement": TRT_PLACEMENT, "versions": _versions("onnxruntime", "onnx")}}
-        return {**base, "library": [lib.name, lib.version], "max_batch": o.max_batch,
-                "workspace_mb": o.workspace_mb, "compute_capability": o.compute_capability, **calib}
-    if step.kind == "triton":
-        return {**base, "max_batch": o.max_batch, "kind": triton_kind(o), "preferred": _preferred(o)}
-    if step.kind == "golden":
-        from alexnet_deploy.parity.golden_write import gates_for
-        from alexnet_deploy.parity.golden import FLOAT_INPUTS_MAX_BYTES, GOLDEN_SCHEMA
 
-        # the gates themselves (project defaults + --tol) are in the key: changed defaults rewrite gates.json
-        return {**base, "schema": GOLDEN_SCHEMA, "weights_sha256": ctx.weights_sha256, "variant": o.variant,
-                "dataset": ctx.dataset_id, "images": o.golden_images, "input_format": _export_input_format(),
-                "float_inputs_max_bytes": FLOAT_INPUTS_MAX_BYTES, "gates": gates_for(o.tolerances),
-                "versions": _versions("torch", "numpy", "PIL")}
-    model_sha = ctx.weights_sha256 if step.artifact == REFERENCE else input_sha[step.artifact]
-    if step.kind == "parity":
-        return {**base, "model_sha256": model_sha, "weights_sha256": ctx.weights_sha256, "engine": step.engine,
-                "dataset": ctx.dataset_id, "images": o.parity_images, "random_samples": o.random_samples,
-                "tolerances": o.tolerances,
-                "versions": _versions("onnxruntime", "torch", "tensorrt", "tensorrt_rtx")}
-    if step.kind == "bench":
-        from alexnet_deploy.runtime.machine import machine_info
+def command(ctx: Context, step: Step) -> str:
+    """The exact command line that makes this step's output alone, run from the deployment folder (paths
+    relative to it: ``cd DIR`` first; :data:`COMMANDS_RUN_FROM`)."""
+    return kind_of(step).command(ctx, step)
 
-        machine = {k: v for k, v in machine_info(None).items() if k not in ("threads", "load_average")}
-        return {**base, "model_sha256": model_sha, "engines": engines_for(step.artifact, ctx.engines),
-                "batch_sizes": list(o.batch_sizes), "duration_s": o.bench_duration_s,
-                "iterations": o.bench_iterations, "warmup_ms": o.bench_warmup_ms, "roofline": o.roofline,
-                "machine": machine}
-    raise ValueError(step.kind)
+
+def _calibration_key(ctx: Context, placement: str) -> dict:
+    o = ctx.opts
+    return {"dataset": ctx.dataset_id, "images": o.calib_images, "method": o.calib_method, "placement": placement,
+            "sensitivity": o.sensitivity, "max_drop": o.max_drop, "eval_images": o.parity_images,
+            "versions": _versions("onnxruntime", "onnx")}
 
 
 def triton_kind(o: DeployOptions) -> str:
@@ -158,55 +128,6 @@ def rel(path, out: Path) -> str:
 
 def _dataset_arg(dataset: str, out: Path) -> str:
     return rel(dataset, out) if dataset and dataset != "digits" and Path(dataset).exists() else dataset
-
-
-def command(ctx: Context, step: Step) -> str:
-    """The exact command line that makes this step's output alone, run from the deployment folder (paths
-    relative to it: ``cd DIR`` first; :data:`COMMANDS_RUN_FROM`)."""
-    o = ctx.opts
-    out = o.out.resolve()
-    w = rel(o.weights, out)
-    variant = ["--variant", o.variant] if o.variant else []
-    if step.kind == "export":
-        return " ".join(["alexnet-export onnx", "--weights", _q(w), *variant, "-o",
-                         _q(f"{step.artifact}/model.onnx"), *(["--fp16"] if step.precision == "fp16" else [])])
-    if step.kind == "calibrate":
-        return _calibrate_command(o, f"{step.artifact}/model.onnx", ["--placement", ORT_PLACEMENT])
-    if step.kind == "trt":
-        src = f"{step.needs[0]}/model.onnx"
-        calib = ""
-        if step.precision == "int8":  # TensorRT's placement, calibrated into the engine's folder
-            src = f"{step.artifact}/{TRT_INT8_ONNX}"
-            calib = _calibrate_command(o, src, ["--placement", TRT_PLACEMENT]) + " && "
-        extra = ["--library", o.trt_library] if o.trt_library != "auto" else []
-        if o.compute_capability:
-            extra += ["--compute-capability", o.compute_capability]
-        if o.workspace_mb != 1024:
-            extra += ["--workspace-mb", str(o.workspace_mb)]
-        return calib + " ".join(["alexnet-export trt", _q(src), "-o",
-                                 _q(f"{step.artifact}/model.plan"), "--precision", step.precision or "fp32",
-                                 "--max-batch", str(o.max_batch), *extra])
-    if step.kind == "triton":
-        pref = ",".join(map(str, _preferred(o)))
-        return " && ".join(
-            " ".join(["alexnet-export triton", _q(f"{a}/model.onnx"), "--repo", _q("triton/model_repository"),
-                      "--name", f"alexnet-{a.split('-', 1)[1]}", "--max-batch", str(o.max_batch), "--kind", triton_kind(o),
-                      *(["--preferred-batch", pref] if pref else [])])
-            for a in step.needs)
-    if step.kind == "golden":  # written by alexnet-deploy itself: the command that makes this folder
-        return deploy_command(o)
-    model = rel(model_path(o.out, step.artifact, o.weights), out)
-    if step.kind == "parity":
-        tol = [f"--tol {k}={v}" for k, v in o.tolerances.items()]
-        return " ".join(["alexnet-parity", _q(model), "--engine", step.engine or "ort", "--reference", _q(w),
-                         "--dataset", _q(_dataset_arg(o.dataset, out)), "--num-images", str(o.parity_images),
-                         "--random-samples", str(o.random_samples), *tol])
-    engines = ",".join(engines_for(step.artifact, ctx.engines))
-    timing = (["--iterations", str(o.bench_iterations)] if o.bench_iterations
-              else ["--duration-s", str(o.bench_duration_s)])
-    return " ".join(["alexnet-bench", _q(model), "--engine", engines, "--batch-sizes",
-                     ",".join(map(str, o.batch_sizes)), "--warmup-ms", f"{o.bench_warmup_ms:g}", *timing,
-                     *([] if o.roofline else ["--no-roofline"])])
 
 
 def deploy_command(o: DeployOptions, **changes) -> str:
@@ -254,89 +175,239 @@ def _calibrate_command(o: DeployOptions, output: str, extra: list[str] | tuple[s
 
 
 # ------------------------------------------------------------------------------------------- artifacts
-def run_export(ctx: Context, step: Step, stage: Path) -> dict:
-    from alexnet_deploy.exporter.onnx_export import ExportOptions, export_onnx
+@register_step("export")
+class ExportStep(StepKind):
+    """The FP32 and FP16 ONNX exports of the checkpoint (INT8 is the calibrate step's)."""
 
-    # the parity step below gates every artifact on the user's dataset; the exporter's own check would repeat it
-    res = export_onnx(ctx.loaded, stage / "model.onnx", ExportOptions(fp16=step.precision == "fp16", check=False))
-    _sidecars(stage, "onnx", "model.onnx", res.metadata)
-    return {"folded_batchnorms": list(getattr(res, "folded_batchnorms", []) or []),
-            "simplified": bool(getattr(res, "simplified", False))}
+    reads_weights = True
+
+    def plan(self, opts, engines, models):
+        out = []
+        for p in opts.built_precisions:
+            if p != "int8":
+                out.append(Step(f"export {p}", self.name, onnx_artifact(p), p))
+                models.append(onnx_artifact(p))
+        return out
+
+    def key(self, ctx, step, input_sha):
+        o = ctx.opts
+        return {"weights": str(o.weights), "weights_sha256": ctx.weights_sha256, "variant": o.variant,
+                "precision": step.precision, "versions": _versions("torch", "onnx", "onnxsim", "onnxruntime")}
+
+    def command(self, ctx, step):
+        o = ctx.opts
+        variant = ["--variant", o.variant] if o.variant else []
+        return " ".join(["alexnet-export onnx", "--weights", _q(rel(o.weights, o.out.resolve())), *variant, "-o",
+                         _q(f"{step.artifact}/model.onnx"), *(["--fp16"] if step.precision == "fp16" else [])])
+
+    def run(self, ctx, step, stage):
+        from alexnet_deploy.exporter.onnx_export import ExportOptions, export_onnx
+
+        # the parity step gates every artifact on the user's dataset; the exporter's own check would repeat it
+        res = export_onnx(ctx.loaded, stage / "model.onnx", ExportOptions(fp16=step.precision == "fp16", check=False))
+        _sidecars(stage, "onnx", "model.onnx", res.metadata)
+        return {"folded_batchnorms": list(res.folded_batchnorms), "simplified": bool(res.simplified)}
 
 
-def run_calibrate(ctx: Context, step: Step, stage: Path) -> dict:
+def _calibrate(ctx: Context, src: Path, output: Path, placement: str):
+    """The INT8 calibration of ``src`` with the deployment's options (calibration/run.py)."""
     from alexnet_deploy.calibration.run import calibrate
-    from alexnet_deploy.runtime.metadata import read_onnx_metadata
 
     o = ctx.opts
-    src = o.out / step.needs[0] / "model.onnx"
-    res = calibrate(src, stage / "model.onnx", dataset=o.dataset, num_images=o.calib_images,
-                    eval_images=o.parity_images, method=o.calib_method, sensitivity=o.sensitivity,
-                    max_drop=o.max_drop, placement=ORT_PLACEMENT, echo=_indent(ctx.echo))
-    _sidecars(stage, "onnx", "model.onnx", read_onnx_metadata(stage / "model.onnx"))
-    chosen = res.chosen.row() if hasattr(res.chosen, "row") else {}
-    return _jsonable({"chosen": chosen, "tried": [e.row() for e in getattr(res, "tried", []) if hasattr(e, "row")],
-                      "sensitivity": list(getattr(res, "sensitivity", []) or []),
-                      "provenance": dict(getattr(res, "provenance", {}) or {})})
+    return calibrate(src, output, dataset=o.dataset, num_images=o.calib_images, eval_images=o.parity_images,
+                     method=o.calib_method, sensitivity=o.sensitivity, max_drop=o.max_drop, placement=placement,
+                     echo=_indent(ctx.echo))
 
 
-def run_trt(ctx: Context, step: Step, stage: Path) -> dict:
-    from alexnet_deploy.exporter.tensorrt import TrtBuildOptions, build_engine
-    from alexnet_deploy.runtime.metadata import ModelMetadata
+@register_step("calibrate")
+class CalibrateStep(StepKind):
+    """onnx-int8: the FP32 export calibrated with ONNX Runtime's Q/DQ placement."""
 
-    o = ctx.opts
-    src = o.out / step.needs[0] / "model.onnx"
-    if step.precision == "int8":  # a QDQ ONNX with TensorRT's Q/DQ placement (onnx-int8 has ONNX Runtime's)
-        from alexnet_deploy.calibration.run import calibrate
+    def plan(self, opts, engines, models):
+        if "int8" not in opts.built_precisions:
+            return []
+        models.append(onnx_artifact("int8"))
+        return [Step("calibrate int8", self.name, onnx_artifact("int8"), "int8", needs=(onnx_artifact("fp32"),))]
 
-        calibrate(src, stage / TRT_INT8_ONNX, dataset=o.dataset, num_images=o.calib_images,
-                  eval_images=o.parity_images, method=o.calib_method, sensitivity=o.sensitivity,
-                  max_drop=o.max_drop, placement=TRT_PLACEMENT, echo=_indent(ctx.echo))
-        src = stage / TRT_INT8_ONNX
-    opts = TrtBuildOptions(precision=step.precision or "fp32", library=o.trt_library, max_batch=o.max_batch,
-                           workspace_mb=o.workspace_mb, compute_capability=o.compute_capability)
-    try:
-        res = build_engine(src, stage / "model.plan", opts, echo=_indent(ctx.echo))
-    except MissingDependencyError as exc:
-        raise Skipped(str(exc)) from None
-    manifest = res.manifest
-    meta = ModelMetadata.from_props(manifest["metadata"], "engine manifest")
-    _sidecars(stage, "trt", "model.plan", meta, {"engine_manifest": "model.plan.manifest.json",
-                                                "library": manifest.get("library"),
-                                                "precision_path": manifest.get("precision_path"),
-                                                "target_compute_capability": manifest.get("target_compute_capability"),
-                                                "profile": manifest.get("build", {}).get("profile")})
-    return {"library": manifest.get("library"), "precision_path": manifest.get("precision_path"),
-            "build_seconds": round(float(res.seconds), 3)}
+    def key(self, ctx, step, input_sha):
+        return _calibration_key(ctx, ORT_PLACEMENT)
+
+    def command(self, ctx, step):
+        return _calibrate_command(ctx.opts, f"{step.artifact}/model.onnx", ["--placement", ORT_PLACEMENT])
+
+    def run(self, ctx, step, stage):
+        from alexnet_deploy.runtime.metadata import read_onnx_metadata
+
+        res = _calibrate(ctx, ctx.opts.out / step.needs[0] / "model.onnx", stage / "model.onnx", ORT_PLACEMENT)
+        _sidecars(stage, "onnx", "model.onnx", read_onnx_metadata(stage / "model.onnx"))
+        return _jsonable({"chosen": res.chosen.row(), "tried": [e.row() for e in res.tried],
+                          "sensitivity": list(res.sensitivity), "provenance": dict(res.provenance)})
 
 
-def run_triton(ctx: Context, step: Step, stage: Path) -> dict:
-    from alexnet_deploy.runtime.metadata import read_onnx_metadata
-    from alexnet_deploy.exporter.triton import export_triton
+@register_step("trt")
+class TrtStep(StepKind):
+    """trt-<precision>: TensorRT engines; INT8 ones from their own QDQ ONNX with TensorRT's placement."""
 
-    o = ctx.opts
-    names = []
-    for a in step.needs:
-        name = f"alexnet-{a.split('-', 1)[1]}"
-        export_triton(o.out / a / "model.onnx", stage / "model_repository", name=name, max_batch=o.max_batch,
-                      kind=triton_kind(o), preferred=_preferred(o))
-        names.append(name)
-    meta = read_onnx_metadata(o.out / step.needs[0] / "model.onnx")
-    _sidecars(stage, "triton", "model_repository", meta, {"models": names,
-                                                         "serve": "tritonserver --model-repository model_repository"})
-    return {"models": names}
+    def plan(self, opts, engines, models):
+        if "trt" not in opts.targets:
+            return []
+        out = []
+        for p in opts.built_precisions:
+            # INT8 engines are calibrated from FP32 with TensorRT's Q/DQ placement (onnx-int8 has ONNX Runtime's)
+            out.append(Step(f"trt {p}", self.name, trt_artifact(p), p,
+                            needs=(onnx_artifact("fp32" if p == "int8" else p),)))
+            models.append(trt_artifact(p))
+        return out
+
+    def key(self, ctx, step, input_sha):
+        from alexnet_deploy.runtime.trt_library import load_library
+
+        o = ctx.opts
+        try:
+            lib = load_library(o.trt_library)
+        except MissingDependencyError as exc:
+            raise Skipped(str(exc)) from None
+        calib = {"calibration": _calibration_key(ctx, TRT_PLACEMENT)} if step.precision == "int8" else {}
+        return {"library": [lib.name, lib.version], "max_batch": o.max_batch, "workspace_mb": o.workspace_mb,
+                "compute_capability": o.compute_capability, **calib}
+
+    def command(self, ctx, step):
+        o = ctx.opts
+        src = f"{step.needs[0]}/model.onnx"
+        calib = ""
+        if step.precision == "int8":  # TensorRT's placement, calibrated into the engine's folder
+            src = f"{step.artifact}/{TRT_INT8_ONNX}"
+            calib = _calibrate_command(o, src, ["--placement", TRT_PLACEMENT]) + " && "
+        extra = ["--library", o.trt_library] if o.trt_library != "auto" else []
+        if o.compute_capability:
+            extra += ["--compute-capability", o.compute_capability]
+        if o.workspace_mb != 1024:
+            extra += ["--workspace-mb", str(o.workspace_mb)]
+        return calib + " ".join(["alexnet-export trt", _q(src), "-o", _q(f"{step.artifact}/model.plan"),
+                                 "--precision", step.precision or "fp32", "--max-batch", str(o.max_batch), *extra])
+
+    def run(self, ctx, step, stage):
+        from alexnet_deploy.exporter.tensorrt import TrtBuildOptions, build_engine
+        from alexnet_deploy.runtime.metadata import ModelMetadata
+
+        o = ctx.opts
+        src = o.out / step.needs[0] / "model.onnx"
+        if step.precision == "int8":  # a QDQ ONNX with TensorRT's Q/DQ placement (onnx-int8 has ONNX Runtime's)
+            _calibrate(ctx, src, stage / TRT_INT8_ONNX, TRT_PLACEMENT)
+            src = stage / TRT_INT8_ONNX
+        opts = TrtBuildOptions(precision=step.precision or "fp32", library=o.trt_library, max_batch=o.max_batch,
+                               workspace_mb=o.workspace_mb, compute_capability=o.compute_capability)
+        try:
+            res = build_engine(src, stage / "model.plan", opts, echo=_indent(ctx.echo))
+        except MissingDependencyError as exc:
+            raise Skipped(str(exc)) from None
+        manifest = res.manifest
+        meta = ModelMetadata.from_props(manifest["metadata"], "engine manifest")
+        _sidecars(stage, "trt", "model.plan", meta, {"engine_manifest": "model.plan.manifest.json",
+                                                    "library": manifest.get("library"),
+                                                    "precision_path": manifest.get("precision_path"),
+                                                    "target_compute_capability": manifest.get("target_compute_capability"),
+                                                    "profile": manifest.get("build", {}).get("profile")})
+        return {"library": manifest.get("library"), "precision_path": manifest.get("precision_path"),
+                "build_seconds": round(float(res.seconds), 3)}
 
 
-def run_golden(ctx: Context, step: Step, stage: Path) -> dict:
-    from alexnet_deploy.deploy.golden import write_golden
+@register_step("triton")
+class TritonStep(StepKind):
+    """triton/model_repository: one Triton model per ONNX artifact."""
 
-    o = ctx.opts
-    return write_golden(ctx.loaded, o.dataset, o.golden_images, stage, tolerances=o.tolerances,
-                        dataset_id=ctx.dataset_id, input_format=_export_input_format(), echo=_indent(ctx.echo))
+    def plan(self, opts, engines, models):
+        if "triton" not in opts.targets:
+            return []
+        return [Step("triton", self.name, "triton", needs=tuple(onnx_artifact(p) for p in opts.built_precisions))]
+
+    def key(self, ctx, step, input_sha):
+        o = ctx.opts
+        return {"max_batch": o.max_batch, "kind": triton_kind(o), "preferred": _preferred(o)}
+
+    def command(self, ctx, step):
+        o = ctx.opts
+        pref = ",".join(map(str, _preferred(o)))
+        return " && ".join(
+            " ".join(["alexnet-export triton", _q(f"{a}/model.onnx"), "--repo", _q("triton/model_repository"),
+                      "--name", f"alexnet-{a.split('-', 1)[1]}", "--max-batch", str(o.max_batch), "--kind",
+                      triton_kind(o), *(["--preferred-batch", pref] if pref else [])])
+            for a in step.needs)
+
+    def run(self, ctx, step, stage):
+        from alexnet_deploy.runtime.metadata import read_onnx_metadata
+        from alexnet_deploy.exporter.triton import export_triton
+
+        o = ctx.opts
+        names = []
+        for a in step.needs:
+            name = f"alexnet-{a.split('-', 1)[1]}"
+            export_triton(o.out / a / "model.onnx", stage / "model_repository", name=name, max_batch=o.max_batch,
+                          kind=triton_kind(o), preferred=_preferred(o))
+            names.append(name)
+        meta = read_onnx_metadata(o.out / step.needs[0] / "model.onnx")
+        _sidecars(stage, "triton", "model_repository", meta,
+                  {"models": names, "serve": "tritonserver --model-repository model_repository"})
+        return {"models": names}
 
 
-RUNNERS = {"export": run_export, "calibrate": run_calibrate, "trt": run_trt, "triton": run_triton,
-           "golden": run_golden}
+@register_step("golden")
+class GoldenStep(StepKind):
+    """DIR/golden: held-out inputs, labels, PyTorch outputs and gates for alexnet-verify (needs no artifact)."""
+
+    reads_weights = True
+
+    def plan(self, opts, engines, models):
+        return [Step("golden", self.name, GOLDEN)]
+
+    def key(self, ctx, step, input_sha):
+        from alexnet_deploy.parity.golden_write import gates_for
+        from alexnet_deploy.parity.golden import FLOAT_INPUTS_MAX_BYTES, GOLDEN_SCHEMA
+
+        o = ctx.opts
+        # the gates themselves (project defaults + --tol) are in the key: changed defaults rewrite gates.json
+        return {"schema": GOLDEN_SCHEMA, "weights_sha256": ctx.weights_sha256, "variant": o.variant,
+                "dataset": ctx.dataset_id, "images": o.golden_images, "input_format": _export_input_format(),
+                "float_inputs_max_bytes": FLOAT_INPUTS_MAX_BYTES, "gates": gates_for(o.tolerances),
+                "versions": _versions("torch", "numpy", "PIL")}
+
+    def command(self, ctx, step):  # written by alexnet-deploy itself: the command that makes this folder
+        return deploy_command(ctx.opts)
+
+    def run(self, ctx, step, stage):
+        from alexnet_deploy.deploy.golden import write_golden
+
+        o = ctx.opts
+        return write_golden(ctx.loaded, o.dataset, o.golden_images, stage, tolerances=o.tolerances,
+                            dataset_id=ctx.dataset_id, input_format=_export_input_format(), echo=_indent(ctx.echo))
+
+
+class _RunHooks(MutableMapping):
+    """artifact kind name -> its run callable ``(ctx, step, stage)``: a view of the registry. Replacing an entry
+    replaces that kind's run (tests/test_deploy_hardening.py hooks ``RUNNERS["golden"]`` in a subprocess)."""
+
+    def __getitem__(self, name):
+        kind = STEP_KINDS.get(name)
+        if kind is None or not kind.writes_artifact:
+            raise KeyError(name)
+        return kind.run
+
+    def __setitem__(self, name, fn):
+        self[name]  # noqa: B018 - KeyError for a check kind or an unknown name
+        STEP_KINDS[name].run = fn
+
+    def __delitem__(self, name):
+        self[name]  # noqa: B018
+        STEP_KINDS[name].__dict__.pop("run", None)
+
+    def __iter__(self):
+        return (n for n, k in STEP_KINDS.items() if k.writes_artifact)
+
+    def __len__(self):
+        return sum(1 for _ in self)
+
+
+RUNNERS = _RunHooks()
 
 
 def _sidecars(stage: Path, kind: str, model: str, meta, extra: dict | None = None) -> None:
@@ -354,43 +425,109 @@ def _sidecars(stage: Path, kind: str, model: str, meta, extra: dict | None = Non
 
 
 # ------------------------------------------------------------------------------------------- checks
-def run_parity(ctx: Context, step: Step) -> dict:
-    """-> {"status": "pass"|"fail", "report": ...}; raises Skipped when the engine cannot run here."""
-    from alexnet_deploy.parity.api import check_parity
+def _model_sha(ctx: Context, step: Step, input_sha: dict) -> str:
+    return ctx.weights_sha256 if step.artifact == REFERENCE else input_sha[step.artifact]
 
-    o = ctx.opts
-    model = model_path(o.out, step.artifact, o.weights)
-    try:
-        report = check_parity(str(model), engine=step.engine, reference=str(o.weights), dataset=o.dataset,
-                              num_images=o.parity_images, random_samples=o.random_samples, **o.tolerances)
-    except (MissingDependencyError, InferenceError) as exc:
-        raise Skipped(str(exc)) from None
-    except ModelLoadError as exc:
-        if step.engine == "trt":  # an engine this machine's library/GPU cannot load
+
+@register_step("parity")
+class ParityStep(StepKind):
+    """checks/<artifact>.<engine>.parity.json: each model on each engine against the PyTorch FP32 reference."""
+
+    writes_artifact = False
+    statuses, payload = ("pass", "fail"), "report"
+
+    def plan(self, opts, engines, models):
+        return [Step(f"parity {a} {e}", self.name, a, a.split("-", 1)[1], e, needs=(a,))
+                for a in models for e in engines_for(a, engines)]
+
+    def record_name(self, step):
+        return f"{step.artifact}.{step.engine}.parity.json"
+
+    def key(self, ctx, step, input_sha):
+        o = ctx.opts
+        return {"model_sha256": _model_sha(ctx, step, input_sha), "weights_sha256": ctx.weights_sha256,
+                "engine": step.engine, "dataset": ctx.dataset_id, "images": o.parity_images,
+                "random_samples": o.random_samples, "tolerances": o.tolerances,
+                "versions": _versions("onnxruntime", "torch", "tensorrt", "tensorrt_rtx")}
+
+    def command(self, ctx, step):
+        o = ctx.opts
+        out = o.out.resolve()
+        model = rel(model_path(o.out, step.artifact, o.weights), out)
+        tol = [f"--tol {k}={v}" for k, v in o.tolerances.items()]
+        return " ".join(["alexnet-parity", _q(model), "--engine", step.engine or "ort", "--reference",
+                         _q(rel(o.weights, out)), "--dataset", _q(_dataset_arg(o.dataset, out)), "--num-images",
+                         str(o.parity_images), "--random-samples", str(o.random_samples), *tol])
+
+    def check(self, ctx, step):
+        """-> {"status": "pass"|"fail", "report": ...}; raises Skipped when the engine cannot run here."""
+        from alexnet_deploy.parity.api import check_parity
+
+        o = ctx.opts
+        model = model_path(o.out, step.artifact, o.weights)
+        try:
+            report = check_parity(str(model), engine=step.engine, reference=str(o.weights), dataset=o.dataset,
+                                  num_images=o.parity_images, random_samples=o.random_samples, **o.tolerances)
+        except (MissingDependencyError, InferenceError) as exc:
             raise Skipped(str(exc)) from None
-        raise
-    return {"status": "pass" if report.passed else "fail", "report": _jsonable(report.to_dict()),
-            "table": report.table()}
+        except ModelLoadError as exc:
+            if step.engine == "trt":  # an engine this machine's library/GPU cannot load
+                raise Skipped(str(exc)) from None
+            raise
+        return {"status": "pass" if report.passed else "fail", "report": _jsonable(report.to_dict()),
+                "table": report.table()}
 
 
-def run_bench_step(ctx: Context, step: Step) -> dict:
-    from alexnet_deploy.benchmarks.harness import BenchConfig
-    from alexnet_deploy.benchmarks.run import run_bench
+@register_step("bench")
+class BenchStep(StepKind):
+    """checks/<artifact>.bench.json: each model (and the checkpoint) on its engines."""
 
-    o = ctx.opts
-    model = model_path(o.out, step.artifact, o.weights)
-    cfg = BenchConfig(tuple(o.batch_sizes), o.bench_warmup_ms,
-                      None if o.bench_iterations else o.bench_duration_s, o.bench_iterations)
-    try:
-        # the CPU roofline applies to ONNX graphs (alexnet-bench costs them); the report fills the PyTorch row in
-        result = run_bench([str(model)], list(engines_for(step.artifact, ctx.engines)), cfg,
-                           roofline=o.roofline and step.artifact.startswith("onnx-"), echo=_indent(ctx.echo))
-    except (MissingDependencyError, InferenceError, ModelLoadError) as exc:
-        raise Skipped(str(exc)) from None
-    rows = result.to_dict()["rows"]
-    if rows and all(r.get("skipped") for r in rows):  # nothing could run here (no GPU, no provider): not cached
-        raise Skipped(rows[0]["skipped"])
-    return {"status": "measured", "result": _jsonable(result.to_dict())}
+    writes_artifact = False
+    statuses = ("measured",)
+
+    def plan(self, opts, engines, models):
+        return [Step(f"bench {a}", self.name, a, "fp32" if a == REFERENCE else a.split("-", 1)[1],
+                     needs=() if a == REFERENCE else (a,))
+                for a in [*models, REFERENCE] if engines_for(a, engines)]
+
+    def key(self, ctx, step, input_sha):
+        from alexnet_deploy.runtime.machine import machine_info
+
+        o = ctx.opts
+        machine = {k: v for k, v in machine_info(None).items() if k not in ("threads", "load_average")}
+        return {"model_sha256": _model_sha(ctx, step, input_sha), "engines": engines_for(step.artifact, ctx.engines),
+                "batch_sizes": list(o.batch_sizes), "duration_s": o.bench_duration_s,
+                "iterations": o.bench_iterations, "warmup_ms": o.bench_warmup_ms, "roofline": o.roofline,
+                "machine": machine}
+
+    def command(self, ctx, step):
+        o = ctx.opts
+        model = rel(model_path(o.out, step.artifact, o.weights), o.out.resolve())
+        engines = ",".join(engines_for(step.artifact, ctx.engines))
+        timing = (["--iterations", str(o.bench_iterations)] if o.bench_iterations
+                  else ["--duration-s", str(o.bench_duration_s)])
+        return " ".join(["alexnet-bench", _q(model), "--engine", engines, "--batch-sizes",
+                         ",".join(map(str, o.batch_sizes)), "--warmup-ms", f"{o.bench_warmup_ms:g}", *timing,
+                         *([] if o.roofline else ["--no-roofline"])])
+
+    def check(self, ctx, step):
+        from alexnet_deploy.benchmarks.harness import BenchConfig
+        from alexnet_deploy.benchmarks.run import run_bench
+
+        o = ctx.opts
+        model = model_path(o.out, step.artifact, o.weights)
+        cfg = BenchConfig(tuple(o.batch_sizes), o.bench_warmup_ms,
+                          None if o.bench_iterations else o.bench_duration_s, o.bench_iterations)
+        try:
+            # the CPU roofline applies to ONNX graphs (alexnet-bench costs them); the report fills the PyTorch row in
+            result = run_bench([str(model)], list(engines_for(step.artifact, ctx.engines)), cfg,
+                               roofline=o.roofline and step.artifact.startswith("onnx-"), echo=_indent(ctx.echo))
+        except (MissingDependencyError, InferenceError, ModelLoadError) as exc:
+            raise Skipped(str(exc)) from None
+        rows = result.to_dict()["rows"]
+        if rows and all(r.get("skipped") for r in rows):  # nothing could run here (no GPU, no provider): not cached
+            raise Skipped(rows[0]["skipped"])
+        return {"status": "measured", "result": _jsonable(result.to_dict())}
 
 
 def _indent(echo):
