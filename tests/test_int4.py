@@ -117,8 +117,8 @@ def test_trt_form_is_blocked_int4_dequantize(digits_onnx, int8_trt_onnx, int8_on
 def test_max_drop_keeps_the_worst_fc_layer_in_int8(digits_onnx, int8_onnx, tmp_path, monkeypatch):
     """Two FC layers (a 2-layer head on the same features); an evaluator that charges 2 points for
     classifier.0 in INT4 and 0.3 for classifier.2: a 1-point budget keeps classifier.0 in INT8."""
-    import alexnet_deploy.calibration.run as run
-    from alexnet_deploy.calibration.run import Evaluation
+    import alexnet_deploy.calibration.evaluate as evaluate
+    from alexnet_deploy.calibration.evaluate import Evaluation
 
     fp32, int8 = _two_fc_models(digits_onnx, int8_onnx, tmp_path)
     cost = {"classifier.0": 2.0, "classifier.2": 0.3}
@@ -131,7 +131,7 @@ def test_max_drop_keeps_the_worst_fc_layer_in_int8(digits_onnx, int8_onnx, tmp_p
             drop = sum(cost[m] for m in int4_layers(onnx.load(str(path))))
             return Evaluation(method, kept, 90.0, 90.0 - drop, 1.0 - drop / 100, drop / 10)
 
-    monkeypatch.setattr(run, "Evaluator", FakeEvaluator)
+    monkeypatch.setattr(evaluate, "Evaluator", FakeEvaluator)
     res = quantize_fc(fp32, int8, tmp_path / "w4.onnx", max_drop=1.0, eval_images=32, echo=lambda *_: None)
     assert [r["layer"] for r in res.sensitivity] == ["classifier.0", "classifier.2"]
     assert res.sensitivity[0]["cost_pct"] == pytest.approx(2.0)

@@ -29,6 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from alexnet_deploy.calibration.placement import quantize_float_output_bias, tensorrt_qdq_problem
+from alexnet_deploy.calibration.search import keep_until_within, needs_search
 from alexnet_deploy.errors import UserInputError
 from alexnet_deploy.fileio import sha256_file
 from alexnet_deploy.onnxgraph import behind_dequantize, initializer_bytes, module_of_node, producers
@@ -320,7 +321,7 @@ def quantize_fc(fp32_path: str | Path, int8_path: str | Path, output: str | Path
     held-out comparison against FP32 (and INT8), per-layer sensitivity and the ``max_drop`` budget."""
     from alexnet_deploy.calibration.data import load_calibration_set
     from alexnet_deploy.calibration.qdq import temp_dir
-    from alexnet_deploy.calibration.run import Evaluator
+    from alexnet_deploy.calibration.evaluate import Evaluator
     from alexnet_deploy.fileio import atomic_path, check_writable
     from alexnet_deploy.runtime.metadata import read_onnx_metadata, set_metadata
 
@@ -350,7 +351,7 @@ def quantize_fc(fp32_path: str | Path, int8_path: str | Path, output: str | Path
         path, ev = build([], "all")
         echo(f"  all FC in INT4: drop {ev.drop:+.2f} pts, top-1 agreement {ev.agreement:.2%}")
         sens: list[dict] = []
-        if sensitivity or (max_drop is not None and ev.drop > max_drop):
+        if sensitivity or needs_search(ev, max_drop):
             for layer in layers:
                 _, e = build([m for m in layers if m != layer], f"only-{layer}")
                 sens.append({"layer": layer, "cost_pct": e.drop - base.drop, "drop_pct": e.drop,
@@ -360,13 +361,9 @@ def quantize_fc(fp32_path: str | Path, int8_path: str | Path, output: str | Path
                 echo(f"  only {layer} in INT4: costs {e.drop - base.drop:+.2f} pts, output error {e.error:.4f}")
             sens.sort(key=lambda r: (-r["cost_pct"], -r["extra_error"]))
         keep: list[str] = []
-        if max_drop is not None and ev.drop > max_drop:
-            for row in sens:  # worst first; keeping them all is plain INT8 (said below)
-                keep.append(row["layer"])
-                path, ev = build(list(keep), f"keep{len(keep)}")
-                echo(f"  keeping {', '.join(keep)} in INT8: drop {ev.drop:+.2f} pts")
-                if ev.drop <= max_drop:
-                    break
+        if needs_search(ev, max_drop):  # worst first; keeping them all is plain INT8 (said below)
+            keep, path, ev = keep_until_within([r["layer"] for r in sens], lambda k: build(k, f"keep{len(k)}"),
+                                               max_drop, (path, ev), "INT8", echo)
             if ev.drop > max_drop:
                 echo(f"warning: with {', '.join(keep)} in INT8 the drop is still {ev.drop:.2f} > {max_drop} points")
             if len(keep) == len(layers):

@@ -36,9 +36,16 @@ WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
 class Placement(str, enum.Enum):
+    """Where Q/DQ pairs go; a ``str`` (JSON, metadata and f-strings read ``"ort"``, ``"tensorrt"``, ``"all"``)."""
+
     ORT = "ort"
     TENSORRT = "tensorrt"
     ALL = "all"
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
 
     @classmethod
     def parse(cls, name: "str | Placement") -> "Placement":
@@ -46,6 +53,22 @@ class Placement(str, enum.Enum):
             return cls(name)
         except ValueError:
             raise UserInputError(f"unknown Q/DQ placement {name!r}; choose {', '.join(p.value for p in cls)}") from None
+
+
+# the deployment target -> the Q/DQ placement its INT8 models need (the one place this rule is written):
+# ONNX Runtime (onnx, and Triton, which serves the ONNX models) gets the fast-CPU-kernel placement, TensorRT its
+# own (symmetric Q/DQ on the inputs of Conv/Gemm only; it cannot parse UINT8 activations or INT32 biases)
+TARGET_PLACEMENTS = {"onnx": Placement.ORT, "triton": Placement.ORT, "trt": Placement.TENSORRT,
+                     "tensorrt": Placement.TENSORRT}
+
+
+def placement_for(target: str) -> Placement:
+    """The Q/DQ placement an INT8 model for ``target`` (onnx | triton | trt, or tensorrt) is calibrated with."""
+    try:
+        return TARGET_PLACEMENTS[target]
+    except KeyError:
+        raise UserInputError(f"unknown deployment target {target!r} for a Q/DQ placement; choose "
+                             f"{', '.join(TARGET_PLACEMENTS)}") from None
 
 
 @dataclass

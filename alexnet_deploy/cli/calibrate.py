@@ -11,6 +11,18 @@ from alexnet_deploy.cli.common import (
 )
 from alexnet_deploy.errors import UserInputError
 
+# calibration/placement.py Placement's values, spelled here so that --help needs no onnx (a test keeps them equal)
+PLACEMENT_CHOICES = ("ort", "tensorrt", "all")
+
+
+def _placement(ctx, param, value):
+    """--placement parsed once, into the enum every stage below takes (None: chosen from the target below)."""
+    if value is None:
+        return None
+    from alexnet_deploy.calibration.placement import Placement
+
+    return Placement.parse(value)
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path())
@@ -25,7 +37,7 @@ from alexnet_deploy.errors import UserInputError
 @click.option("--method", default="minmax", show_default=True, help="minmax | entropy | percentile | auto (best of the three).")
 @click.option("--percentile", type=float, default=99.999, show_default=True,
               help="With --method percentile: clip activations at this percentile of |x| (65,536-bin histogram).")
-@click.option("--placement", type=click.Choice(["ort", "tensorrt", "all"]), default=None,
+@click.option("--placement", type=click.Choice(PLACEMENT_CHOICES), default=None, callback=_placement,
               help="ort (default; tensorrt with --int4-format trt): every tensor but the logits, UINT8 asymmetric "
                    "activations (the fast INT8 kernels of ONNX Runtime CPU; TensorRT cannot parse it); tensorrt: "
                    "symmetric Q/DQ only on the inputs of Conv/Gemm (logits float), as TensorRT wants, 3-10x slower "
@@ -83,26 +95,26 @@ def calibrate_cmd(model, output, dataset, num_images, eval_images, method, perce
         raise UserInputError("calibration needs images: give --dataset (none is not an option here)")
     from alexnet_deploy.calibration.int4 import FcStage
     from alexnet_deploy.calibration.int4 import summary_table as int4_table
+    from alexnet_deploy.calibration.placement import Placement, placement_for
+    from alexnet_deploy.calibration.run import CalibrationOptions
 
     trt_form = weights_fc == "int4" and int4_format == "trt"
     if placement is None:  # the trt INT4 form is for TensorRT: its convolutions need TensorRT's Q/DQ too
-        placement = "tensorrt" if trt_form else "ort"
-    if trt_form and placement == "ort":  # before any calibration work
+        placement = placement_for("trt" if trt_form else "onnx")
+    if trt_form and placement is Placement.ORT:  # before any calibration work
         raise UserInputError("--int4-format trt is for TensorRT, which cannot parse --placement ort (UINT8 "
                              "activations for ONNX Runtime); use --placement tensorrt (the default with trt)")
 
     with FcStage(weights_fc, output, block_size, int4_format) as fc:  # int4: INT8 to a temporary first
-        result = calibrate(model, fc.int8_output, dataset=dataset, num_images=num_images, eval_images=eval_images,
-                           method=method, percentile=percentile, max_drop=max_drop, sensitivity=sensitivity,
-                           allow_synthetic=allow_synthetic, variant=variant, cache=cache, force_cache=force_cache,
-                           placement=placement, overflow_fix=not no_overflow_fix,
-                           allow_kernel_mismatch=allow_kernel_mismatch, echo=click.echo)
+        opts = CalibrationOptions(dataset=dataset, num_images=num_images, eval_images=eval_images, method=method,
+                                  percentile=percentile, max_drop=max_drop, sensitivity=sensitivity,
+                                  allow_synthetic=allow_synthetic, variant=variant, cache=cache,
+                                  force_cache=force_cache, placement=placement, overflow_fix=not no_overflow_fix,
+                                  allow_kernel_mismatch=allow_kernel_mismatch)
+        result = calibrate(model, fc.int8_output, opts, echo=click.echo)
         click.echo(summary_table(result))
         if fc.finish(model, dataset=dataset, eval_images=eval_images, max_drop=max_drop, sensitivity=sensitivity,
                      allow_synthetic=allow_synthetic, echo=click.echo):
             click.echo(int4_table(fc.result))
     if json_path:
-        atomic_write_bytes(json_path, dump({
-            "output": str(result.output), "chosen": result.chosen.row(), "tried": [e.row() for e in result.tried],
-            "sensitivity": result.sensitivity, "provenance": result.provenance,
-            "qdq_nodes": result.qdq_nodes, **fc.json()}).encode())
+        atomic_write_bytes(json_path, dump(result.to_dict() | fc.json()).encode())

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexnet_deploy.errors import UserInputError
+from alexnet_deploy.runtime.precision import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "int8")
 TARGETS = ("onnx", "trt", "triton")
 ONNX_ENGINES = ("ort", "ort-cuda", "ort-trt")
 TORCH_ENGINES = ("torch", "torch-cuda")

@@ -18,9 +18,8 @@ from alexnet_deploy.errors import InferenceError, MissingDependencyError, ModelL
 
 ARTIFACT_SCHEMA = "alexnet-deploy.artifact/1"
 MODEL_FILES = {"onnx": "model.onnx", "trt": "model.plan"}
-# Q/DQ placements (calibration/placement.py): onnx-int8 is for ONNX Runtime (fast INT8 CPU kernels, logits
-# float); trt-int8 is built from its own QDQ ONNX with TensorRT's placement, kept beside the engine
-ORT_PLACEMENT, TRT_PLACEMENT = "ort", "tensorrt"
+# Q/DQ placements (calibration/placement.py placement_for): onnx-int8 is for ONNX Runtime (fast INT8 CPU kernels,
+# logits float); trt-int8 is built from its own QDQ ONNX with TensorRT's placement, kept beside the engine
 TRT_INT8_ONNX = "model.int8.onnx"
 # every reproduce command is relative to the deployment folder (provenance.json says "command_cwd": "..")
 COMMANDS_RUN_FROM = "the deployment folder (cd DIR first): paths are relative to it"
@@ -95,7 +94,14 @@ def command(ctx: Context, step: Step) -> str:
     return kind_of(step).command(ctx, step)
 
 
-def _calibration_key(ctx: Context, placement: str) -> dict:
+def _placement(target: str):
+    """The Q/DQ placement of ``target``'s INT8 models (imported here: onnx is an optional dependency)."""
+    from alexnet_deploy.calibration.placement import placement_for
+
+    return placement_for(target)
+
+
+def _calibration_key(ctx: Context, placement) -> dict:
     o = ctx.opts
     return {"dataset": ctx.dataset_id, "images": o.calib_images, "method": o.calib_method, "placement": placement,
             "sensitivity": o.sensitivity, "max_drop": o.max_drop, "eval_images": o.parity_images,
@@ -209,14 +215,15 @@ class ExportStep(StepKind):
         return {"folded_batchnorms": list(res.folded_batchnorms), "simplified": bool(res.simplified)}
 
 
-def _calibrate(ctx: Context, src: Path, output: Path, placement: str):
+def _calibrate(ctx: Context, src: Path, output: Path, placement):
     """The INT8 calibration of ``src`` with the deployment's options (calibration/run.py)."""
-    from alexnet_deploy.calibration.run import calibrate
+    from alexnet_deploy.calibration import run
 
     o = ctx.opts
-    return calibrate(src, output, dataset=o.dataset, num_images=o.calib_images, eval_images=o.parity_images,
-                     method=o.calib_method, sensitivity=o.sensitivity, max_drop=o.max_drop, placement=placement,
-                     echo=_indent(ctx.echo))
+    opts = run.CalibrationOptions(dataset=o.dataset, num_images=o.calib_images, eval_images=o.parity_images,
+                                  method=o.calib_method, sensitivity=o.sensitivity, max_drop=o.max_drop,
+                                  placement=placement)
+    return run.calibrate(src, output, opts, echo=_indent(ctx.echo))
 
 
 @register_step("calibrate")
@@ -230,18 +237,18 @@ class CalibrateStep(StepKind):
         return [Step("calibrate int8", self.name, onnx_artifact("int8"), "int8", needs=(onnx_artifact("fp32"),))]
 
     def key(self, ctx, step, input_sha):
-        return _calibration_key(ctx, ORT_PLACEMENT)
+        return _calibration_key(ctx, _placement("onnx"))
 
     def command(self, ctx, step):
-        return _calibrate_command(ctx.opts, f"{step.artifact}/model.onnx", ["--placement", ORT_PLACEMENT])
+        return _calibrate_command(ctx.opts, f"{step.artifact}/model.onnx", ["--placement", _placement("onnx").value])
 
     def run(self, ctx, step, stage):
         from alexnet_deploy.runtime.metadata import read_onnx_metadata
 
-        res = _calibrate(ctx, ctx.opts.out / step.needs[0] / "model.onnx", stage / "model.onnx", ORT_PLACEMENT)
+        res = _calibrate(ctx, ctx.opts.out / step.needs[0] / "model.onnx", stage / "model.onnx", _placement("onnx"))
         _sidecars(stage, "onnx", "model.onnx", read_onnx_metadata(stage / "model.onnx"))
-        return _jsonable({"chosen": res.chosen.row(), "tried": [e.row() for e in res.tried],
-                          "sensitivity": list(res.sensitivity), "provenance": dict(res.provenance)})
+        # the model is this folder's model.onnx: no absolute path of the staging folder in the record
+        return _jsonable({k: v for k, v in res.to_dict().items() if k != "output"})
 
 
 @register_step("trt")
@@ -267,7 +274,7 @@ class TrtStep(StepKind):
             lib = load_library(o.trt_library)
         except MissingDependencyError as exc:
             raise Skipped(str(exc)) from None
-        calib = {"calibration": _calibration_key(ctx, TRT_PLACEMENT)} if step.precision == "int8" else {}
+        calib = {"calibration": _calibration_key(ctx, _placement("trt"))} if step.precision == "int8" else {}
         return {"library": [lib.name, lib.version], "max_batch": o.max_batch, "workspace_mb": o.workspace_mb,
                 "compute_capability": o.compute_capability, **calib}
 
@@ -277,7 +284,7 @@ class TrtStep(StepKind):
         calib = ""
         if step.precision == "int8":  # TensorRT's placement, calibrated into the engine's folder
             src = f"{step.artifact}/{TRT_INT8_ONNX}"
-            calib = _calibrate_command(o, src, ["--placement", TRT_PLACEMENT]) + " && "
+            calib = _calibrate_command(o, src, ["--placement", _placement("trt").value]) + " && "
         extra = ["--library", o.trt_library] if o.trt_library != "auto" else []
         if o.compute_capability:
             extra += ["--compute-capability", o.compute_capability]
@@ -293,7 +300,7 @@ class TrtStep(StepKind):
         o = ctx.opts
         src = o.out / step.needs[0] / "model.onnx"
         if step.precision == "int8":  # a QDQ ONNX with TensorRT's Q/DQ placement (onnx-int8 has ONNX Runtime's)
-            _calibrate(ctx, src, stage / TRT_INT8_ONNX, TRT_PLACEMENT)
+            _calibrate(ctx, src, stage / TRT_INT8_ONNX, _placement("trt"))
             src = stage / TRT_INT8_ONNX
         opts = TrtBuildOptions(precision=step.precision or "fp32", library=o.trt_library, max_batch=o.max_batch,
                                workspace_mb=o.workspace_mb, compute_capability=o.compute_capability)

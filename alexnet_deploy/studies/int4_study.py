@@ -62,6 +62,7 @@ def study_variant(variant: str, root: Path = ARTIFACTS, block_size: int = 256, c
     accuracy columns then say nothing)."""
     from alexnet_deploy.calibration.data import load_calibration_set
     from alexnet_deploy.calibration.int4 import quantize_fc, summary_table
+    from alexnet_deploy.calibration.placement import placement_for
     from alexnet_deploy.calibration.run import calibrate
     from alexnet_deploy.exporter.onnx_export import export_onnx
     from alexnet_deploy.fileio import sha256_file
@@ -80,7 +81,8 @@ def study_variant(variant: str, root: Path = ARTIFACTS, block_size: int = 256, c
         calibrate(fp32, int8, dataset="digits", num_images=calib_images, eval_images=1000, placement=placement)
     int8_trt = root / f"{tag}-int8-tensorrt.onnx"  # the trt form's convolutions: TensorRT's Q/DQ placement
     if not int8_trt.is_file():
-        calibrate(fp32, int8_trt, dataset="digits", num_images=calib_images, eval_images=1000, placement="tensorrt")
+        calibrate(fp32, int8_trt, dataset="digits", num_images=calib_images, eval_images=1000,
+                  placement=placement_for("trt"))
     res = {}
     for form, base in (("ort", int8), ("trt", int8_trt)):
         out = root / f"{tag}-int4fc-{form}.onnx"

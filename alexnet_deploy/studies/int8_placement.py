@@ -124,7 +124,8 @@ def study(variant: str, root: Path, modelopt_python: str | None) -> dict:
 
     from alexnet_deploy.calibration.data import load_calibration_set
     from alexnet_deploy.calibration.placement import count_qdq
-    from alexnet_deploy.calibration.run import Evaluator, calibrate
+    from alexnet_deploy.calibration.evaluate import Evaluator
+    from alexnet_deploy.calibration.run import calibrate
     from alexnet_deploy.runtime.metadata import read_onnx_metadata, set_metadata
 
     fp32 = fp32_onnx(variant, root)
