@@ -213,6 +213,58 @@ def test_concurrent_grpc_requests_share_the_batcher(server):
     assert images == 12 and batches < 12, (images, batches)
 
 
+def _counter(metrics: str, name: str, **labels) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    m = re.search(rf"^{re.escape(name)}{{{re.escape(want)}}} (\S+)$", metrics, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_grpc_calls_count_in_the_http_route_metrics(server):
+    """gRPC calls land in the same per-route series as HTTP (endpoint = the HTTP route's name, status = the
+    HTTP status of the outcome), so /metrics shows the load whichever protocol carries it."""
+    name = "alexnet-fp32"
+    before = _get(server.http_port, "/metrics")[1].decode()
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    for _ in range(3):
+        server.grpc.infer(name, [_input(x)])
+    _status(lambda: server.grpc.get_model_metadata("resnet"))
+    _status(lambda: server.grpc.infer(name, [_input(np.zeros((1, 3, 8, 8), np.float32))]))
+    server.grpc.is_server_live()
+    after = _get(server.http_port, "/metrics")[1].decode()
+    for labels, n in ((("infer", "200"), 3), (("metadata", "404"), 1), (("infer", "400"), 1), (("live", "200"), 1)):
+        got = _counter(after, "alexnet_requests_total", endpoint=labels[0], status=labels[1]) - \
+            _counter(before, "alexnet_requests_total", endpoint=labels[0], status=labels[1])
+        assert got == n, (labels, got)
+    hist = _counter(after, "alexnet_request_latency_seconds_count", endpoint="infer") - \
+        _counter(before, "alexnet_request_latency_seconds_count", endpoint="infer")
+    assert hist == 4, hist
+
+
+def test_bench_drives_the_grpc_endpoint(server, cli, tmp_path):
+    """alexnet-bench --server grpc://... --protocol grpc: KServe v2 ModelInfer load, counted by the server."""
+    from alexnet_deploy.cli import bench_main
+
+    before = _get(server.http_port, "/metrics")[1].decode()
+    out_json = tmp_path / "grpc.json"
+    code, out, err = cli(bench_main, "--server", f"grpc://127.0.0.1:{server.grpc_port}", "--protocol", "grpc",
+                         "--model-name", "alexnet-fp32", "--concurrency", "2", "--duration-s", "0.5",
+                         "--json", out_json)
+    assert code == 0, err
+    result = json.loads(out_json.read_text())
+    row = result["rows"][0]
+    assert result["protocol"] == "grpc" and row["concurrency"] == 2 and row["requests"] > 0 and row["errors"] == 0
+    after = _get(server.http_port, "/metrics")[1].decode()
+    served = _counter(after, "alexnet_requests_total", endpoint="infer", status="200") - \
+        _counter(before, "alexnet_requests_total", endpoint="infer", status="200")
+    assert served >= row["requests"], (served, row["requests"])
+    code, _, err = cli(bench_main, "--server", f"grpc://127.0.0.1:{server.grpc_port}", "--protocol", "grpc",
+                       "--duration-s", "0.2")
+    assert code == 2 and "--model-name" in err and err.count("\n") == 1, err
+    code, _, err = cli(bench_main, "--server", f"http://127.0.0.1:{server.grpc_port}", "--protocol", "grpc",
+                       "--model-name", "alexnet-fp32", "--duration-s", "0.2")
+    assert code == 2 and "grpc://HOST:PORT" in err, err
+
+
 def test_typed_uint_contents_are_range_checked():
     """UINT8 models take uint_contents (uint32 on the wire): a value over 255 is refused, not wrapped."""
     from tritonclient.grpc import service_pb2

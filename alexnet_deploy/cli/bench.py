@@ -12,7 +12,7 @@ from alexnet_deploy.cli.common import (
     _int_list,
     _setup_logging,
 )
-from alexnet_deploy.errors import UserInputError
+from alexnet_deploy.errors import MissingDependencyError, UserInputError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,12 +46,16 @@ from alexnet_deploy.errors import UserInputError
 @click.option("--client-batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --server: images per request.")
 @click.option("--model-name", default=None,
-              help="With --server: the model to load-test (default: the only model the server lists).")
+              help="With --server: the model to load-test (default: the only model the server lists; "
+                   "gRPC needs it).")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True,
+              help="With --server: v2 REST with binary tensors, or KServe v2 gRPC (ModelInfer with "
+                   "raw_input_contents; --server grpc://HOST:PORT, alexnet-serve's --grpc-port).")
 @click.version_option(package_name="alexnet-deploy")  # the installed version (importlib.metadata)
 @_handle_errors
 def bench_cmd(models, engines, batch_sizes, warmup_ms, duration_s, iterations, threads, baseline, images_dir,
               overhead_check, no_roofline, cuda_graph, json_path, csv_path, md_path, plot_path, compare_path,
-              max_regression, server, concurrency, client_batch, model_name):
+              max_regression, server, concurrency, client_batch, model_name, protocol):
     """Benchmark models on several engines and batch sizes: latency percentiles, throughput, ratios.
 
     With --server URL, drive a running alexnet-serve / Triton / KServe v2 endpoint instead."""
@@ -70,8 +74,17 @@ def bench_cmd(models, engines, batch_sizes, warmup_ms, duration_s, iterations, t
 
         if json_path:
             check_writable(json_path, "--json")
+        messages = None
+        if protocol == "grpc":
+            try:
+                import grpc  # noqa: F401
+
+                from alexnet_deploy.server.kserve_v2 import grpc_predict_v2_pb2 as messages
+            except ImportError as exc:
+                raise MissingDependencyError(exc.name or "grpc", "'alexnet-deploy[serve]'",
+                                             "alexnet-bench --protocol grpc") from None
         result = run_load(server, list(_int_list(concurrency)), duration_s, model=model_name, batch=client_batch,
-                          warmup_ms=warmup_ms, echo=click.echo)
+                          warmup_ms=warmup_ms, echo=click.echo, protocol=protocol, messages=messages)
         if json_path:
             atomic_write_bytes(json_path, json.dumps(result, indent=2).encode())
         return

@@ -30,8 +30,8 @@ from alexnet_deploy.runtime.preprocess import DEFAULT_MAX_PIXELS
 from alexnet_deploy.server.batcher import DynamicBatcher, QueueFull
 from alexnet_deploy.server.connections import ConnectionLimits
 from alexnet_deploy.server.metrics import Metrics, MetricsMiddleware
-from alexnet_deploy.server.protocol import (HEADER_LENGTH, NP_TO_V2, ProtocolError, build_infer_response, check_outputs,
-                                             decompress, header_int, parse_infer_request)
+from alexnet_deploy.server.protocol import (HEADER_LENGTH, NP_TO_V2, ModelSpec, ProtocolError, build_infer_response,
+                                             check_batch, check_model, decompress, header_int, prepare_infer_body)
 from alexnet_deploy.exporter.triton import config_json as triton_config
 
 PLATFORMS = {"ort": "onnxruntime_onnx", "trt": "tensorrt_plan", "torch": "pytorch_libtorch"}
@@ -80,6 +80,7 @@ def create_app(runner, options: ServeOptions | None = None):
     dims, dtype = tuple(meta.input_dims), np.dtype(meta.input_dtype)  # (H, W, 3) uint8 for uint8-nhwc models
     v2_type = NP_TO_V2[dtype]
     max_batch = min(opts.max_batch, runner.max_batch or opts.max_batch) if runner.max_batch else opts.max_batch
+    spec = ModelSpec(opts.name, opts.version, meta.input_name, dims, dtype, meta.output_name, max_batch)
     body_limit = int(opts.max_body_mb * 1024 * 1024)
     retry = {"retry-after": str(opts.retry_after_s)}
 
@@ -114,12 +115,6 @@ def create_app(runner, options: ServeOptions | None = None):
             headers["connection"] = "close"
         return JSONResponse({"error": _clean(message)}, status_code=status, headers=headers)
 
-    def check_model(name: str, version: str | None):
-        if name != opts.name:
-            raise ProtocolError(f"unknown model {name!r}; this server serves {opts.name!r}", 404)
-        if version is not None and version != opts.version:
-            raise ProtocolError(f"model {name!r} has no version {version!r} (only {opts.version!r})", 404)
-
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and header_int(declared, "Content-Length") > body_limit:
@@ -153,8 +148,7 @@ def create_app(runner, options: ServeOptions | None = None):
     async def run(x: np.ndarray) -> np.ndarray:
         if not state["ready"]:
             raise ProtocolError("the model is not ready", 503)
-        if len(x) > max_batch:
-            raise ProtocolError(f"batch {len(x)} exceeds this server's max batch {max_batch}")
+        check_batch(x, spec)
         try:
             return await asyncio.wait_for(state["batcher"].submit(x), timeout=opts.timeout_s)
         except QueueFull as exc:
@@ -176,23 +170,6 @@ def create_app(runner, options: ServeOptions | None = None):
     config_json = triton_config(opts.name, meta, PLATFORMS.get(runner.engine.split("-")[0], runner.engine), max_batch,
                                 opts.max_queue_delay_ms, "gpu" if runner.engine in ("trt", "ort-cuda", "ort-trt",
                                                                                    "torch-cuda") else "cpu")
-
-    def prepare_infer(body: bytes, header_length: str | None):
-        req = parse_infer_request(body, header_length)
-        if set(req.inputs) != {meta.input_name}:
-            raise ProtocolError(f"inputs: this model takes one input named {meta.input_name!r}, "
-                                f"got {', '.join(repr(n) for n in req.inputs)}")
-        x = req.inputs[meta.input_name]
-        if x.dtype != dtype:
-            raise ProtocolError(f"inputs[0].datatype: input {meta.input_name!r} must be {v2_type}, "
-                                f"got {NP_TO_V2[x.dtype]}")
-        if x.ndim != 4 or tuple(x.shape[1:]) != dims or x.shape[0] < 1:
-            raise ProtocolError(f"inputs[0].shape: input {meta.input_name!r} must have shape "
-                                f"[N, {', '.join(map(str, dims))}], got {list(x.shape)}")
-        if dtype.kind == "f" and not np.isfinite(x).all():
-            raise ProtocolError(f"inputs[0].data: input {meta.input_name!r} holds NaN or infinite values")
-        check_outputs(req, [meta.output_name])
-        return req, x
 
     def decode(body: bytes) -> np.ndarray:
         from alexnet_deploy.runtime.preprocess import ImageTooLargeError, load_image, model_batch
@@ -255,13 +232,13 @@ def create_app(runner, options: ServeOptions | None = None):
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def metadata(name: str, version: str | None = None):
-        check_model(name, version)
+        check_model(spec, name, version)
         return model_meta
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None):
-        check_model(name, version)
+        check_model(spec, name, version)
         if state["ready"]:
             return {"name": name, "ready": True}
         return JSONResponse({"name": name, "ready": False, "error": "the model is not ready"}, status_code=503,
@@ -270,16 +247,14 @@ def create_app(runner, options: ServeOptions | None = None):
     def parse_body(body: bytes, encoding: str | None, header_length: str | None):
         """In the worker pool: inflate a compressed body (limit applied after), parse and check the request."""
         t0 = time.perf_counter()
-        if encoding is not None:
-            body = decompress(body, encoding, body_limit)
-        req, x = prepare_infer(body, header_length)
+        req, x = prepare_infer_body(body, header_length, spec, encoding, body_limit)
         return req, x, time.perf_counter() - t0
 
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None):
         t0 = time.perf_counter()
-        check_model(name, version)
+        check_model(spec, name, version)
         try:
             req, x, input_s = await offload(parse_body, await read_body(request),
                                             request.headers.get("content-encoding"), request.headers.get(HEADER_LENGTH))
@@ -296,20 +271,20 @@ def create_app(runner, options: ServeOptions | None = None):
     @app.get("/v2/models/{name}/config")
     @app.get("/v2/models/{name}/versions/{version}/config")
     async def model_config(name: str, version: str | None = None):
-        check_model(name, version)
+        check_model(spec, name, version)
         return config_json
 
     @app.get("/v2/models/{name}/stats")
     @app.get("/v2/models/{name}/versions/{version}/stats")
     async def model_stats(name: str, version: str | None = None):
-        check_model(name, version)
+        check_model(spec, name, version)
         return stats.json(opts.name, opts.version)
 
     @app.post("/models/{name}/classify")
     async def classify(name: str, request: Request, top_k: int = Query(5, ge=1)):
         from alexnet_deploy.runtime.postprocess import to_probabilities, topk
 
-        check_model(name, None)
+        check_model(spec, name, None)
         body = await read_body(request)
         if request.headers.get("content-encoding") is not None:
             body = await offload(decompress, body, request.headers["content-encoding"], body_limit)
@@ -347,7 +322,7 @@ def create_app(runner, options: ServeOptions | None = None):
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     # the same checks, batcher, limits and statistics for the KServe v2 gRPC endpoint (server/grpc_service.py)
-    app.state.v2 = {"state": state, "prepare_infer": prepare_infer, "run": run, "model_meta": model_meta}
+    app.state.v2 = {"state": state, "spec": spec, "run": run, "model_meta": model_meta}
     route_names = frozenset(getattr(r, "name", "") for r in app.routes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, route_names=route_names)
     return app

@@ -2,10 +2,11 @@
 ServerMetadata, ModelMetadata and ModelInfer of KServe's ``grpc_predict_v2.proto`` (vendored in ``kserve_v2/``,
 whose package and service names Triton's ``GRPCInferenceService`` keeps, so ``tritonclient.grpc`` works unmodified).
 
-It is a thin adapter over the HTTP side: a ModelInfer request is rewritten into the v2 binary-tensor request
-(JSON head + raw bytes) and goes through the same ``prepare_infer`` checks, the same dynamic batcher, queue limit
-and deadline (``run``), the same Triton statistics and the same response builder as ``POST /v2/models/.../infer``,
-so both protocols answer with the same bytes. It runs on uvicorn's event loop, started after the HTTP app is ready
+It is a thin adapter over the HTTP side: a ModelInfer request is rewritten into the v2 request head (the dict an
+HTTP client sends as JSON) + raw input bytes and goes through the same ``protocol.prepare_infer`` checks, the same
+dynamic batcher, queue limit and deadline (``run``), the same Triton statistics, the same per-route Prometheus
+counters (endpoint = the HTTP route's name, status = the HTTP status the error maps from) and the same response
+builder as ``POST /v2/models/.../infer``, so both protocols answer with the same bytes. It runs on uvicorn's event loop, started after the HTTP app is ready
 and stopped (in-flight calls finished) before the batcher drains. HTTP statuses map to gRPC codes: 400
 INVALID_ARGUMENT, 404 NOT_FOUND, 413 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED.
 
@@ -25,7 +26,8 @@ import numpy as np
 
 from alexnet_deploy import __version__
 from alexnet_deploy.errors import UserInputError
-from alexnet_deploy.server.protocol import DATATYPES, HEADER_LENGTH, ProtocolError, build_infer_response
+from alexnet_deploy.server.protocol import (DATATYPES, HEADER_LENGTH, ProtocolError, build_infer_response, check_model,
+                                             prepare_infer)
 
 log = logging.getLogger("alexnet_deploy.server.grpc")
 SERVICE = "inference.GRPCInferenceService"
@@ -75,8 +77,16 @@ def _params(entries, where: str) -> dict:
 
 
 def to_v2_body(req) -> tuple[bytes, str]:
-    """A ModelInferRequest -> the v2 binary-tensor body (JSON head + raw input bytes) and its head length, which
-    protocol.parse_infer_request / app.prepare_infer then check field by field like an HTTP request."""
+    """A ModelInferRequest -> the v2 binary-tensor body (JSON head + raw input bytes) and its head length, as an
+    HTTP client would send it (protocol.parse_infer_request reads it)."""
+    head, binary = to_v2_request(req)
+    head_bytes = json.dumps(head).encode()
+    return head_bytes + binary, str(len(head_bytes))
+
+
+def to_v2_request(req) -> tuple[dict, bytes]:
+    """A ModelInferRequest -> (the v2 request head, the raw input bytes it declares), which protocol.prepare_infer
+    checks field by field exactly like an HTTP request (no JSON round trip on the request path)."""
     raw = list(req.raw_input_contents)
     if raw and len(raw) != len(req.inputs):
         raise ProtocolError(f"raw_input_contents: {len(raw)} entries for {len(req.inputs)} inputs "
@@ -129,8 +139,7 @@ def to_v2_body(req) -> tuple[bytes, str]:
         head["id"] = req.id
     if outputs:
         head["outputs"] = outputs
-    head_bytes = json.dumps(head).encode()
-    return head_bytes + b"".join(blobs), str(len(head_bytes))
+    return head, b"".join(blobs)
 
 
 def to_infer_response(body: bytes, headers: dict[str, str]):
@@ -158,17 +167,15 @@ class InferenceService:
 
     def __init__(self, app, runner, name: str, version: str):
         self.hooks = app.state.v2
+        self.spec = self.hooks["spec"]
+        self.metrics = app.state.metrics
         self.stats = app.state.metrics.stats
         self.state = self.hooks["state"]
         self.meta = runner.metadata
         self.name, self.version = name, version
 
     def _check_model(self, name: str, version: str) -> None:
-        if name != self.name:
-            raise ProtocolError(f"model_name: unknown model {name[:100]!r}; this server serves {self.name!r}", 404)
-        if version and version != self.version:
-            raise ProtocolError(f"model_version: model {name!r} has no version {version[:40]!r} "
-                                f"(only {self.version!r})", 404)
+        check_model(self.spec, name, version, field="model_name")
 
     async def server_live(self, req, context):
         return _pb().ServerLiveResponse(live=True)
@@ -202,7 +209,7 @@ class InferenceService:
 
             def parse():
                 t = time.perf_counter()
-                r, x = self.hooks["prepare_infer"](*to_v2_body(req))
+                r, x = prepare_infer(*to_v2_request(req), self.spec)
                 return r, x, time.perf_counter() - t
 
             v2req, x, input_s = await loop.run_in_executor(self.state["pool"], parse)
@@ -219,24 +226,42 @@ class InferenceService:
         return resp
 
 
-def _handler(fn, request_cls, response_cls):
+# each RPC counts under the name of the HTTP route that does the same thing (server/app.py), so /metrics has one
+# series per operation whichever protocol carried it
+ENDPOINTS = {"ServerLive": "live", "ServerReady": "ready", "ModelReady": "model_ready",
+             "ServerMetadata": "server_metadata", "ModelMetadata": "metadata", "ModelInfer": "infer"}
+
+
+def _handler(fn, request_cls, response_cls, metrics=None, endpoint: str = "unmatched"):
     """A unary handler that decodes the request itself (a malformed message is INVALID_ARGUMENT, not grpcio's
-    INTERNAL) and turns ProtocolError into the matching status with the message naming the field."""
+    INTERNAL) and turns ProtocolError into the matching status with the message naming the field. Every call is
+    counted in ``metrics`` (if given) under ``endpoint`` with the HTTP status its outcome corresponds to."""
     import grpc
     from google.protobuf.message import DecodeError
 
     async def call(raw: bytes, context):
+        t0 = time.perf_counter()
+        status = 500
         try:
-            req = request_cls.FromString(raw)
-        except DecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {request_cls.__name__}: {exc}")
-        try:
-            return await fn(req, context)
-        except ProtocolError as exc:
-            await context.abort(getattr(grpc.StatusCode, _CODES.get(exc.status, "INVALID_ARGUMENT")), str(exc)[:1000])
-        except Exception:  # noqa: BLE001 - logged here; the client gets one line, no traceback
-            log.exception("internal error in %s", fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+            try:
+                req = request_cls.FromString(raw)
+            except DecodeError as exc:
+                status = 400
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {request_cls.__name__}: {exc}")
+            try:
+                resp = await fn(req, context)
+                status = 200
+                return resp
+            except ProtocolError as exc:
+                status = exc.status
+                await context.abort(getattr(grpc.StatusCode, _CODES.get(exc.status, "INVALID_ARGUMENT")),
+                                    str(exc)[:1000])
+            except Exception:  # noqa: BLE001 - logged here; the client gets one line, no traceback
+                log.exception("internal error in %s", fn.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+        finally:
+            if metrics is not None:
+                metrics.observe(endpoint, status, time.perf_counter() - t0)
 
     return grpc.unary_unary_rpc_method_handler(call, request_deserializer=None,
                                                response_serializer=response_cls.SerializeToString)
@@ -249,14 +274,15 @@ async def start_grpc(app, runner, name: str, version: str, host: str, port: int,
 
     pb = _pb()
     svc = InferenceService(app, runner, name, version)
-    methods = {
-        "ServerLive": _handler(svc.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
-        "ServerReady": _handler(svc.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
-        "ModelReady": _handler(svc.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
-        "ServerMetadata": _handler(svc.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-        "ModelMetadata": _handler(svc.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-        "ModelInfer": _handler(svc.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+    rpcs = {
+        "ServerLive": (svc.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": (svc.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ModelReady": (svc.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+        "ServerMetadata": (svc.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+        "ModelMetadata": (svc.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        "ModelInfer": (svc.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
     }
+    methods = {rpc: _handler(*args, metrics=svc.metrics, endpoint=ENDPOINTS[rpc]) for rpc, args in rpcs.items()}
     server = grpc.aio.server(
         handlers=[grpc.method_handlers_generic_handler(SERVICE, methods)],
         maximum_concurrent_rpcs=max_concurrent_rpcs,

@@ -32,6 +32,12 @@ class Metrics:
             self.queue.observe(w)
         self.stats.on_batch(images, waits, compute_s)
 
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        """One finished request (HTTP or gRPC): counted by (endpoint, status) and timed by endpoint."""
+        code = status if 100 <= status <= 599 else 500
+        self.requests.labels(endpoint, str(code)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
@@ -39,7 +45,8 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Pure ASGI middleware: counts every HTTP response by (route name, status) and times it."""
+    """Pure ASGI middleware: counts every HTTP response by (route name, status) and times it (gRPC calls count in
+    the same series: server/grpc_service.py)."""
 
     def __init__(self, app, metrics: Metrics, route_names: frozenset[str]):
         self.app = app
@@ -63,9 +70,7 @@ class MetricsMiddleware:
             route = scope.get("route")
             name = getattr(route, "name", None)
             endpoint = name if name in self.route_names else UNMATCHED
-            code = status[0] if 100 <= status[0] <= 599 else 500
-            self.metrics.requests.labels(endpoint, str(code)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+            self.metrics.observe(endpoint, status[0], time.perf_counter() - t0)
 
 
 class _Duration:

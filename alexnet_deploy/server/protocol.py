@@ -26,13 +26,25 @@ NP_TO_V2 = {np.dtype(v): k for k, v in DATATYPES.items()}
 MAX_ELEMENTS = 2**31  # no tensor in a request may declare more elements than this (checked before allocating)
 
 
-class ProtocolError(Exception):
-    """Becomes a 4xx response ``{"error": message}``."""
+# the request field an error message starts with ("inputs[0].shape: ...", "raw_input_contents[1]: ...")
+_FIELD = re.compile(r"(?:inputs|outputs|raw_input_contents|model_name|model_version|id)(?:\[\d+\])?"
+                    r"(?:\.[A-Za-z_]+(?:\[[^\]]*\])?)*(?=[: ]|$)")
 
-    def __init__(self, message: str, status: int = 400, close: bool = False):
+
+class ProtocolError(Exception):
+    """Becomes a 4xx response ``{"error": message}`` (HTTP) or the matching status (gRPC).
+
+    ``status`` is the HTTP status; ``field`` the request field at fault (``inputs[0].shape``), given or read from
+    the start of the message, None when the fault is not one field (a busy server, a missing header)."""
+
+    def __init__(self, message: str, status: int = 400, close: bool = False, field: str | None = None):
         super().__init__(message)
         self.status = status
         self.close = close  # the body may be unread: answer with "connection: close"
+        if field is None:
+            m = _FIELD.match(message)
+            field = m.group(0) if m else None
+        self.field = field
 
 
 @dataclass
@@ -132,14 +144,26 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     raise ProtocolError(f"the {enc} request body is corrupt")
 
 
-def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
+def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
+    """An HTTP v2 body -> (the parsed JSON head, the binary section after it)."""
     if header_length is not None:
         n = header_int(header_length, HEADER_LENGTH)
         if not 0 < n <= len(body):
             raise ProtocolError(f"{HEADER_LENGTH} {n} does not fit the {len(body)}-byte body")
-        head, binary = _json(memoryview(body)[:n]), memoryview(body)[n:]
-    else:
-        head, binary = _json(body), memoryview(b"")
+        return _json(memoryview(body)[:n]), memoryview(body)[n:]
+    return _json(body), memoryview(b"")
+
+
+def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
+    return parse_infer_head(*split_body(body, header_length))
+
+
+def parse_infer_head(head: dict, binary: bytes | memoryview = b"") -> InferRequest:
+    """A parsed v2 request head (the JSON object, as HTTP sends it or gRPC's adapter builds it) and the raw bytes
+    of its binary inputs -> an InferRequest; every field is type-checked, errors name it."""
+    if not isinstance(head, dict):
+        raise ProtocolError("the request must be a JSON object with an 'inputs' list")
+    binary = memoryview(binary)
     request_id = head.get("id")
     if request_id is not None and (not isinstance(request_id, str) or not _utf8(request_id)):
         raise ProtocolError("id must be a (valid Unicode) string")
@@ -225,6 +249,79 @@ def check_outputs(req: InferRequest, available: list[str]) -> None:
         if spec["name"] not in available:
             raise ProtocolError(f"outputs[{i}].name: unknown output {spec['name']!r}; this model has "
                                 f"{', '.join(repr(n) for n in available)}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What request validation needs to know of the served model and the server's limits."""
+    name: str
+    version: str
+    input_name: str
+    input_dims: tuple[int, ...]  # per image: (3, H, W), or (H, W, 3) for uint8-nhwc models
+    input_dtype: np.dtype
+    output_name: str
+    max_batch: int
+
+    @property
+    def v2_type(self) -> str:
+        return NP_TO_V2[np.dtype(self.input_dtype)]
+
+
+def check_model(spec: ModelSpec, name: str, version: str | None, field: str = "") -> None:
+    """404 for a model name or version this server does not serve. ``field`` (gRPC: ``"model_name"``) prefixes
+    the message with the request field and shortens echoed values; an empty or None version means "any"."""
+    if name != spec.name:
+        shown = name[:100] if field else name
+        where = f"{field}: " if field else ""
+        raise ProtocolError(f"{where}unknown model {shown!r}; this server serves {spec.name!r}", 404,
+                            field=field or None)
+    if version and version != spec.version:
+        shown = version[:40] if field else version
+        where = "model_version: " if field else ""
+        raise ProtocolError(f"{where}model {name!r} has no version {shown!r} (only {spec.version!r})", 404,
+                            field="model_version" if field else None)
+
+
+def check_input(req: InferRequest, spec: ModelSpec) -> np.ndarray:
+    """The one input tensor of a parsed request, checked against the model (name, datatype, shape, batch, finite
+    values) and its outputs against the model's; -> the batch array."""
+    if set(req.inputs) != {spec.input_name}:
+        raise ProtocolError(f"inputs: this model takes one input named {spec.input_name!r}, "
+                            f"got {', '.join(repr(n) for n in req.inputs)}", field="inputs")
+    x = req.inputs[spec.input_name]
+    dtype = np.dtype(spec.input_dtype)
+    if x.dtype != dtype:
+        raise ProtocolError(f"inputs[0].datatype: input {spec.input_name!r} must be {spec.v2_type}, "
+                            f"got {NP_TO_V2[x.dtype]}")
+    dims = tuple(spec.input_dims)
+    if x.ndim != 4 or tuple(x.shape[1:]) != dims or x.shape[0] < 1:
+        raise ProtocolError(f"inputs[0].shape: input {spec.input_name!r} must have shape "
+                            f"[N, {', '.join(map(str, dims))}], got {list(x.shape)}")
+    if dtype.kind == "f" and not np.isfinite(x).all():
+        raise ProtocolError(f"inputs[0].data: input {spec.input_name!r} holds NaN or infinite values")
+    check_outputs(req, [spec.output_name])
+    return x
+
+
+def check_batch(x: np.ndarray, spec: ModelSpec) -> None:
+    if len(x) > spec.max_batch:
+        raise ProtocolError(f"batch {len(x)} exceeds this server's max batch {spec.max_batch}",
+                            field="inputs[0].shape")
+
+
+def prepare_infer(head: dict, binary: bytes | memoryview, spec: ModelSpec) -> tuple[InferRequest, np.ndarray]:
+    """A v2 request head + binary section -> (the parsed request, its checked input batch)."""
+    req = parse_infer_head(head, binary)
+    return req, check_input(req, spec)
+
+
+def prepare_infer_body(body: bytes, header_length: str | None, spec: ModelSpec, encoding: str | None = None,
+                       body_limit: int = 16 * 1024 * 1024) -> tuple[InferRequest, np.ndarray]:
+    """An HTTP request body (compressed with ``encoding`` or not; ``body_limit`` applies to the inflated size)
+    -> (the parsed request, its checked input batch)."""
+    if encoding is not None:
+        body = decompress(body, encoding, body_limit)
+    return prepare_infer(*split_body(body, header_length), spec)
 
 
 def classify(scores: np.ndarray, count: int, labels: list[str] | None) -> np.ndarray:

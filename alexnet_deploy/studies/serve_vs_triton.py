@@ -1,0 +1,259 @@
+"""alexnet-serve against a real Triton front end (issue 21 §5), in one run.
+
+    python -m alexnet_deploy.studies.serve_vs_triton MODEL.onnx [--json docs/benchmarks/serve-vs-triton.json]
+
+Starts PyTriton (Triton's own ``tritonserver`` binary, Python backend; from its own venv, default
+/work/.venv-pytriton, as a subprocess) serving MODEL through an onnxruntime session with the same threads
+(``@batch``, max batch 32, 2 ms queue delay, the model name alexnet-serve's ``--name auto`` gives the artifact),
+and ``alexnet-serve --threads T --max-batch 32 --max-queue-delay-ms 2 --name auto`` on the same file. It checks
+that both give the same logits, then drives both with alexnet-bench --server's load generator
+(benchmarks/loadgen.py) at each concurrency over HTTP and gRPC, the two servers interleaved per concurrency (the
+order alternates) so that the machine's changing load falls on both. Prints a table and writes JSON with the
+machine (runtime.machine.machine_info) and the load average around each pair.
+
+Benchmarks are not tests: nothing here is run by pytest."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+PYTRITON_PYTHON = Path(os.environ.get("ALEXNET_PYTRITON_PYTHON", "/work/.venv-pytriton/bin/python"))
+
+# Run with PyTriton's venv (numpy, onnxruntime, nvidia-pytriton); it imports nothing of alexnet-deploy.
+PYTRITON_SERVER = r'''
+import argparse, sys
+import numpy as np
+import onnxruntime as ort
+from pytriton.decorators import batch
+from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+from pytriton.triton import Triton, TritonConfig
+
+p = argparse.ArgumentParser()
+p.add_argument("model"); p.add_argument("--name", required=True); p.add_argument("--threads", type=int, default=2)
+p.add_argument("--http-port", type=int, required=True); p.add_argument("--grpc-port", type=int, required=True)
+p.add_argument("--metrics-port", type=int, required=True)
+p.add_argument("--max-batch", type=int, default=32); p.add_argument("--queue-delay-us", type=int, default=2000)
+a = p.parse_args()
+so = ort.SessionOptions()
+so.intra_op_num_threads = a.threads
+so.inter_op_num_threads = 1
+sess = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
+inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}[inp.type]
+
+@batch
+def infer(**inputs):
+    return {out.name: sess.run([out.name], {inp.name: inputs[inp.name]})[0]}
+
+cfg = TritonConfig(http_address="127.0.0.1", http_port=a.http_port, grpc_address="127.0.0.1", grpc_port=a.grpc_port,
+                   metrics_port=a.metrics_port, log_verbose=0)
+with Triton(config=cfg) as triton:
+    triton.bind(model_name=a.name, infer_func=infer,
+                inputs=[Tensor(name=inp.name, dtype=dtype, shape=tuple(inp.shape[1:]))],
+                outputs=[Tensor(name=out.name, dtype=np.float32, shape=tuple(out.shape[1:]))],
+                config=ModelConfig(max_batch_size=a.max_batch,
+                                   batcher=DynamicBatcher(max_queue_delay_microseconds=a.queue_delay_us)),
+                strict=False)
+    print("pytriton ready", flush=True)
+    triton.serve()
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class Server:
+    """A server subprocess with its HTTP and gRPC ports; stopped with SIGTERM (then killed)."""
+
+    def __init__(self, label: str, argv: list[str], http_port: int, grpc_port: int, log: Path, timeout_s: float = 180):
+        self.label, self.http_port, self.grpc_port, self.log = label, http_port, grpc_port, log
+        self._fh = open(log, "w")
+        self.proc = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + timeout_s
+        while not _ready(http_port):
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"{label} did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.2)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._fh.close()
+
+
+def start_alexnet_serve(model: Path, workdir: Path, threads: int = 2, extra: tuple[str, ...] = ()) -> Server:
+    hp, gp = free_port(), free_port()
+    argv = [sys.executable, "-c", "from alexnet_deploy.cli import serve_main; serve_main()", str(model),
+            "--port", str(hp), "--grpc-port", str(gp), "--threads", str(threads), "--max-batch", "32",
+            "--max-queue-delay-ms", "2", "--name", "auto", *extra]
+    return Server("alexnet-serve", argv, hp, gp, workdir / "alexnet-serve.log")
+
+
+def start_pytriton(model: Path, name: str, workdir: Path, threads: int = 2,
+                   python: Path = PYTRITON_PYTHON) -> Server:
+    script = workdir / "pytriton_server.py"
+    script.write_text(PYTRITON_SERVER)
+    hp, gp, mp = free_port(), free_port(), free_port()
+    argv = [str(python), str(script), str(model), "--name", name, "--threads", str(threads),
+            "--http-port", str(hp), "--grpc-port", str(gp), "--metrics-port", str(mp)]
+    return Server("triton", argv, hp, gp, workdir / "pytriton.log")
+
+
+def pytriton_available(python: Path = PYTRITON_PYTHON) -> str | None:
+    """None when PyTriton can run here, else the reason it cannot."""
+    if not python.exists():
+        return f"{python} is missing (python3 -m venv /work/.venv-pytriton && pip install nvidia-pytriton onnxruntime)"
+    r = subprocess.run([str(python), "-c", "import pytriton, onnxruntime"], capture_output=True, text=True)
+    return None if r.returncode == 0 else f"{python} lacks pytriton or onnxruntime: {r.stderr.strip()[-200:]}"
+
+
+def served_name(url: str) -> str:
+    from alexnet_deploy.benchmarks.loadgen import served_model
+
+    return served_model(url)
+
+
+def logits(url: str, name: str, x: np.ndarray) -> np.ndarray:
+    """One binary v2 request with tritonclient.http (unchanged)."""
+    import tritonclient.http as tch
+
+    c = tch.InferenceServerClient(url.split("://", 1)[1])
+    try:
+        meta = c.get_model_metadata(name)
+        i = tch.InferInput(meta["inputs"][0]["name"], list(x.shape), meta["inputs"][0]["datatype"])
+        i.set_data_from_numpy(x, binary_data=True)
+        out = meta["outputs"][0]["name"]
+        return c.infer(name, [i], outputs=[tch.InferRequestedOutput(out, binary_data=True)]).as_numpy(out)
+    finally:
+        c.close()
+
+
+def _load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def compare(servers: dict, name: str, levels: list[int], protocols: list[str], duration_s: float,
+            warmup_ms: float, echo=print) -> list[dict]:
+    from alexnet_deploy.benchmarks.loadgen import run_load
+    from alexnet_deploy.server.kserve_v2 import grpc_predict_v2_pb2
+
+    rows, flip = [], False
+    for proto in protocols:
+        for conc in levels:
+            order = ["alexnet-serve", "triton"][::-1 if flip else 1]
+            flip = not flip
+            pair = {"protocol": proto, "concurrency": conc, "order": order, "load_before": _load()}
+            for label in order:
+                s = servers[label]
+                url = s.url if proto == "http" else f"grpc://127.0.0.1:{s.grpc_port}"
+                r = run_load(url, [conc], duration_s, model=name, warmup_ms=warmup_ms, echo=lambda *_: None,
+                             protocol=proto, messages=grpc_predict_v2_pb2)["rows"][0]
+                pair[label] = {k: r[k] for k in ("requests", "errors", "throughput_ips", "p50_ms", "p99_ms")}
+            pair["load_after"] = _load()
+            pair["ratio"] = pair["alexnet-serve"]["throughput_ips"] / pair["triton"]["throughput_ips"]
+            pair["p99_ratio"] = pair["alexnet-serve"]["p99_ms"] / pair["triton"]["p99_ms"]
+            rows.append(pair)
+            a, t = pair["alexnet-serve"], pair["triton"]
+            echo(f"{proto:5s} c{conc:<3d} alexnet-serve {a['throughput_ips']:7.1f} img/s p99 {a['p99_ms']:7.1f} ms | "
+                 f"triton {t['throughput_ips']:7.1f} img/s p99 {t['p99_ms']:7.1f} ms | {pair['ratio']:.2f}x "
+                 f"(load {pair['load_before'][0]:.1f})")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model", type=Path, help="the ONNX file both servers serve")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--concurrency", default="1,4,16,64")
+    ap.add_argument("--protocols", default="http,grpc")
+    ap.add_argument("--duration-s", type=float, default=5.0)
+    ap.add_argument("--warmup-ms", type=float, default=1000.0)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--serve-arg", action="append", default=[], help="an extra alexnet-serve option (repeatable)")
+    a = ap.parse_args(argv)
+    from alexnet_deploy.runtime.machine import machine_info
+
+    why = pytriton_available()
+    if why:
+        print(f"error: PyTriton cannot run: {why}", file=sys.stderr)
+        return 2
+    levels = [int(c) for c in a.concurrency.split(",")]
+    protocols = a.protocols.split(",")
+    with tempfile.TemporaryDirectory(prefix="serve-vs-triton-") as tmp:
+        work = Path(tmp)
+        ours = start_alexnet_serve(a.model, work, a.threads, tuple(a.serve_arg))
+        theirs = None
+        try:
+            name = served_name(ours.url)
+            theirs = start_pytriton(a.model, name, work, a.threads)
+            meta = json.loads(urllib.request.urlopen(f"{ours.url}/v2/models/{name}").read())
+            shape = [4, *meta["inputs"][0]["shape"][1:]]
+            rng = np.random.default_rng(0)
+            x = (rng.integers(0, 256, shape, dtype=np.uint8) if meta["inputs"][0]["datatype"] == "UINT8"
+                 else rng.standard_normal(shape).astype(np.float32))
+            la, lt = logits(ours.url, name, x), logits(theirs.url, name, x)
+            diff = float(np.abs(la - lt).max())
+            print(f"model {a.model} as {name!r}: same logits from both servers (max abs diff {diff:g})")
+            if diff > 1e-5:
+                print(f"error: the servers disagree (max abs diff {diff:g})", file=sys.stderr)
+                return 1
+            machine = machine_info(a.threads)
+            rows = compare({"alexnet-serve": ours, "triton": theirs}, name, levels, protocols, a.duration_s,
+                           a.warmup_ms)
+            log_lines = sum(1 for _ in open(ours.log, errors="replace"))
+        finally:
+            ours.stop()
+            if theirs is not None:
+                theirs.stop()
+    result = {"schema": "alexnet-deploy.serve-vs-triton/1", "model": str(a.model), "model_name": name,
+              "input_shape": meta["inputs"][0]["shape"], "logits_max_abs_diff": diff,
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "alexnet_serve": f"--threads {a.threads} --max-batch 32 --max-queue-delay-ms 2 " + " ".join(a.serve_arg),
+              "triton": f"PyTriton, Python backend, @batch, max batch 32, 2 ms queue delay, ORT {a.threads} threads",
+              "duration_s": a.duration_s, "warmup_ms": a.warmup_ms, "alexnet_serve_log_lines": log_lines,
+              "machine": machine, "rows": rows}
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(result, indent=2))
+    print(f"\n{'proto':5s} {'conc':>4s} {'serve img/s':>11s} {'triton img/s':>12s} {'ratio':>6s} "
+          f"{'serve p99':>9s} {'triton p99':>10s} {'load':>5s}")
+    for r in rows:
+        print(f"{r['protocol']:5s} {r['concurrency']:4d} {r['alexnet-serve']['throughput_ips']:11.1f} "
+              f"{r['triton']['throughput_ips']:12.1f} {r['ratio']:6.2f} {r['alexnet-serve']['p99_ms']:9.1f} "
+              f"{r['triton']['p99_ms']:10.1f} {r['load_before'][0]:5.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
