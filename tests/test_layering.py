@@ -33,7 +33,7 @@ PKG = Path(__file__).resolve().parents[1] / "alexnet_deploy"
 
 LAYERS = {
     "": 0, "errors": 0, "fileio": 0, "deps": 0, "onnxgraph": 0,
-    "models": 1,
+    "models": 1, "schemas": 1,
     "runtime": 2,
     "data": 3,
     "calibration": 4,
