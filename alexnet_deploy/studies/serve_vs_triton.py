@@ -75,9 +75,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ready(port: int) -> bool:
+def _ready(port: int, model: str | None = None) -> bool:
+    path = f"/v2/models/{model}/ready" if model else "/v2/health/ready"  # Triton is ready before a model is bound
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
             return r.status == 200
     except OSError:
         return False
@@ -86,12 +87,13 @@ def _ready(port: int) -> bool:
 class Server:
     """A server subprocess with its HTTP and gRPC ports; stopped with SIGTERM (then killed)."""
 
-    def __init__(self, label: str, argv: list[str], http_port: int, grpc_port: int, log: Path, timeout_s: float = 180):
+    def __init__(self, label: str, argv: list[str], http_port: int, grpc_port: int, log: Path, timeout_s: float = 180,
+                 model: str | None = None):
         self.label, self.http_port, self.grpc_port, self.log = label, http_port, grpc_port, log
         self._fh = open(log, "w")
         self.proc = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + timeout_s
-        while not _ready(http_port):
+        while not _ready(http_port, model):
             if self.proc.poll() is not None or time.time() > deadline:
                 self.stop()
                 raise RuntimeError(f"{label} did not start: {log.read_text()[-3000:]}")
@@ -127,7 +129,7 @@ def start_pytriton(model: Path, name: str, workdir: Path, threads: int = 2,
     hp, gp, mp = free_port(), free_port(), free_port()
     argv = [str(python), str(script), str(model), "--name", name, "--threads", str(threads),
             "--http-port", str(hp), "--grpc-port", str(gp), "--metrics-port", str(mp)]
-    return Server("triton", argv, hp, gp, workdir / "pytriton.log")
+    return Server("triton", argv, hp, gp, workdir / "pytriton.log", model=name)
 
 
 def pytriton_available(python: Path = PYTRITON_PYTHON) -> str | None:
