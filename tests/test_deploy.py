@@ -165,6 +165,7 @@ def test_html_is_self_contained_with_table_and_plots(deployed):
         assert cmd in text
 
 
+@pytest.mark.slow
 def test_second_run_reuses_everything_and_a_changed_option_redoes_only_dependents(deployed, tmp_path):
     from alexnet_deploy.deploy.run import run_deploy
 

@@ -184,6 +184,7 @@ def _run_until_ready(argv: list[str], hold_at: str, sig: int) -> tuple[int, str,
     return rc, "".join(seen) + proc.stdout.read(), proc.stderr.read()
 
 
+@pytest.mark.slow
 def test_sigterm_after_calibrate_leaves_a_report_that_claims_no_pass(base, tmp_path):
     """The issue's case: a rerun with a changed calibration, SIGTERM right after "calibrate int8 done" (before
     the new INT8 model's parity): the new model is in place, so the report must not say PASS and must say which

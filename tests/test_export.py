@@ -51,6 +51,7 @@ def test_static_batch(tmp_path):
     assert read_onnx_metadata(result.path).batch == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [v for v in list_variants() if v != "cifar10"])
 def test_every_variant_exports_with_parity(variant, tmp_path):
     loaded = load_model(variant)

@@ -229,6 +229,7 @@ def _start(model: Path, port: int, log: Path, *extra: str) -> subprocess.Popen:
     raise RuntimeError(f"alexnet-serve did not start: {log.read_text()[-2000:]}")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's RSS from /proc")
 def test_hostile_clients(digits_onnx, tmp_path):
     from PIL import Image

@@ -32,6 +32,8 @@ from alexnet_deploy.stream.pipeline import StreamOptions, StreamPipeline  # noqa
 from alexnet_deploy.stream.sources import (RawFrame, Source, SourceError, SourceSpec, create_source,  # noqa: E402
                                            parse_source, parse_sources, pipeline_elements)
 
+pytestmark = pytest.mark.slow  # real RTSP/UDP/RTP servers, restarts and timeouts: seconds per test
+
 SIZE = 64
 FPS = 25
 

@@ -70,6 +70,7 @@ calibrate_main([sys.argv[2], "-o", sys.argv[1], "--num-images", "16", "--eval-im
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, script", [(signal.SIGTERM, _SLOW_EXPORT), (signal.SIGHUP, _SLOW_CALIBRATE)])
 def test_sigterm_and_sighup_leave_no_temporaries(tmp_path, small_onnx, sig, script):
     out = tmp_path / "new" / "deeper" / "out.onnx"
