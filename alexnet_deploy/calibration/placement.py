@@ -23,29 +23,24 @@ INT8 and INT4 paths both build from it.
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
 import onnx
 
 from alexnet_deploy.errors import UserInputError
+from alexnet_deploy.runtime.precision import StrChoice
 from alexnet_deploy.onnxgraph import consumers as consumers_of
 from alexnet_deploy.onnxgraph import module_of_node, producers
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
-class Placement(str, enum.Enum):
+class Placement(StrChoice):
     """Where Q/DQ pairs go; a ``str`` (JSON, metadata and f-strings read ``"ort"``, ``"tensorrt"``, ``"all"``)."""
 
     ORT = "ort"
     TENSORRT = "tensorrt"
     ALL = "all"
-
-    def __str__(self) -> str:
-        return self.value
-
-    __format__ = str.__format__
 
     @classmethod
     def parse(cls, name: "str | Placement") -> "Placement":

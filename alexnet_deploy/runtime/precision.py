@@ -6,15 +6,20 @@ from __future__ import annotations
 import enum
 
 
-class Precision(str, enum.Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
+class StrChoice(str, enum.Enum):
+    """A choice that reads as its plain string in JSON, metadata, f-strings and messages (``enum.StrEnum`` is
+    Python 3.11+; JetPack 6 runs 3.10). The base of :class:`Precision` and calibration's ``Placement``."""
 
     def __str__(self) -> str:
         return self.value
 
     __format__ = str.__format__
+
+
+class Precision(StrChoice):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
 
 
 PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision)  # build order: INT8 is calibrated from FP32
