@@ -39,3 +39,61 @@ def png_header_only(path: Path, w: int, h: int) -> Path:
 
 def one_line(err: str) -> bool:
     return err.count("\n") == 1 and "Traceback" not in err
+
+
+# tiny and fixed: a handful of timed runs per row, small calibration and parity sets
+FAST = dict(batch_sizes=(1, 4), bench_iterations=3, bench_duration_s=None, bench_warmup_ms=0.0, roofline=False,
+            parity_images=120, random_samples=4, calib_images=32)
+
+
+def deploy_opts(ckpt: Path, out: Path, **kw):
+    """A small deploy on the digits dataset (FAST settings); keywords override."""
+    from alexnet_deploy.deploy.plan import DeployOptions
+
+    return DeployOptions(weights=ckpt, out=out, dataset="digits", **{**FAST, **kw})
+
+
+def statuses(report: dict) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in report["steps"]}
+
+
+def make_model(path: Path, kind: str = "good", external: bool = False) -> Path:
+    """A tiny graph built with onnx.helper (no torch) carrying alexnet-deploy metadata: "good" (one image input,
+    one [N, 10] output), "two-inputs" or "nc11" (an [N, 10, 1, 1] output)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from alexnet_deploy.runtime.metadata import ModelMetadata, set_metadata
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((3, 10)).astype(np.float32), "w")
+    nodes = [helper.make_node("ReduceMean", ["input"], ["pooled"], axes=[2, 3], keepdims=0)]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])]
+    if kind == "two-inputs":
+        inputs.append(helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["N", 3]))
+        nodes.append(helper.make_node("Add", ["pooled", "bias"], ["pooled2"]))
+        nodes.append(helper.make_node("MatMul", ["pooled2", "w"], ["logits"]))
+        out_shape = ["N", 10]
+    elif kind == "nc11":
+        nodes.append(helper.make_node("MatMul", ["pooled", "w"], ["flat"]))
+        shape = numpy_helper.from_array(np.array([-1, 10, 1, 1], np.int64), "shape")
+        nodes.append(helper.make_node("Reshape", ["flat", "shape"], ["logits"]))
+        out_shape = ["N", 10, 1, 1]
+    else:
+        nodes.append(helper.make_node("MatMul", ["pooled", "w"], ["logits"]))
+        out_shape = ["N", 10]
+    inits = [w] + ([shape] if kind == "nc11" else [])
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = ModelMetadata.defaults_for("cifar10", 10)
+    meta.source_weights = "test graph"
+    set_metadata(model, meta)
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=0)
+    else:
+        onnx.save_model(model, str(path))
+    return path

@@ -499,7 +499,7 @@ def run_parity(ctx: Context, step: Step) -> dict:
 
 
 def _check(kind, ctx: Context, step: Step) -> dict:
-    # tests/test_deploy_hardening.py holds a run at a parity step by replacing run.run_parity in a subprocess;
+    # tests/deploy/test_deploy_hardening.py holds a run at a parity step by replacing run.run_parity in a subprocess;
     # this lookup keeps that hook working until it hooks the registry (STEP_KINDS["parity"].check) instead
     return run_parity(ctx, step) if kind is STEP_KINDS["parity"] else kind.check(ctx, step)
 

@@ -391,7 +391,7 @@ class GoldenStep(StepKind):
 
 class _RunHooks(MutableMapping):
     """artifact kind name -> its run callable ``(ctx, step, stage)``: a view of the registry. Replacing an entry
-    replaces that kind's run (tests/test_deploy_hardening.py hooks ``RUNNERS["golden"]`` in a subprocess)."""
+    replaces that kind's run (tests/deploy/test_deploy_hardening.py hooks ``RUNNERS["golden"]`` in a subprocess)."""
 
     def __getitem__(self, name):
         kind = STEP_KINDS.get(name)

@@ -1,5 +1,5 @@
 """server/protocol.py's request validation as plain functions, without a server: the same field-naming 4xx
-errors the HTTP and gRPC endpoints answer with (tests/test_server*.py and tests/test_grpc.py check them over the
+errors the HTTP and gRPC endpoints answer with (tests/test_server*.py and tests/server/test_grpc.py check them over the
 wire)."""
 from __future__ import annotations
 

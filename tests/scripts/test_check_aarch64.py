@@ -11,7 +11,7 @@ import pytest
 from alexnet_deploy.benchmarks import report
 from alexnet_deploy.runtime import machine
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def _reference_module():

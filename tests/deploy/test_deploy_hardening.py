@@ -445,7 +445,7 @@ def test_failed_gate_report_counts_next_step_names_and_machine(base, tmp_path, c
     from alexnet_deploy import __version__
 
     assert info["version"] == __version__
-    if (Path(__file__).resolve().parents[1] / ".git").exists() and shutil.which("git"):
+    if (Path(__file__).resolve().parents[2] / ".git").exists() and shutil.which("git"):
         assert re.fullmatch(r"[0-9a-f]{40}", info["git_commit"] or ""), info
         assert info["git_commit"][:12] in md and info["git_commit"][:12] in html
 

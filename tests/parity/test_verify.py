@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_deploy import _opts, _statuses  # tests/ is on sys.path (rootdir conftest, no package)
+from helpers import deploy_opts as _opts, statuses as _statuses
 
 
 @pytest.fixture(scope="module")

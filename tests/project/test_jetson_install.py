@@ -24,7 +24,7 @@ from packaging.version import Version
 
 tomllib = pytest.importorskip("tomllib", reason="reads pyproject.toml with Python 3.11's tomllib")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 JETSON = REPO / "deploy" / "jetson"
 EXTRAS = ("runtime", "build", "serve", "stream")
 JETPACK6_NUMPY = Version("1.21.5")  # Ubuntu 22.04's python3-numpy, what JetPack 6's OpenCV is built against

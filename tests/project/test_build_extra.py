@@ -1,6 +1,6 @@
 """The [build] extra: alexnet-calibrate and alexnet-export trt (and --rebuild-if-stale) on a device that has
 onnx, onnxruntime and a TensorRT builder but no torch (a Jetson beside JetPack's TensorRT). Each command runs in
-a subprocess with torch and the other [export]-only packages blocked, as tests/test_runtime.py does."""
+a subprocess with torch and the other [export]-only packages blocked, as tests/runtime/test_runtime.py does."""
 import json
 import subprocess
 import sys
@@ -56,7 +56,7 @@ def image_folder(tmp_path_factory) -> Path:
 
 def test_build_extras_are_declared_without_torch():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+    extras = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
     names = {k: {r.split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip() for r in v}
              for k, v in extras.items()}

@@ -16,24 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from alexnet_deploy.deploy.plan import DeployOptions
 from alexnet_deploy.deploy.report_json import ROW_FIELDS, SCHEMA, STATUSES
 from alexnet_deploy.deploy.report_md import HEADERS
+from helpers import FAST, deploy_opts as _opts, statuses as _statuses
 
 HAS_TRT = any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
-# tiny and fixed: a handful of timed runs per row, small calibration and parity sets
-FAST = dict(batch_sizes=(1, 4), bench_iterations=3, bench_duration_s=None, bench_warmup_ms=0.0, roofline=False,
-            parity_images=120, random_samples=4, calib_images=32)
-
-
-def _opts(ckpt: Path, out: Path, **kw) -> DeployOptions:
-    return DeployOptions(weights=ckpt, out=out, dataset="digits", **{**FAST, **kw})
-
-
-def _statuses(report: dict) -> dict[str, str]:
-    return {s["name"]: s["status"] for s in report["steps"]}
-
-
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory, digits_checkpoint):
     """One full run (ONNX FP32/FP16/INT8, engine builds where a TensorRT builder is installed, Triton)."""

@@ -3,7 +3,7 @@ building the TOML-table form in February 2027)."""
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def test_license_is_an_spdx_expression_with_its_file():

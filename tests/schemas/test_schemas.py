@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from alexnet_deploy.schemas import KINDS, load_schema, schema_path, validate, validation_errors
-from test_deploy import _opts  # tests/ is on sys.path (rootdir conftest, no package)
+from helpers import deploy_opts as _opts
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_schemas_are_valid_draft_2020_12_and_shipped_as_package_data(kind):
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["$id"] == f"urn:alexnet-deploy:schema:{kind}"
     Draft202012Validator.check_schema(schema)
-    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert '"alexnet_deploy.schemas" = ["*.json"]' in pyproject  # else a wheel ships the helper without its files
 
 

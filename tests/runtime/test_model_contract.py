@@ -10,43 +10,7 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-
-def make_model(path: Path, kind: str = "good", external: bool = False) -> Path:
-    from alexnet_deploy.runtime.metadata import ModelMetadata, set_metadata
-
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((3, 10)).astype(np.float32), "w")
-    nodes = [helper.make_node("ReduceMean", ["input"], ["pooled"], axes=[2, 3], keepdims=0)]
-    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])]
-    if kind == "two-inputs":
-        inputs.append(helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["N", 3]))
-        nodes.append(helper.make_node("Add", ["pooled", "bias"], ["pooled2"]))
-        nodes.append(helper.make_node("MatMul", ["pooled2", "w"], ["logits"]))
-        out_shape = ["N", 10]
-    elif kind == "nc11":
-        nodes.append(helper.make_node("MatMul", ["pooled", "w"], ["flat"]))
-        shape = numpy_helper.from_array(np.array([-1, 10, 1, 1], np.int64), "shape")
-        nodes.append(helper.make_node("Reshape", ["flat", "shape"], ["logits"]))
-        out_shape = ["N", 10, 1, 1]
-    else:
-        nodes.append(helper.make_node("MatMul", ["pooled", "w"], ["logits"]))
-        out_shape = ["N", 10]
-    inits = [w] + ([shape] if kind == "nc11" else [])
-    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)],
-                              inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta = ModelMetadata.defaults_for("cifar10", 10)
-    meta.source_weights = "test graph"
-    set_metadata(model, meta)
-    if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=0)
-    else:
-        onnx.save_model(model, str(path))
-    return path
+from helpers import make_model  # noqa: E402
 
 
 @pytest.fixture

@@ -79,7 +79,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
     pytest.importorskip("onnx")
-    from test_model_contract import make_model
+    from helpers import make_model
 
     return make_model(tmp_path_factory.mktemp("small") / "small.onnx")
 

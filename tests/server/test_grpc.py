@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 grpc = pytest.importorskip("grpc", reason="alexnet-serve --grpc-port needs grpcio ([serve] extra)")
 tcg = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc] ([dev] extra)")
 tch = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] ([dev] extra)")

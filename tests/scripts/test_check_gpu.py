@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "check_gpu.sh"
 STEPS = ["preflight", "pytest-gpu", "train", "export-models", "inputs", "predict-ort-cuda", "probe-ort-trt",
          "probe-trt", "deploy-gpu", "verify-gpu-ort-cuda", "verify-cpu-ort-cuda", "verify-gpu-ort-trt",
