@@ -6,11 +6,12 @@ import sys
 import click
 
 from alexnet_deploy.cli.common import _handle_errors, _setup_logging
+from alexnet_deploy.runtime.engines import EXPORTED_ENGINES
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("target", type=click.Path())
-@click.option("--engine", type=click.Choice(["ort", "ort-cuda", "ort-trt", "trt"]), default=None,
+@click.option("--engine", type=click.Choice(list(EXPORTED_ENGINES)), default=None,
               help="Run only the artifacts this engine runs, on it (default: ort for ONNX, trt for engines; an "
                    "engine this machine lacks is reported as skipped).")
 @click.option("--tol", multiple=True, metavar="NAME=VALUE",

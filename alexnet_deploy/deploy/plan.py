@@ -12,12 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexnet_deploy.errors import UserInputError
+from alexnet_deploy.runtime.engines import ENGINES, ONNX_ENGINES, TENSORRT_ENGINES, TORCH_ENGINES
 from alexnet_deploy.runtime.precision import PRECISIONS
 
 TARGETS = ("onnx", "trt", "triton")
-ONNX_ENGINES = ("ort", "ort-cuda", "ort-trt")
-TORCH_ENGINES = ("torch", "torch-cuda")
-ENGINES = (*TORCH_ENGINES, *ONNX_ENGINES, "trt")
 GOLDEN = "golden"  # DIR/golden: held-out inputs, labels, PyTorch outputs and gates for alexnet-verify
 REFERENCE = "pytorch"  # the checkpoint itself: the reference row (engine torch)
 KEY_SCHEMA = "alexnet-deploy.deploy-step/1"  # bump to invalidate every cached step
@@ -113,7 +111,7 @@ def engines_for(artifact: str, engines: tuple[str, ...]) -> tuple[str, ...]:
     if artifact.startswith("onnx-"):
         return tuple(e for e in engines if e in ONNX_ENGINES)
     if artifact.startswith("trt-"):
-        return tuple(e for e in engines if e == "trt")
+        return tuple(e for e in engines if e in TENSORRT_ENGINES)
     return ()
 
 

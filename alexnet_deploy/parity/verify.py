@@ -19,14 +19,13 @@ from alexnet_deploy.errors import AlexnetDeployError, InferenceError, MissingDep
 from alexnet_deploy.fileio import sha256_file
 from alexnet_deploy.parity.compare import ParityReport, _fmt
 from alexnet_deploy.parity.golden import GOLDEN_DIR, GoldenIntegrityError, GoldenSet, compare_with_golden, load_golden
+from alexnet_deploy.runtime.engines import ENGINE_SUFFIXES, ONNX_ENGINES  # noqa: F401 - ONNX_ENGINES: kept importable here
+from alexnet_deploy.runtime.engines import EXPORTED_ENGINES as ENGINES
 
 VERIFY_SCHEMA = "alexnet-deploy.verify/1"
 ARTIFACT_SCHEMA = "alexnet-deploy.artifact/1"  # an artifact folder's manifest.json (deploy/steps.py writes it)
 PROVENANCE = "provenance.json"
 REPORT = "report.json"
-ONNX_ENGINES = ("ort", "ort-cuda", "ort-trt")
-ENGINES = (*ONNX_ENGINES, "trt")
-ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 
 
 @dataclass

@@ -5,20 +5,12 @@ import os
 from pathlib import Path
 
 from alexnet_deploy.errors import ModelLoadError, UserInputError
+from alexnet_deploy.runtime import engines as _engines
+from alexnet_deploy.runtime.engines import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES, ORT_PROVIDERS
 from alexnet_deploy.runtime.metadata import read_onnx_metadata
 
-# engine -> (kind of model file it runs, description)
-ENGINES = {
-    "torch": ("checkpoint", "PyTorch eager on the CPU (the reference)"),
-    "torch-cuda": ("checkpoint", "PyTorch eager on a CUDA GPU"),
-    "ort": ("onnx", "ONNX Runtime, CPU execution provider"),
-    "ort-cuda": ("onnx", "ONNX Runtime, CUDA execution provider"),
-    "ort-trt": ("onnx", "ONNX Runtime, TensorRT execution provider"),
-    "trt": ("engine", "a serialized TensorRT / TensorRT-RTX engine"),
-}
-ONNX_SUFFIXES = (".onnx",)
-ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".ckpt")
+# engine -> (kind of model file it runs, description); the names are runtime/engines.py's
+ENGINES = {e: (_engines.MODEL_KINDS[e], _engines.DESCRIPTIONS[e]) for e in _engines.ENGINES}
 
 
 def model_kind(path: str | os.PathLike) -> str:
@@ -95,7 +87,7 @@ def open_runner(path: str | os.PathLike, engine: str | None = None, *, variant: 
     if kind == "onnx":
         from alexnet_deploy.runtime.runners.ort import OrtRunner
 
-        provider = {"ort": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[engine]
+        provider = ORT_PROVIDERS[engine]
         meta = read_onnx_metadata(path, variant)
         check_onnx_contract(path, meta)  # one line now, not ONNX Runtime's message at the first inference
         return OrtRunner(path, meta, provider=provider, threads=threads, **options)
