@@ -8,6 +8,7 @@ documented ``trt.IInt8EntropyCalibrator2`` / ``trt.IInt8MinMaxCalibrator`` whose
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,10 +16,11 @@ import numpy as np
 
 from alexnet_deploy.calibration.cache import check_cache, write_sidecar
 from alexnet_deploy.errors import UserInputError
-from alexnet_deploy.fileio import atomic_write_bytes
+from alexnet_deploy.fileio import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 ALGORITHMS = ("entropy2", "minmax")
+CALIBRATION_BATCH = 8  # images per calibrator batch (TensorRT calibrates on full batches only)
 
 
 class CalibrationFeeder:
@@ -94,3 +96,29 @@ def make_calibrator(trt, feeder: CalibrationFeeder, algorithm: str = "entropy2")
             feeder.write_calibration_cache(cache)
 
     return Calibrator()
+
+
+@dataclass(frozen=True)
+class TrtCalibration:
+    """What a TensorRT <= 10 implicit-INT8 build calibrates with (the ``alexnet-export trt`` INT8 options)."""
+    dataset: str  # digits | CIFAR-10 folder | ImageFolder | file.npy (calibration/data.py)
+    num_images: int
+    cache: Path  # TensorRT's calibration cache (reused when its provenance sidecar matches)
+    algorithm: str = "entropy2"
+    force_cache: bool = False
+
+
+def calibrator_for(trt, onnx_path: Path, meta, calibration: TrtCalibration) -> tuple[object, dict]:
+    """The INT8 calibrator for ``onnx_path`` (an FP32 ONNX; ``meta`` its metadata, which names the
+    preprocessing) and the record an engine manifest keeps of it (``build.calibration``).
+
+    ``trt`` is the imported tensorrt module (8.x-10.x); the caller sets ``config.int8_calibrator``."""
+    from alexnet_deploy.calibration.data import load_calibration_set
+
+    cal = load_calibration_set(calibration.dataset, meta, calibration.num_images)
+    cache = Path(calibration.cache)
+    prov = {"source_onnx_sha256": sha256_file(onnx_path), "preprocessing": meta.preprocessing.to_dict(),
+            "method": calibration.algorithm, "parameters": {"batch": CALIBRATION_BATCH}, **cal.provenance()}
+    feeder = CalibrationFeeder(cal.x, CALIBRATION_BATCH, cache, prov, calibration.force_cache)
+    calibrator = make_calibrator(trt, feeder, calibration.algorithm)
+    return calibrator, {"cache": str(cache), **{k: prov[k] for k in ("method", "num_images", "data_sha256", "dataset")}}

@@ -3,7 +3,18 @@
 One ``--precision`` switch for the user; the path taken depends on the library:
   strongly typed (TensorRT 11, TensorRT-RTX): fp16 builds from an FP16 ONNX, int8 from a QDQ ONNX (both made
   on the fly from an FP32 ONNX by the exporter / calibration modules);
-  TensorRT <= 10: builder flags (FP16, INT8) and, for an FP32 ONNX at int8, the INT8 calibrator + cache.
+  TensorRT <= 10: builder flags (FP16, INT8) and, for an FP32 ONNX at int8, the INT8 calibrator + cache
+  (calibration/trt_calibrator.py). Which of these a build takes is one table, :data:`PRECISION_PLANS`.
+
+:func:`build_engine` chains small steps, each taking the typed values earlier steps returned (the shape of
+Polygraphy's NetworkFromOnnxPath -> CreateConfig -> EngineBytesFromNetwork -> SaveEngine loaders):
+  check_inputs -> BuildInputs        options, the ONNX, its metadata and contract, the library, the profile
+  network_onnx -> NetworkOnnx        the ONNX to parse (the source, or an FP16 / QDQ ONNX made from it)
+  decide_precision -> PrecisionPlan  strongly typed or builder flags, calibrator or not
+  parse_network -> ParsedNetwork     builder, network, parser
+  create_config -> BuildConfig       workspace, profile, precision, target, DLA/compatibility, timing cache
+  engine_bytes -> BuiltEngine        the serialized engine
+  save_timing_cache, engine_manifest, save_engine (the .plan and its manifest, atomically)
 """
 from __future__ import annotations
 
@@ -19,7 +30,7 @@ from alexnet_deploy.errors import EngineBuildError, UserInputError
 from alexnet_deploy.fileio import (atomic_path, atomic_write_bytes, atomic_write_json, check_writable, sha256_bytes,
                                    sha256_file)
 from alexnet_deploy.onnxgraph import module_of_node
-from alexnet_deploy.runtime.metadata import read_onnx_metadata
+from alexnet_deploy.runtime.metadata import ModelMetadata, read_onnx_metadata
 from alexnet_deploy.runtime.trt_library import (MANIFEST_SCHEMA, TrtLibrary, gpu_properties, load_library,
                                                 manifest_path, platform_info)
 
@@ -94,59 +105,107 @@ def _profile(opts: TrtBuildOptions, static_batch: int | None) -> dict:
     return {"min": lo, "opt": opt, "max": hi}
 
 
-def _parse(trt, lib: TrtLibrary, logger, onnx_path: Path, strongly_typed: bool):
-    builder = trt.Builder(logger)
-    flags = 0
-    if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    if lib.major < 10 and hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and lib.name == "tensorrt":
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = []
-        for i in range(parser.num_errors):
-            err = parser.get_error(i)
-            node = err.node_name() if hasattr(err, "node_name") else ""
-            op = err.node_operator() if hasattr(err, "node_operator") else ""
-            module = module_of_node(node)
-            where = f"ONNX node {node!r}" + (f" ({op})" if op else "") + (f", PyTorch module {module}" if module else "")
-            errors.append(f"{where}: {err.desc()}" if node else err.desc())
-        raise EngineBuildError(f"{lib.name} cannot parse {onnx_path.name}: " + " | ".join(errors or ["unknown error"]))
-    return builder, network, parser
+# ------------------------------------------------------------------------------------- the values the steps pass
+@dataclass(frozen=True)
+class BuildInputs:
+    """What :func:`check_inputs` accepted, before any build work: the source ONNX, its metadata, the library,
+    the optimization profile, the options and the engine path."""
+    onnx: Path
+    meta: ModelMetadata
+    lib: TrtLibrary
+    profile: dict  # {"min", "opt", "max"} batch
+    opts: TrtBuildOptions
+    output: Path
 
 
-def _derived_onnx(onnx_path: Path, meta, opts: TrtBuildOptions, lib: TrtLibrary, engine: Path, echo) -> tuple[Path, str]:
-    """The ONNX the strongly typed builder needs for ``opts.precision`` (made on the fly from FP32)."""
-    if opts.precision == meta.precision or not lib.strongly_typed:
-        return onnx_path, meta.precision
-    if meta.precision != "fp32":
-        raise UserInputError(f"{onnx_path.name} is {meta.precision}; pass the FP32 ONNX to build an {opts.precision} engine")
-    if opts.precision == "fp16":
-        from alexnet_deploy.exporter.fp16 import to_fp16
-        from alexnet_deploy.runtime.metadata import set_metadata
-
-        out = engine.with_name(engine.stem + ".fp16.onnx")
-        model = to_fp16(onnx.load(str(onnx_path)))
-        set_metadata(model, dataclasses.replace(meta, precision="fp16", fp32_onnx_sha256=sha256_file(onnx_path)))
-        with atomic_path(out) as tmp:
-            onnx.save(model, str(tmp))
-        echo(f"made FP16 ONNX {out.name} for the strongly typed {lib.name} builder")
-        return out, "fp16"
-    from alexnet_deploy.calibration.run import calibrate
-
-    out = engine.with_name(engine.stem + ".int8.onnx")
-    echo(f"calibrating a QDQ INT8 ONNX ({out.name}) for the strongly typed {lib.name} builder")
-    # --calib-cache here is alexnet-calibrate's range cache (checked against its provenance, reused when the
-    # model, data and method match): what a strongly typed build calibrates with instead of TensorRT's calibrator
-    calibrate(onnx_path, out, dataset=opts.calib_dataset, num_images=opts.calib_images, method=opts.calib_method,
-              placement=opts.qdq_placement, cache=opts.calib_cache, echo=echo)
-    return out, "int8"
+@dataclass(frozen=True)
+class NetworkOnnx:
+    """The ONNX the builder parses: the source, or one made from it for a strongly typed builder."""
+    path: Path
+    precision: str
+    meta: ModelMetadata  # its own metadata (a derived ONNX records fp16 / its calibration)
+    derived: bool  # made on the fly next to the engine (deleted again if the build fails)
 
 
-def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOptions | None = None,
-                 echo=print) -> BuildResult:
-    opts = opts or TrtBuildOptions()
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How one ``--precision`` is built (:func:`decide_precision`'s answer): the manifest's ``precision_path``,
+    whether the network is strongly typed (the types come from the ONNX), the ``trt.BuilderFlag`` names set on
+    the config, and whether TensorRT's INT8 calibrator runs."""
+    path: str
+    strongly_typed: bool = False
+    flags: tuple[str, ...] = ()
+    calibrator: bool = False
+
+
+@dataclass
+class ParsedNetwork:
+    """Builder, network and parser of one ONNX (the parser is kept: the network refers to its weights)."""
+    builder: object
+    network: object
+    parser: object
+    logger: object  # the _Logger: the build error's one line
+    onnx: NetworkOnnx
+    library: str  # the library's name, for the build error
+
+    @property
+    def input(self):
+        return self.network.get_input(0)
+
+    @property
+    def output_name(self) -> str:
+        return self.network.get_output(0).name
+
+
+@dataclass
+class BuildConfig:
+    """A builder config with its profile, precision, target and timing cache set, and what the manifest records."""
+    config: object
+    precision: PrecisionPlan
+    calibration: dict  # the manifest's build.calibration
+    gpu: dict | None
+    target_compute_capability: str | None
+    timing_cache: dict  # {"path", "loaded_bytes"} (+ "saved" once written)
+    calibrator: object = None  # kept alive until the build has run
+
+
+@dataclass
+class BuiltEngine:
+    """The serialized engine and what it was built from."""
+    data: bytes
+    seconds: float
+    network: ParsedNetwork
+    config: BuildConfig
+
+
+# --------------------------------------------------------------------------------------------- the precision
+# (strongly typed library, engine precision, the parsed ONNX is QDQ INT8) -> plan. Strongly typed (TensorRT 11,
+# TensorRT-RTX): the ONNX's own types decide (an FP16 ONNX for fp16, a QDQ ONNX for int8). TensorRT <= 10:
+# builder flags; INT8 from a QDQ ONNX is explicit, from an FP32 ONNX it needs the calibrator.
+_FP16_FLAG = PrecisionPlan("builder-flag-fp16", flags=("FP16",))
+PRECISION_PLANS: dict[tuple[bool, str, bool], PrecisionPlan] = {
+    (True, "fp32", False): PrecisionPlan("fp32", strongly_typed=True),
+    (True, "fp16", False): PrecisionPlan("strongly-typed-fp16-onnx", strongly_typed=True),
+    (True, "int8", True): PrecisionPlan("strongly-typed-qdq-int8", strongly_typed=True),
+    (False, "fp32", False): PrecisionPlan("fp32"),
+    (False, "fp32", True): PrecisionPlan("fp32"),
+    (False, "fp16", False): _FP16_FLAG,
+    (False, "fp16", True): _FP16_FLAG,
+    (False, "int8", True): PrecisionPlan("qdq-explicit-int8", flags=("FP16", "INT8")),
+    (False, "int8", False): PrecisionPlan("implicit-int8-calibrator", flags=("FP16", "INT8"), calibrator=True),
+}
+
+
+def decide_precision(lib: TrtLibrary, precision: str, onnx_precision: str) -> PrecisionPlan:
+    """The plan for a ``precision`` engine from an ``onnx_precision`` ONNX with ``lib`` (one table lookup)."""
+    if lib.strongly_typed and onnx_precision != precision:
+        raise UserInputError(f"{lib.name} is strongly typed: a {precision} engine needs a {precision} ONNX")
+    return PRECISION_PLANS[(lib.strongly_typed, precision, onnx_precision == "int8")]
+
+
+# -------------------------------------------------------------------------------------------------- the steps
+def check_inputs(onnx_path: str | Path, output: str | Path, opts: TrtBuildOptions, echo=print) -> BuildInputs:
+    """Every check that needs no build work: options, the ONNX, its metadata and contract, the library."""
     onnx_path, output = Path(onnx_path), check_writable(output)
     if opts.precision not in PRECISIONS:
         raise UserInputError(f"unknown precision {opts.precision!r}; choose {', '.join(PRECISIONS)}")
@@ -159,9 +218,7 @@ def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOption
 
     check_onnx_contract(onnx_path, meta)  # one image input, one [N, C] output: before any build work
     lib = load_library(opts.library)
-    trt = lib.module
     profile = _profile(opts, meta.batch)
-    src_meta_precision = meta.precision
     calib = (meta.extra or {}).get("calibration")
     params = calib.get("parameters") if isinstance(calib, dict) else None
     placement = params.get("placement") if isinstance(params, dict) else None
@@ -175,52 +232,120 @@ def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOption
     if opts.calib_cache and not (opts.precision == "int8" and meta.precision == "fp32"):  # was ignored silently
         raise UserInputError(f"--calib-cache is not used by this build (an {opts.precision} engine from a "
                              f"{meta.precision} ONNX calibrates nothing); drop it")
-    build_onnx, onnx_precision = _derived_onnx(onnx_path, meta, opts, lib, output, echo)
-    try:
-        return _build(trt, lib, meta, opts, onnx_path, output, build_onnx, onnx_precision, profile,
-                      src_meta_precision, echo)
-    except BaseException:  # a failed or interrupted build leaves no derived ONNX next to the engine
-        if build_onnx != onnx_path:
-            build_onnx.unlink(missing_ok=True)
-        raise
+    return BuildInputs(onnx_path, meta, lib, profile, opts, output)
 
 
-def _build(trt, lib: TrtLibrary, meta, opts: TrtBuildOptions, onnx_path: Path, output: Path, build_onnx: Path,
-           onnx_precision: str, profile: dict, src_meta_precision: str, echo) -> BuildResult:
-    """Parse ``build_onnx`` and build the engine (the part of :func:`build_engine` after its inputs are checked)."""
-    extra_files = [build_onnx] if build_onnx != onnx_path else []
-    if lib.strongly_typed and onnx_precision != opts.precision:
-        raise UserInputError(f"{lib.name} is strongly typed: a {opts.precision} engine needs a {opts.precision} ONNX")
+def network_onnx(job: BuildInputs, echo=print) -> NetworkOnnx:
+    """The ONNX the builder needs for ``job.opts.precision``: the source, or (strongly typed) an FP16 / QDQ INT8
+    ONNX made on the fly from an FP32 source, next to the engine."""
+    opts, meta, lib, onnx_path = job.opts, job.meta, job.lib, job.onnx
+    if opts.precision == meta.precision or not lib.strongly_typed:
+        return NetworkOnnx(onnx_path, meta.precision, meta, derived=False)
+    if meta.precision != "fp32":
+        raise UserInputError(f"{onnx_path.name} is {meta.precision}; pass the FP32 ONNX to build an {opts.precision} engine")
+    if opts.precision == "fp16":
+        from alexnet_deploy.exporter.fp16 import to_fp16
+        from alexnet_deploy.runtime.metadata import set_metadata
+
+        out = job.output.with_name(job.output.stem + ".fp16.onnx")
+        model = to_fp16(onnx.load(str(onnx_path)))
+        set_metadata(model, dataclasses.replace(meta, precision="fp16", fp32_onnx_sha256=sha256_file(onnx_path)))
+        with atomic_path(out) as tmp:
+            onnx.save(model, str(tmp))
+        echo(f"made FP16 ONNX {out.name} for the strongly typed {lib.name} builder")
+        return NetworkOnnx(out, "fp16", read_onnx_metadata(out), derived=True)
+    from alexnet_deploy.calibration.run import calibrate
+
+    out = job.output.with_name(job.output.stem + ".int8.onnx")
+    echo(f"calibrating a QDQ INT8 ONNX ({out.name}) for the strongly typed {lib.name} builder")
+    # --calib-cache here is alexnet-calibrate's range cache (checked against its provenance, reused when the
+    # model, data and method match): what a strongly typed build calibrates with instead of TensorRT's calibrator
+    calibrate(onnx_path, out, dataset=opts.calib_dataset, num_images=opts.calib_images, method=opts.calib_method,
+              placement=opts.qdq_placement, cache=opts.calib_cache, echo=echo)
+    return NetworkOnnx(out, "int8", read_onnx_metadata(out), derived=True)
+
+
+def parse_network(lib: TrtLibrary, onnx_model: NetworkOnnx, strongly_typed: bool) -> ParsedNetwork:
+    """Builder + network (strongly typed when the plan says so) + the ONNX parsed into it; a parse error names
+    the ONNX node, its operator and the PyTorch module it came from."""
+    trt = lib.module
     logger = _Logger(trt)
-    builder, network, _parser = _parse(trt, lib, logger, build_onnx, lib.strongly_typed)
-    config = builder.create_builder_config()
+    builder = trt.Builder(logger)
+    flags = 0
+    if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    if lib.major < 10 and hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and lib.name == "tensorrt":
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_model.path)):
+        raise EngineBuildError(f"{lib.name} cannot parse {onnx_model.path.name}: "
+                               + " | ".join(_parser_errors(parser) or ["unknown error"]))
+    return ParsedNetwork(builder, network, parser, logger, onnx_model, lib.name)
+
+
+def _parser_errors(parser) -> list[str]:
+    errors = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        node = err.node_name() if hasattr(err, "node_name") else ""
+        op = err.node_operator() if hasattr(err, "node_operator") else ""
+        module = module_of_node(node)
+        where = f"ONNX node {node!r}" + (f" ({op})" if op else "") + (f", PyTorch module {module}" if module else "")
+        errors.append(f"{where}: {err.desc()}" if node else err.desc())
+    return errors
+
+
+def create_config(job: BuildInputs, network: ParsedNetwork, plan: PrecisionPlan) -> BuildConfig:
+    """The builder config: workspace, the optimization profile, the precision plan (flags, calibrator), the
+    target compute capability, DLA, version / hardware compatibility and the timing cache."""
+    trt, opts = job.lib.module, job.opts
+    config = network.builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_mb) << 20)
-    inp = network.get_input(0)
-    if network.num_inputs != 1:
-        raise EngineBuildError(f"expected one network input, found {network.num_inputs}")
-    c, h, w = meta.input_dims  # the graph input's own layout: (H, W, 3) for a uint8-nhwc raw-pixel model
-    prof = builder.create_optimization_profile()
-    prof.set_shape(inp.name, (profile["min"], c, h, w), (profile["opt"], c, h, w), (profile["max"], c, h, w))
-    config.add_optimization_profile(prof)
-    path, calib_info = "fp32", {}
-    if lib.strongly_typed:
-        path = {"fp32": "fp32", "fp16": "strongly-typed-fp16-onnx", "int8": "strongly-typed-qdq-int8"}[opts.precision]
-    elif opts.precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-        path = "builder-flag-fp16"
-        if opts.precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-            if onnx_precision == "int8":
-                path = "qdq-explicit-int8"
-            else:
-                path, calib_info = "implicit-int8-calibrator", _attach_calibrator(trt, config, build_onnx, meta, opts, output)
-    built_meta = meta if build_onnx == onnx_path else read_onnx_metadata(build_onnx)
-    if opts.precision == "int8" and onnx_precision == "int8":
-        calib_info = built_meta.extra.get("calibration") or {}
+    _set_profile(job, network, config)
+    calibrator, calib_info = _set_precision(job, network, config, plan)
     gpu = gpu_properties()
-    cc_target = _compute_capability(trt, lib, config, opts, gpu)
+    cc_target = _compute_capability(trt, job.lib, config, opts, gpu)
+    _set_device_and_compatibility(job, network, config)
+    timing = _load_timing_cache(config, opts.timing_cache)
+    return BuildConfig(config, plan, calib_info, gpu, cc_target, timing, calibrator)
+
+
+def _set_profile(job: BuildInputs, network: ParsedNetwork, config) -> None:
+    inp = network.input
+    if network.network.num_inputs != 1:
+        raise EngineBuildError(f"expected one network input, found {network.network.num_inputs}")
+    c, h, w = job.meta.input_dims  # the graph input's own layout: (H, W, 3) for a uint8-nhwc raw-pixel model
+    lo, opt, hi = job.profile["min"], job.profile["opt"], job.profile["max"]
+    prof = network.builder.create_optimization_profile()
+    prof.set_shape(inp.name, (lo, c, h, w), (opt, c, h, w), (hi, c, h, w))
+    config.add_optimization_profile(prof)
+
+
+def _set_precision(job: BuildInputs, network: ParsedNetwork, config, plan: PrecisionPlan) -> tuple[object, dict]:
+    """The plan's builder flags, and TensorRT's INT8 calibrator when it needs one: -> (calibrator or None, the
+    manifest's calibration record: the calibrator's, or the one a QDQ ONNX's metadata carries)."""
+    trt = job.lib.module
+    for flag in plan.flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if not plan.calibrator:
+        qdq = job.opts.precision == "int8" and network.onnx.precision == "int8"
+        return None, (network.onnx.meta.extra.get("calibration") or {}) if qdq else {}
+    from alexnet_deploy.calibration.trt_calibrator import TrtCalibration, calibrator_for
+
+    opts, engine = job.opts, job.output
+    cache = Path(opts.calib_cache or engine.with_name(engine.stem + ".calib.cache"))
+    calibrator, info = calibrator_for(trt, network.onnx.path, job.meta,
+                                      TrtCalibration(opts.calib_dataset, opts.calib_images, cache,
+                                                     opts.calib_algorithm, opts.force_cache))
+    config.int8_calibrator = calibrator
+    return calibrator, info
+
+
+def _set_device_and_compatibility(job: BuildInputs, network: ParsedNetwork, config) -> None:
+    trt, lib, opts = job.lib.module, job.lib, job.opts
     if opts.dla_core is not None:
-        if builder.num_DLA_cores == 0:
+        if network.builder.num_DLA_cores == 0:
             raise UserInputError("--dla-core: this platform has no DLA cores (Jetson AGX/NX Orin and Xavier do)")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(opts.dla_core)
@@ -234,47 +359,89 @@ def _build(trt, lib: TrtLibrary, meta, opts: TrtBuildOptions, onnx_path: Path, o
             raise UserInputError(f"{lib.name} {lib.version} has no hardware-compatibility levels")
         config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel,
                                                       HARDWARE_COMPAT[opts.hardware_compatibility])
-    timing = _load_timing_cache(config, opts.timing_cache)
-    echo(f"building {opts.precision} engine with {lib.name} {lib.version} ({path}), batch "
-         f"{profile['min']}..{profile['max']} (opt {profile['opt']})...")
+
+
+def engine_bytes(network: ParsedNetwork, config: BuildConfig) -> BuiltEngine:
+    """Build the serialized engine; a failed build is one line with TensorRT's last error."""
     t0 = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
+    serialized = network.builder.build_serialized_network(network.network, config.config)
     seconds = time.perf_counter() - t0
     if serialized is None:
-        detail = logger.errors[-1] if logger.errors else "no error message from TensorRT"
-        raise EngineBuildError(f"{lib.name} could not build an engine from {build_onnx.name}: {detail}")
-    data = bytes(serialized)
-    if opts.timing_cache:
-        timing["saved"] = _save_timing_cache(config, opts.timing_cache)
-    manifest = {
+        detail = network.logger.errors[-1] if network.logger.errors else "no error message from TensorRT"
+        raise EngineBuildError(f"{network.library} could not build an engine from {network.onnx.path.name}: {detail}")
+    return BuiltEngine(bytes(serialized), seconds, network, config)
+
+
+def save_timing_cache(config: BuildConfig) -> None:
+    """Write the config's timing cache back (atomically) when the build was given one."""
+    if config.timing_cache["path"]:
+        config.timing_cache["saved"] = _save_timing_cache(config.config, config.timing_cache["path"])
+
+
+def engine_manifest(job: BuildInputs, built: BuiltEngine) -> dict:
+    """The manifest written next to the engine: library, GPU, precision path, sources, profile, build options."""
+    opts, lib, meta, profile = job.opts, job.lib, job.meta, job.profile
+    network, config, build_onnx = built.network, built.config, built.network.onnx.path
+    c, h, w = meta.input_dims
+    return {
         "schema": MANIFEST_SCHEMA,
-        "engine_sha256": sha256_bytes(data),
-        "engine_bytes": len(data),
+        "engine_sha256": sha256_bytes(built.data),
+        "engine_bytes": len(built.data),
         "library": {"name": lib.name, "version": lib.version, "strongly_typed": lib.strongly_typed},
-        "gpu": gpu,
-        "target_compute_capability": cc_target,
+        "gpu": config.gpu,
+        "target_compute_capability": config.target_compute_capability,
         "precision": opts.precision,
-        "precision_path": path,
-        "source_onnx": str(onnx_path.resolve()),
-        "source_onnx_sha256": sha256_file(onnx_path),
-        "source_onnx_precision": src_meta_precision,
+        "precision_path": config.precision.path,
+        "source_onnx": str(job.onnx.resolve()),
+        "source_onnx_sha256": sha256_file(job.onnx),
+        "source_onnx_precision": meta.precision,
         "built_onnx": str(build_onnx.resolve()),
         "built_onnx_sha256": sha256_file(build_onnx),
         "source_weights_sha256": meta.source_sha256,
-        "input": {"name": inp.name, "shape": [-1 if profile["min"] != profile["max"] else profile["min"], c, h, w]},
-        "output": {"name": network.get_output(0).name},
+        "input": {"name": network.input.name,
+                  "shape": [-1 if profile["min"] != profile["max"] else profile["min"], c, h, w]},
+        "output": {"name": network.output_name},
         "build": {"profile": profile, "static": meta.batch is not None, "workspace_mb": opts.workspace_mb,
                   "dla_core": opts.dla_core, "version_compatible": opts.version_compatible,
-                  "hardware_compatibility": opts.hardware_compatibility, "timing_cache": timing,
-                  "calibration": calib_info, "seconds": round(seconds, 3)},
+                  "hardware_compatibility": opts.hardware_compatibility, "timing_cache": config.timing_cache,
+                  "calibration": config.calibration, "seconds": round(built.seconds, 3)},
         "platform": platform_info(),
-        "metadata": built_meta.to_props(),
+        "metadata": network.onnx.meta.to_props(),
     }
+
+
+def save_engine(output: Path, data: bytes, manifest: dict) -> None:
+    """The .plan and its manifest, each written atomically; the manifest is written inside the engine's write, so
+    a manifest that cannot be written leaves the engine (and any earlier one) untouched."""
     with atomic_path(output) as tmp:
         tmp.write_bytes(data)
         atomic_write_json(manifest_path(output), manifest)
-    echo(f"built {output} ({len(data) / 1e6:.1f} MB) in {seconds:.1f} s; manifest {manifest_path(output).name}")
-    return BuildResult(output, manifest, seconds, extra_files)
+
+
+def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOptions | None = None,
+                 echo=print) -> BuildResult:
+    """ONNX -> engine + manifest: check_inputs -> network_onnx -> decide_precision -> parse_network ->
+    create_config -> engine_bytes -> save_timing_cache -> engine_manifest -> save_engine."""
+    job = check_inputs(onnx_path, output, opts or TrtBuildOptions(), echo)
+    onnx_model = network_onnx(job, echo)
+    try:
+        plan = decide_precision(job.lib, job.opts.precision, onnx_model.precision)
+        network = parse_network(job.lib, onnx_model, plan.strongly_typed)
+        config = create_config(job, network, plan)
+        profile = job.profile
+        echo(f"building {job.opts.precision} engine with {job.lib.name} {job.lib.version} ({plan.path}), batch "
+             f"{profile['min']}..{profile['max']} (opt {profile['opt']})...")
+        built = engine_bytes(network, config)
+        save_timing_cache(config)
+        manifest = engine_manifest(job, built)
+        save_engine(job.output, built.data, manifest)
+        echo(f"built {job.output} ({len(built.data) / 1e6:.1f} MB) in {built.seconds:.1f} s; manifest "
+             f"{manifest_path(job.output).name}")
+    except BaseException:  # a failed or interrupted build leaves no derived ONNX next to the engine
+        if onnx_model.derived:
+            onnx_model.path.unlink(missing_ok=True)
+        raise
+    return BuildResult(job.output, manifest, built.seconds, [onnx_model.path] if onnx_model.derived else [])
 
 
 def _compute_capability(trt, lib: TrtLibrary, config, opts: TrtBuildOptions, gpu) -> str | None:
@@ -317,18 +484,8 @@ def _save_timing_cache(config, path: str) -> int:
     return len(data)
 
 
-def _attach_calibrator(trt, config, onnx_path: Path, meta, opts: TrtBuildOptions, engine: Path) -> dict:
-    """TensorRT <= 10 with an FP32 ONNX: implicit INT8 through the calibrator and its cache."""
-    from alexnet_deploy.calibration.data import load_calibration_set
-    from alexnet_deploy.calibration.trt_calibrator import CalibrationFeeder, make_calibrator
-
-    cal = load_calibration_set(opts.calib_dataset, meta, opts.calib_images)
-    cache = Path(opts.calib_cache or engine.with_name(engine.stem + ".calib.cache"))
-    prov = {"source_onnx_sha256": sha256_file(onnx_path), "preprocessing": meta.preprocessing.to_dict(),
-            "method": opts.calib_algorithm, "parameters": {"batch": 8}, **cal.provenance()}
-    feeder = CalibrationFeeder(cal.x, 8, cache, prov, opts.force_cache)
-    config.int8_calibrator = make_calibrator(trt, feeder, opts.calib_algorithm)
-    return {"cache": str(cache), **{k: prov[k] for k in ("method", "num_images", "data_sha256", "dataset")}}
-
-
-__all__ = ["TrtBuildOptions", "BuildResult", "build_engine", "PRECISIONS"]
+__all__ = ["TrtBuildOptions", "BuildResult", "build_engine", "PRECISIONS",
+           # the steps build_engine chains, and the values they pass
+           "BuildInputs", "NetworkOnnx", "PrecisionPlan", "ParsedNetwork", "BuildConfig", "BuiltEngine",
+           "PRECISION_PLANS", "decide_precision", "check_inputs", "network_onnx", "parse_network", "create_config",
+           "engine_bytes", "save_timing_cache", "engine_manifest", "save_engine"]
