@@ -352,10 +352,11 @@ def export_trt_cmd(model, output, precision, library, min_batch, opt_batch, max_
 
 
 @export_group.command("triton")
-@click.argument("model", type=click.Path())
+@click.argument("model", type=click.Path(), nargs=-1, required=True, metavar="MODEL...")
 @click.option("--repo", type=click.Path(file_okay=False), required=True, help="Model repository folder.")
 @click.option("--name", default="alexnet", show_default=True)
-@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="max_batch_size (default: 32 for an .onnx model; a .plan's optimization profile max, never above it).")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default=None,
               help="Instance group kind (default: gpu for a .plan, else gpu only if this host shows an NVIDIA GPU).")
@@ -363,13 +364,23 @@ def export_trt_cmd(model, output, precision, library, min_batch, opt_batch, max_
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True)
 @_handle_errors
 def export_triton_cmd(model, repo, name, max_batch, instances, kind, preferred_batch, max_queue_delay_us):
-    """Write a Triton Inference Server model repository (config.pbtxt, labels, model in version 1)."""
+    """Write a Triton Inference Server model repository (config.pbtxt, labels, model in version 1).
+
+    MODEL is one .onnx model or .plan engine, or several .plan engines of one ONNX model built for different
+    GPU architectures: they share version 1, and Triton picks the one for its GPU (cc_model_filenames)."""
     from alexnet_deploy.exporter.triton import export_triton
 
-    root = export_triton(model, repo, name=name, max_batch=max_batch, instances=instances, kind=kind,
-                         preferred=list(_int_list(preferred_batch)), max_queue_delay_us=max_queue_delay_us)
-    kind = "gpu" if "KIND_GPU" in (root / "config.pbtxt").read_text() else "cpu"
-    click.echo(f"wrote {root}/config.pbtxt ({kind} instances) and {root}/1/; serve with: "
+    root = export_triton(list(model) if len(model) > 1 else model[0], repo, name=name, max_batch=max_batch,
+                         instances=instances, kind=kind, preferred=list(_int_list(preferred_batch)),
+                         max_queue_delay_us=max_queue_delay_us, echo=click.echo)
+    text = (root / "config.pbtxt").read_text()
+    kind = "gpu" if "KIND_GPU" in text else "cpu"
+    per_gpu = ""
+    if len(model) > 1:
+        import re
+
+        per_gpu = "; engines for compute capability " + ", ".join(re.findall(r'key: "([0-9.]+)"', text))
+    click.echo(f"wrote {root}/config.pbtxt ({kind} instances{per_gpu}) and {root}/1/; serve with: "
                f"tritonserver --model-repository {repo}")
 
 

@@ -319,45 +319,6 @@ class TrtStep(StepKind):
                 "build_seconds": round(float(res.seconds), 3)}
 
 
-@register_step("triton")
-class TritonStep(StepKind):
-    """triton/model_repository: one Triton model per ONNX artifact."""
-
-    def plan(self, opts, engines, models):
-        if "triton" not in opts.targets:
-            return []
-        return [Step("triton", self.name, "triton", needs=tuple(onnx_artifact(p) for p in opts.built_precisions))]
-
-    def key(self, ctx, step, input_sha):
-        o = ctx.opts
-        return {"max_batch": o.max_batch, "kind": triton_kind(o), "preferred": _preferred(o)}
-
-    def command(self, ctx, step):
-        o = ctx.opts
-        pref = ",".join(map(str, _preferred(o)))
-        return " && ".join(
-            " ".join(["alexnet-export triton", _q(f"{a}/model.onnx"), "--repo", _q("triton/model_repository"),
-                      "--name", f"alexnet-{a.split('-', 1)[1]}", "--max-batch", str(o.max_batch), "--kind",
-                      triton_kind(o), *(["--preferred-batch", pref] if pref else [])])
-            for a in step.needs)
-
-    def run(self, ctx, step, stage):
-        from alexnet_deploy.runtime.metadata import read_onnx_metadata
-        from alexnet_deploy.exporter.triton import export_triton
-
-        o = ctx.opts
-        names = []
-        for a in step.needs:
-            name = f"alexnet-{a.split('-', 1)[1]}"
-            export_triton(o.out / a / "model.onnx", stage / "model_repository", name=name, max_batch=o.max_batch,
-                          kind=triton_kind(o), preferred=_preferred(o))
-            names.append(name)
-        meta = read_onnx_metadata(o.out / step.needs[0] / "model.onnx")
-        _sidecars(stage, "triton", "model_repository", meta,
-                  {"models": names, "serve": "tritonserver --model-repository model_repository"})
-        return {"models": names}
-
-
 @register_step("golden")
 class GoldenStep(StepKind):
     """DIR/golden: held-out inputs, labels, PyTorch outputs and gates for alexnet-verify (needs no artifact)."""
@@ -535,6 +496,141 @@ class BenchStep(StepKind):
         if rows and all(r.get("skipped") for r in rows):  # nothing could run here (no GPU, no provider): not cached
             raise Skipped(rows[0]["skipped"])
         return {"status": "measured", "result": _jsonable(result.to_dict())}
+
+
+# the triton kind is registered after bench: its config.pbtxt declares dynamic_batching from the batch that
+# measured best (checks/<artifact>.bench.json), so the bench records of this run must exist when its key is made.
+# Nothing reads the Triton repository back (no parity or bench of it), so running it last costs nothing.
+@register_step("triton")
+class TritonStep(StepKind):
+    """triton/model_repository: one Triton model per ONNX artifact (alexnet-<precision>) and one tensorrt_plan
+    model per TensorRT engine built in this run (alexnet-trt-<precision>); dynamic_batching prefers the batch
+    that measured best for the engine Triton would run it with."""
+
+    def plan(self, opts, engines, models):
+        if "triton" not in opts.targets:
+            return []
+        # the engines are optional inputs (read in key/run): without a TensorRT builder the ONNX models still go in
+        return [Step("triton", self.name, "triton", needs=tuple(onnx_artifact(p) for p in opts.built_precisions))]
+
+    def key(self, ctx, step, input_sha):
+        from alexnet_deploy.fileio import sha256_file
+        from alexnet_deploy.runtime.trt_library import manifest_path
+
+        o = ctx.opts
+        engines = {a: {"plan": sha256_file(plan), "manifest": sha256_file(manifest_path(plan))}
+                   for a, plan in _triton_engines(o).items()}
+        measured = {a: m and {"batch": m["batch"], "record_sha256": m["record_sha256"]}
+                    for a, m in _triton_measured(ctx, step).items()}
+        return {"max_batch": o.max_batch, "kind": triton_kind(o), "preferred": _preferred(o), "engines": engines,
+                "measured": measured}
+
+    def command(self, ctx, step):
+        o = ctx.opts
+        lines = []
+        for a, (src, name, preferred, _) in _triton_models(ctx, step).items():
+            pref = ",".join(map(str, preferred))
+            kind = [] if a.startswith("trt-") else ["--kind", triton_kind(o)]
+            lines.append(" ".join(["alexnet-export triton", _q(f"{a}/{src.name}"), "--repo",
+                                   _q("triton/model_repository"), "--name", name, "--max-batch", str(o.max_batch),
+                                   *kind, *(["--preferred-batch", pref] if pref else [])]))
+        return " && ".join(lines)
+
+    def run(self, ctx, step, stage):
+        from alexnet_deploy.exporter.triton import export_triton
+        from alexnet_deploy.fileio import sha256_file
+        from alexnet_deploy.runtime.metadata import read_onnx_metadata
+
+        o = ctx.opts
+        names, batching, engines = [], {}, {}
+        for a, (src, name, preferred, measured) in _triton_models(ctx, step).items():
+            plan = a.startswith("trt-")
+            export_triton(src, stage / "model_repository", name=name, max_batch=o.max_batch,
+                          kind=None if plan else triton_kind(o), preferred=preferred)
+            names.append(name)
+            batching[name] = {"preferred_batch_size": preferred, "max_queue_delay_microseconds": 2000,
+                              "from": measured or (f"no measurement of {_triton_bench_engine(a, triton_kind(o))} in "
+                                                   "this run: the --batch-sizes above 1")}
+            if plan:  # an optional input (not in provenance.json's inputs): named here with its bytes
+                engines[name] = {"artifact": a, "platform": "tensorrt_plan",
+                                 "engine": f"../{a}/{src.name}", "engine_sha256": sha256_file(src)}
+        meta = read_onnx_metadata(o.out / step.needs[0] / "model.onnx")
+        _sidecars(stage, "triton", "model_repository", meta,
+                  {"models": names, "serve": "tritonserver --model-repository model_repository",
+                   "dynamic_batching": batching, "tensorrt_models": engines})
+        return {"models": names, "dynamic_batching": {n: b["preferred_batch_size"] for n, b in batching.items()}}
+
+
+def _triton_engines(o: DeployOptions) -> dict[str, Path]:
+    """trt-<precision> -> its model.plan, for the engines this run built or reused (a trt step that failed or was
+    skipped has had its folder removed before the triton step, which runs after it)."""
+    if "trt" not in o.targets:
+        return {}
+    out = {}
+    for p in o.built_precisions:
+        plan = o.out / trt_artifact(p) / MODEL_FILES["trt"]
+        if plan.is_file() and (plan.parent / "provenance.json").is_file():
+            out[trt_artifact(p)] = plan
+    return out
+
+
+def _triton_bench_engine(artifact: str, kind: str) -> str:
+    """The engine whose measurements describe the artifact under Triton: TensorRT for a plan; ONNX Runtime CPU
+    for an ONNX model on KIND_CPU, its CUDA provider on KIND_GPU (Triton's onnxruntime backend runs CUDA there)."""
+    if artifact.startswith("trt-"):
+        return "trt"
+    return "ort-cuda" if kind == "gpu" else "ort"
+
+
+def _best_measured(ctx: Context, artifact: str, engine: str) -> dict | None:
+    """The batch with the highest measured throughput of ``artifact`` on ``engine``, from this run's bench record
+    checks/<artifact>.bench.json (trusted only when its sha256 is in checks/provenance.json, as run.py reuses it;
+    a bench step that failed or was skipped has dropped its record). None without a measurement."""
+    from alexnet_deploy.deploy.run import CHECKS, CHECKS_INDEX, CHECKS_INDEX_SCHEMA
+    from alexnet_deploy.fileio import sha256_file
+
+    if engine not in ctx.engines:  # the bench step of this artifact does not measure that engine in this plan
+        return None
+    name = STEP_KINDS["bench"].record_name(Step(f"bench {artifact}", "bench", artifact))
+    path = ctx.out / CHECKS / name
+    try:
+        index = json.loads((ctx.out / CHECKS / CHECKS_INDEX).read_text())
+        record = json.loads(path.read_text())
+        sha = sha256_file(path)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict) or index.get("schema") != CHECKS_INDEX_SCHEMA or not isinstance(record, dict) \
+            or (index.get("files") or {}).get(name) != sha or record.get("status") != "measured" \
+            or record.get("step") != f"bench {artifact}":
+        return None
+    rows = [r for r in ((record.get("result") or {}).get("rows") or []) if isinstance(r, dict)
+            and r.get("engine") == engine and r.get("mode", "end-to-end") == "end-to-end" and not r.get("skipped")
+            and isinstance(r.get("throughput_ips"), (int, float)) and isinstance(r.get("batch"), int)
+            and 1 <= r["batch"] <= ctx.opts.max_batch]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: (r["throughput_ips"], -r["batch"]))  # a tie goes to the smaller batch
+    return {"record": f"{CHECKS}/{name}", "record_sha256": sha, "measured_utc": record.get("created_utc"),
+            "engine": engine, "batch": best["batch"], "throughput_ips": best["throughput_ips"],
+            "throughput_by_batch": {str(r["batch"]): r["throughput_ips"] for r in sorted(rows, key=lambda r: r["batch"])}}
+
+
+def _triton_measured(ctx: Context, step: Step) -> dict[str, dict | None]:
+    kind = triton_kind(ctx.opts)
+    return {a: _best_measured(ctx, a, _triton_bench_engine(a, kind))
+            for a in [*step.needs, *_triton_engines(ctx.opts)]}
+
+
+def _triton_models(ctx: Context, step: Step) -> dict[str, tuple[Path, str, list[int], dict | None]]:
+    """artifact -> (model file, Triton model name, preferred batch sizes, the measurement they came from)."""
+    from alexnet_deploy.exporter.triton import onnx_model_name, plan_model_name
+
+    o = ctx.opts
+    measured = _triton_measured(ctx, step)
+    models = {a: (o.out / a / MODEL_FILES["onnx"], onnx_model_name(a.split("-", 1)[1])) for a in step.needs}
+    models.update({a: (plan, plan_model_name(a.split("-", 1)[1])) for a, plan in _triton_engines(o).items()})
+    return {a: (src, name, [measured[a]["batch"]] if measured[a] else _preferred(o), measured[a])
+            for a, (src, name) in models.items()}
 
 
 def _indent(echo):
