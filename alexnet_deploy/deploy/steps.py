@@ -546,7 +546,7 @@ class TritonStep(StepKind):
         for a, (src, name, preferred, measured) in _triton_models(ctx, step).items():
             plan = a.startswith("trt-")
             export_triton(src, stage / "model_repository", name=name, max_batch=o.max_batch,
-                          kind=None if plan else triton_kind(o), preferred=preferred)
+                          kind=None if plan else triton_kind(o), preferred=preferred, echo=_indent(ctx.echo))
             names.append(name)
             batching[name] = {"preferred_batch_size": preferred, "max_queue_delay_microseconds": 2000,
                               "from": measured or (f"no measurement of {_triton_bench_engine(a, triton_kind(o))} in "
