@@ -95,12 +95,13 @@ def stream_cmd(model, sources, extra_sources, engine, variant, batch, top_k, max
                progress):
     _setup_logging()
     from alexnet_deploy.fileio import atomic_write_json, check_writable
+    from alexnet_deploy.runtime.engines import TORCH_ENGINES
     from alexnet_deploy.runtime.runners.factory import open_runner
     from alexnet_deploy.stream.pipeline import StreamOptions, StreamPipeline
     from alexnet_deploy.stream.sinks import JsonLinesSink, VideoSink, check_output
     from alexnet_deploy.stream.sources import create_source, parse_sources
 
-    if engine in ("torch", "torch-cuda"):
+    if engine in TORCH_ENGINES:
         raise UserInputError("alexnet-stream runs exported models (ort, ort-cuda, ort-trt, trt); "
                              "export the checkpoint with alexnet-export onnx first")
     jsonl_path = None if jsonl.strip().lower() in ("", "none") else jsonl

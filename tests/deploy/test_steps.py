@@ -17,8 +17,8 @@ def _opts(tmp_path: Path, **kw) -> DeployOptions:
 
 def test_every_kind_is_registered_once_in_plan_order():
     kinds = step_kinds()
-    assert list(kinds) == ["export", "calibrate", "trt", "triton", "golden", "parity", "bench"]
-    assert [k for k, v in kinds.items() if v.writes_artifact] == ["export", "calibrate", "trt", "triton", "golden"]
+    assert list(kinds) == ["export", "calibrate", "trt", "golden", "parity", "bench", "triton"]
+    assert [k for k, v in kinds.items() if v.writes_artifact] == ["export", "calibrate", "trt", "golden", "triton"]
     assert {k for k, v in kinds.items() if v.reads_weights} == {"export", "golden"}
     with pytest.raises(ValueError, match="registered twice"):
         register_step("export")(type("Again", (StepKind,), {}))
