@@ -15,7 +15,8 @@ from alexnet_deploy.runtime.preprocess import DEFAULT_MAX_PIXELS
 @click.option("--engine", default=None, help="ort (default for .onnx) | ort-cuda | ort-trt | trt | torch.")
 @click.option("--name", "--model-name", "name", default="alexnet", show_default=True,
               help="Model name in the v2 URLs and gRPC calls; 'auto': the name alexnet-deploy's Triton repository "
-                   "gives this precision (alexnet-fp32, alexnet-fp16, alexnet-int8).")
+                   "gives this artifact (alexnet-fp32, alexnet-fp16, alexnet-int8; alexnet-trt-<precision> for "
+                   "an engine).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="TCP port (0: a free one, printed in the serving line).")
@@ -76,9 +77,11 @@ def serve_cmd(model, engine, name, host, port, grpc_port, max_batch, max_queue_d
         n = runner.min_batch or 1
         runner.infer(np.zeros((n, *runner.metadata.input_dims), runner.metadata.input_dtype))
         port = sock.getsockname()[1]
-        if name == "auto":
-            name = f"alexnet-{runner.metadata.precision}"
-        from alexnet_deploy.exporter.triton import check_model_name
+        from alexnet_deploy.exporter.triton import check_model_name, onnx_model_name, plan_model_name
+
+        if name == "auto":  # the name alexnet-deploy's triton/ repository gives this artifact
+            is_plan = str(model).lower().endswith((".plan", ".engine")) or runner.engine == "trt"
+            name = (plan_model_name if is_plan else onnx_model_name)(runner.metadata.precision)
 
         check_model_name(name)
         grpc_url = f" and grpc://{host}:{grpc_sock.getsockname()[1]}" if grpc_sock is not None else ""
