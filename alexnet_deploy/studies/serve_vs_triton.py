@@ -3,7 +3,8 @@
     python -m alexnet_deploy.studies.serve_vs_triton MODEL.onnx [--json docs/benchmarks/serve-vs-triton.json]
 
 Starts PyTriton (Triton's own ``tritonserver`` binary, Python backend; from its own venv, default
-/work/.venv-pytriton, as a subprocess) serving MODEL through an onnxruntime session with the same threads
+/work/.venv-pytriton, as a subprocess: studies/pytriton_server.py, started by studies/servers.py) serving MODEL
+through an onnxruntime session with the same threads
 (``@batch``, max batch 32, 2 ms queue delay, the model name alexnet-serve's ``--name auto`` gives the artifact),
 and ``alexnet-serve --threads T --max-batch 32 --max-queue-delay-ms 2 --name auto`` on the same file. It checks
 that both give the same logits, then drives both with alexnet-bench --server's load generator
@@ -17,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,117 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-PYTRITON_PYTHON = Path(os.environ.get("ALEXNET_PYTRITON_PYTHON", "/work/.venv-pytriton/bin/python"))
-
-# Run with PyTriton's venv (numpy, onnxruntime, nvidia-pytriton); it imports nothing of alexnet-deploy.
-PYTRITON_SERVER = r'''
-import argparse, sys
-import numpy as np
-import onnxruntime as ort
-from pytriton.decorators import batch
-from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
-
-p = argparse.ArgumentParser()
-p.add_argument("model"); p.add_argument("--name", required=True); p.add_argument("--threads", type=int, default=2)
-p.add_argument("--http-port", type=int, required=True); p.add_argument("--grpc-port", type=int, required=True)
-p.add_argument("--metrics-port", type=int, required=True)
-p.add_argument("--max-batch", type=int, default=32); p.add_argument("--queue-delay-us", type=int, default=2000)
-a = p.parse_args()
-so = ort.SessionOptions()
-so.intra_op_num_threads = a.threads
-so.inter_op_num_threads = 1
-sess = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
-inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
-dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}[inp.type]
-
-@batch
-def infer(**inputs):
-    return {out.name: sess.run([out.name], {inp.name: inputs[inp.name]})[0]}
-
-cfg = TritonConfig(http_address="127.0.0.1", http_port=a.http_port, grpc_address="127.0.0.1", grpc_port=a.grpc_port,
-                   metrics_port=a.metrics_port, log_verbose=0)
-with Triton(config=cfg) as triton:
-    triton.bind(model_name=a.name, infer_func=infer,
-                inputs=[Tensor(name=inp.name, dtype=dtype, shape=tuple(inp.shape[1:]))],
-                outputs=[Tensor(name=out.name, dtype=np.float32, shape=tuple(out.shape[1:]))],
-                config=ModelConfig(max_batch_size=a.max_batch,
-                                   batcher=DynamicBatcher(max_queue_delay_microseconds=a.queue_delay_us)),
-                strict=False)
-    print("pytriton ready", flush=True)
-    triton.serve()
-'''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ready(port: int, model: str | None = None) -> bool:
-    path = f"/v2/models/{model}/ready" if model else "/v2/health/ready"  # Triton is ready before a model is bound
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-class Server:
-    """A server subprocess with its HTTP and gRPC ports; stopped with SIGTERM (then killed)."""
-
-    def __init__(self, label: str, argv: list[str], http_port: int, grpc_port: int, log: Path, timeout_s: float = 180,
-                 model: str | None = None):
-        self.label, self.http_port, self.grpc_port, self.log = label, http_port, grpc_port, log
-        self._fh = open(log, "w")
-        self.proc = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + timeout_s
-        while not _ready(http_port, model):
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise RuntimeError(f"{label} did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.2)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._fh.close()
-
-
-def start_alexnet_serve(model: Path, workdir: Path, threads: int = 2, extra: tuple[str, ...] = ()) -> Server:
-    hp, gp = free_port(), free_port()
-    argv = [sys.executable, "-c", "from alexnet_deploy.cli import serve_main; serve_main()", str(model),
-            "--port", str(hp), "--grpc-port", str(gp), "--threads", str(threads), "--max-batch", "32",
-            "--max-queue-delay-ms", "2", "--name", "auto", *extra]
-    return Server("alexnet-serve", argv, hp, gp, workdir / "alexnet-serve.log")
-
-
-def start_pytriton(model: Path, name: str, workdir: Path, threads: int = 2,
-                   python: Path = PYTRITON_PYTHON) -> Server:
-    script = workdir / "pytriton_server.py"
-    script.write_text(PYTRITON_SERVER)
-    hp, gp, mp = free_port(), free_port(), free_port()
-    argv = [str(python), str(script), str(model), "--name", name, "--threads", str(threads),
-            "--http-port", str(hp), "--grpc-port", str(gp), "--metrics-port", str(mp)]
-    return Server("triton", argv, hp, gp, workdir / "pytriton.log", model=name)
-
-
-def pytriton_available(python: Path = PYTRITON_PYTHON) -> str | None:
-    """None when PyTriton can run here, else the reason it cannot."""
-    if not python.exists():
-        return f"{python} is missing (python3 -m venv /work/.venv-pytriton && pip install nvidia-pytriton onnxruntime)"
-    r = subprocess.run([str(python), "-c", "import pytriton, onnxruntime"], capture_output=True, text=True)
-    return None if r.returncode == 0 else f"{python} lacks pytriton or onnxruntime: {r.stderr.strip()[-200:]}"
+from alexnet_deploy.studies.servers import (PYTRITON_PYTHON, Server, free_port, pytriton_available,  # noqa: F401
+                                            start_alexnet_serve, start_pytriton)
 
 
 def served_name(url: str) -> str:
