@@ -89,6 +89,7 @@ def bench_json(digits_onnx, tmp_path_factory):
     return d, r.output, json.loads((d / "b.json").read_text())
 
 
+@pytest.mark.slow
 def test_bench_outputs_and_schema(bench_json):
     d, out, data = bench_json
     assert data["schema"] == "alexnet-deploy.bench/1"
@@ -189,6 +190,7 @@ def test_weight_bytes_follow_storage_dtypes():
     assert initializer_bytes(init(TensorProto.FLOAT16, 3)) == 6
 
 
+@pytest.mark.slow
 def test_compare_gate(bench_json, digits_onnx, cli, tmp_path):
     from alexnet_deploy.cli import bench_main
 
@@ -218,6 +220,7 @@ def test_bench_bad_input(cli, digits_onnx, args, message):
     assert code == 2 and message in err
 
 
+@pytest.mark.slow
 def test_bench_static_batch_and_bad_model(cli, tmp_path):
     from alexnet_deploy.cli import bench_main
     from alexnet_deploy.exporter.onnx_export import ExportOptions, export_onnx

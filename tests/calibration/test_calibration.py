@@ -57,6 +57,7 @@ def test_int8_passes_int8_parity(int8_result):
     assert report.precision == "int8" and report.passed, report.table()
 
 
+@pytest.mark.slow
 def test_max_drop_keeps_layers_float(digits_onnx, tmp_path):
     # a negative budget can never be met: every layer is tried in float, most sensitive first
     res = calibrate(digits_onnx, tmp_path / "q.onnx", num_images=64, eval_images=100, max_drop=-1.0,
@@ -65,6 +66,7 @@ def test_max_drop_keeps_layers_float(digits_onnx, tmp_path):
     assert read_onnx_metadata(tmp_path / "q.onnx").extra["calibration"]["kept_float"] == res.chosen.kept_float
 
 
+@pytest.mark.slow
 def test_auto_tries_every_method(digits_onnx, tmp_path, cli):
     from alexnet_deploy.cli import calibrate_main
 

@@ -85,6 +85,7 @@ def test_train_cli_bad_input(cli, tmp_path):
     assert not (tmp_path / "c.pt").exists()
 
 
+@pytest.mark.slow
 def test_train_cli_writes_checkpoint(cli, tmp_path):
     code, out, err = cli(train_main, "--epochs", "1", "--no-progress", "-o", tmp_path / "c.safetensors")
     assert code == 0, err

@@ -20,7 +20,11 @@ from alexnet_deploy.deploy.report_json import ROW_FIELDS, SCHEMA, STATUSES
 from alexnet_deploy.deploy.report_md import HEADERS
 from helpers import FAST, deploy_opts as _opts, statuses as _statuses
 
+pytestmark = pytest.mark.slow  # each test runs or reads a real deployment (10-15 s to build)
+
 HAS_TRT = any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory, digits_checkpoint):
     """One full run (ONNX FP32/FP16/INT8, engine builds where a TensorRT builder is installed, Triton)."""

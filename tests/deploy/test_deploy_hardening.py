@@ -22,6 +22,8 @@ import pytest
 
 from alexnet_deploy.deploy.plan import DeployOptions
 
+pytestmark = pytest.mark.slow  # each test works on a copy of a real deployment
+
 FAST = dict(precisions=("fp32", "int8"), targets=("onnx",), engines=("ort",), batch_sizes=(1, 4), bench_iterations=3,
             bench_duration_s=None, bench_warmup_ms=0.0, roofline=False, parity_images=120,
             calib_images=32, golden_images=32)

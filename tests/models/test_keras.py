@@ -19,6 +19,8 @@ from keras import layers  # noqa: E402
 from alexnet_deploy.cli.export import export_group  # noqa: E402
 from alexnet_deploy.cli.parity import parity_cmd  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real Keras 3 models built and run here
+
 if keras.backend.backend() != "torch":  # pragma: no cover - KERAS_BACKEND was set elsewhere
     pytest.skip("these tests run Keras on its torch backend", allow_module_level=True)
 

@@ -42,6 +42,7 @@ def perturbed_onnx(digits_checkpoint, tmp_path):
                        ExportOptions(check=False)).path
 
 
+@pytest.mark.slow
 def test_perturbed_weights_fail_the_gate(cli, perturbed_onnx, digits_checkpoint, tmp_path):
     from alexnet_deploy.cli import parity_main
 
@@ -56,6 +57,7 @@ def test_perturbed_weights_fail_the_gate(cli, perturbed_onnx, digits_checkpoint,
     assert int(suite.get("failures")) >= 1 and suite.find("testcase/failure") is not None
 
 
+@pytest.mark.slow
 def test_parity_cli_passes_and_writes_reports(cli, digits_onnx, tmp_path):
     from alexnet_deploy.cli import parity_main
 

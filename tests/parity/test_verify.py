@@ -16,6 +16,8 @@ import pytest
 
 from helpers import deploy_opts as _opts, statuses as _statuses
 
+pytestmark = pytest.mark.slow  # the tests verify a real deployment folder built once per module
+
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, digits_checkpoint):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each command runs in a subprocess with torch blocked
+
 # What `pip install 'alexnet-deploy[build]'` does not bring (torch and the rest of [export]).
 NOT_IN_BUILD = ("torch", "torchvision", "onnxsim", "safetensors", "sklearn", "scipy")
 

@@ -84,11 +84,13 @@ def test_the_schemas_follow_the_code_constants():
 
 @pytest.mark.parametrize("name,kind", [("report", "report"), ("verify", "verify"), ("parity", "parity"),
                                        ("parity-golden", "parity"), ("bench", "bench")])
+@pytest.mark.slow
 def test_real_documents_validate(docs, name, kind):
     assert validation_errors(docs[name], kind) == []
     validate(docs[name], kind)
 
 
+@pytest.mark.slow
 def test_real_documents_cover_what_the_schemas_constrain(docs):
     """The positive tests mean something only if the documents hold the records the schemas describe."""
     assert docs["report"]["state"] == "complete" and docs["report"]["rows"] and docs["report"]["parity"]
@@ -100,6 +102,7 @@ def test_real_documents_cover_what_the_schemas_constrain(docs):
     assert docs["bench"]["ceilings"] and docs["bench"]["costs"]
 
 
+@pytest.mark.slow
 def test_an_in_progress_and_an_interrupted_report_validate(digits_checkpoint, tmp_path, monkeypatch):
     """The report written before the first artifact changes (kept while the run goes on) and the one an
     interrupted run leaves: real ones, from a run stopped at its parity step."""
@@ -128,6 +131,7 @@ def test_an_in_progress_and_an_interrupted_report_validate(digits_checkpoint, tm
     assert validation_errors(broken, "report")
 
 
+@pytest.mark.slow
 def test_a_failing_verify_of_a_tampered_folder_validates(folder, cli, tmp_path):
     from alexnet_deploy.cli import verify_main
 
@@ -179,6 +183,7 @@ def _measured(doc: dict, name: str, path: tuple) -> tuple:
 
 
 @pytest.mark.parametrize("name,path", REQUIRED, ids=lambda v: v if isinstance(v, str) else "/".join(map(str, v)))
+@pytest.mark.slow
 def test_a_removed_or_renamed_required_field_fails(docs, name, path):
     path = _measured(docs[name], name, path)
     removed = copy.deepcopy(docs[name])
@@ -201,6 +206,7 @@ def test_a_removed_or_renamed_required_field_fails(docs, name, path):
     ("parity", ("sets", 0, "n"), -1), ("parity", ("precision",), "fp64"), ("parity", ("sets", 0, "metrics", "max_abs"), "0"),
     ("bench", ("rows", 0, "batch"), "1"), ("bench", ("rows", 0, "mode"), "warm"), ("bench", ("config", "engines"), "ort"),
 ])
+@pytest.mark.slow
 def test_a_wrong_type_or_value_fails(docs, name, path, value):
     doc = copy.deepcopy(docs[name])
     d = doc
@@ -213,6 +219,7 @@ def test_a_wrong_type_or_value_fails(docs, name, path, value):
 @pytest.mark.parametrize("name,path", [("report", ()), ("report", ("rows", 0)), ("report", ("counts",)),
                                        ("verify", ()), ("verify", ("rows", 0)), ("parity", ()),
                                        ("parity", ("sets", 0)), ("bench", ()), ("bench", ("config",))])
+@pytest.mark.slow
 def test_closed_records_refuse_an_unknown_field(docs, name, path):
     doc = copy.deepcopy(docs[name])
     d = doc
