@@ -39,14 +39,19 @@ class DynamicBatcher:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def submit(self, x: np.ndarray) -> np.ndarray:
+        return await self.enqueue(x)
+
+    def enqueue(self, x: np.ndarray) -> asyncio.Future:
+        """Queue ``x`` (QueueFull when shutting down or over --max-queue) -> the future of its output rows. A future
+        that is already done when its batch finishes (deadline passed, client gone) is skipped."""
         if self._closing:
             raise QueueFull("the server is shutting down")
         if self._pending_images + len(x) > self.max_queue:
             raise QueueFull(f"the queue holds {self._pending_images} images (limit {self.max_queue})")
         fut = asyncio.get_running_loop().create_future()
         self._pending_images += len(x)
-        await self._queue.put(_Item(x, fut, time.perf_counter()))
-        return await fut
+        self._queue.put_nowait(_Item(x, fut, time.perf_counter()))  # unbounded queue: never blocks
+        return fut
 
     async def run_direct(self, x: np.ndarray) -> np.ndarray:
         """Run on the inference thread without batching (warm-up)."""

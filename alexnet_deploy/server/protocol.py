@@ -23,6 +23,8 @@ DATATYPES = {
     "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
 }
 NP_TO_V2 = {np.dtype(v): k for k, v in DATATYPES.items()}
+# binary infer requests up to this size are parsed on the event loop (np.frombuffer: cheaper than a pool hop)
+INLINE_PARSE_BYTES = 256 * 1024
 MAX_ELEMENTS = 2**31  # no tensor in a request may declare more elements than this (checked before allocating)
 
 
