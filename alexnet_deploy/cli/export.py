@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from alexnet_deploy.errors import UserInputError
+from alexnet_deploy.cli.export_kserve import export_kserve_cmd
 from alexnet_deploy.cli.common import (
     _handle_errors,
     _int_list,
@@ -18,6 +19,9 @@ from alexnet_deploy.cli.common import (
 @click.version_option(package_name="alexnet-deploy")  # the installed version (importlib.metadata)
 def export_group():
     """Export models: `onnx` (PyTorch -> verified ONNX), `trt` (ONNX -> TensorRT engine + manifest)."""
+
+
+export_group.add_command(export_kserve_cmd)  # alexnet-export kserve (cli/export_kserve.py)
 
 
 def _preprocessing_options(fn):
