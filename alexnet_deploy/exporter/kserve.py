@@ -551,6 +551,11 @@ def export_kserve(model: str | Path, out: str | Path, opts: KServeOptions = KSer
             header_src, f"{what} on plain Kubernetes (no KServe): Deployment + ClusterIP Service,",
             f"http :{SERVE_HTTP_PORT} and grpc :{SERVE_GRPC_PORT}. {pvc_line}", "kubectl apply -f deployment.yaml"])
     result.placeholder = placeholder
+    for key in texts:  # a file of the user's with one of our names is never replaced; ours (the header) is redone
+        path = out / FILES[key]
+        if path.exists() and not _ours(path):
+            raise UserInputError(f"{path} exists and was not written by alexnet-export kserve; move it or choose "
+                                 "another --out")
     _write_all(out, texts, result)
     return result
 
@@ -572,6 +577,14 @@ def _serve_gpu(src: KServeSource, gpu: bool | None) -> bool:
             raise UserInputError(f"--cpu: {src.serve.name} is a TensorRT engine, which runs on a GPU only")
         return True
     return src.has_engines if gpu is None else gpu
+
+
+def _ours(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(64).startswith(b"# Written by alexnet-export kserve")
+    except OSError:
+        return False
 
 
 def _write_all(out: Path, texts: dict[str, str], result: KServeExport) -> None:

@@ -294,3 +294,18 @@ def test_the_kubernetes_validator_catches_mistakes(deploy_dir, tmp_path, cli):
     bad["spec"]["replicas"] = "two"
     with pytest.raises(kv.ValidationError):
         kv.validate(bad, "1.31", strict=True)
+
+
+def test_a_users_file_is_never_replaced_ours_is_redone(deploy_dir, tmp_path, cli):
+    out = tmp_path / "k8s"
+    out.mkdir()
+    (out / "deployment.yaml").write_text("# my own\nkind: Deployment\n")
+    code, _, stderr = cli(export_group, "kserve", deploy_dir, "--out", out, "--only", "serve")
+    assert code == 2 and one_line(stderr) and "deployment.yaml" in stderr
+    assert sorted(p.name for p in out.iterdir()) == ["deployment.yaml"]
+    assert (out / "deployment.yaml").read_text() == "# my own\nkind: Deployment\n"
+    (out / "deployment.yaml").unlink()
+    for replicas in ("1", "3"):  # a second run rewrites its own files
+        code, _, stderr = cli(export_group, "kserve", deploy_dir, "--out", out, "--only", "serve", "--replicas", replicas)
+        assert code == 0, stderr
+    assert _load(out / "deployment.yaml")[0]["spec"]["replicas"] == 3
