@@ -309,3 +309,43 @@ def test_a_users_file_is_never_replaced_ours_is_redone(deploy_dir, tmp_path, cli
         code, _, stderr = cli(export_group, "kserve", deploy_dir, "--out", out, "--only", "serve", "--replicas", replicas)
         assert code == 0, stderr
     assert _load(out / "deployment.yaml")[0]["spec"]["replicas"] == 3
+
+
+@pytest.mark.slow
+def test_the_generated_command_serves(deploy_dir, tmp_path, cli):
+    """The Deployment's command, run as written (only the model mount, the bind address and the ports moved to this
+    host): the real alexnet-serve answers ready and serves the model under the name the manifest gives it."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    out = tmp_path / "k8s"
+    assert cli(export_group, "kserve", deploy_dir, "--out", out, "--only", "serve")[0] == 0
+    (c,) = _load(out / "deployment.yaml")[0]["spec"]["template"]["spec"]["containers"]
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    swap = {"0.0.0.0": "127.0.0.1", "8080": str(ports[0]), "8081": str(ports[1])}
+    argv = [swap.get(a, a.replace("/models", str(deploy_dir), 1) if a.startswith("/models") else a)
+            for a in c["command"][1:]]
+    proc = subprocess.Popen([sys.executable, "-c", "from alexnet_deploy.cli import serve_main; serve_main()", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{ports[0]}"
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(f"{base}/v2/health/ready", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.25)
+        name = _serve_params(c["command"])["name"]
+        meta = json.loads(urllib.request.urlopen(f"{base}/v2/models/{name}", timeout=5).read())
+        assert meta["name"] == name
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
