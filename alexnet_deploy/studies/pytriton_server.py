@@ -42,11 +42,14 @@ def main(argv=None) -> None:
     p.add_argument("--input-dims", help="comma-separated dims without the batch (default: the ONNX input's)")
     p.add_argument("--output-name")
     p.add_argument("--output-dims", help="comma-separated dims without the batch (default: the ONNX output's)")
+    p.add_argument("--allow-spinning", choices=("0", "1"), default="0",
+                   help="ORT session.intra_op.allow_spinning (default 0, what alexnet-serve sets)")
     a = p.parse_args(argv)
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = a.threads
     so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", a.allow_spinning)
     sess = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
     inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
     in_name, out_name = a.input_name or inp.name, a.output_name or out.name

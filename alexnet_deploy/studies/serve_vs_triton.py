@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration-s", type=float, default=5.0)
     ap.add_argument("--warmup-ms", type=float, default=1000.0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--triton-spinning", action="store_true",
+                    help="let Triton's ORT session spin-wait (ORT's default; alexnet-serve turns it off)")
     ap.add_argument("--serve-arg", action="append", default=[], help="an extra alexnet-serve option (repeatable)")
     a = ap.parse_args(argv)
     from alexnet_deploy.runtime.machine import machine_info
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         theirs = None
         try:
             name = served_name(ours.url)
-            theirs = start_pytriton(a.model, name, work, a.threads)
+            theirs = start_pytriton(a.model, name, work, a.threads, spinning=a.triton_spinning)
             meta = json.loads(urllib.request.urlopen(f"{ours.url}/v2/models/{name}").read())
             shape = [4, *meta["inputs"][0]["shape"][1:]]
             rng = np.random.default_rng(0)
@@ -132,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
               "input_shape": meta["inputs"][0]["shape"], "logits_max_abs_diff": diff,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "alexnet_serve": f"--threads {a.threads} --max-batch 32 --max-queue-delay-ms 2 " + " ".join(a.serve_arg),
-              "triton": f"PyTriton, Python backend, @batch, max batch 32, 2 ms queue delay, ORT {a.threads} threads",
+              "triton": f"PyTriton, Python backend, @batch, max batch 32, 2 ms queue delay, ORT {a.threads} threads, "
+                        f"intra-op spinning {'on' if a.triton_spinning else 'off'}",
+              "ort_intra_op_spinning": {"alexnet-serve": False, "triton": a.triton_spinning},
               "duration_s": a.duration_s, "warmup_ms": a.warmup_ms, "alexnet_serve_log_lines": log_lines,
               "machine": machine, "rows": rows}
     if a.json:

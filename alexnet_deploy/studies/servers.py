@@ -128,13 +128,15 @@ def start_alexnet_serve(model: Path, workdir: Path, threads: int = 2, extra: tup
 
 
 def start_pytriton(model: Path, name: str | TritonModel, workdir: Path, threads: int = 2,
-                   python: Path = PYTRITON_PYTHON, timeout_s: float = 180) -> Server:
+                   python: Path = PYTRITON_PYTHON, timeout_s: float = 180, spinning: bool = False) -> Server:
     """PyTriton's tritonserver serving ``model`` (ONNX, through onnxruntime) as ``name`` (a name, or the whole
-    interface from a config.pbtxt); ready once the model is."""
+    interface from a config.pbtxt); ready once the model is. ``spinning``: ORT's intra-op spin-wait (off, as in
+    alexnet-serve, so both sides run the same session)."""
     spec = name if isinstance(name, TritonModel) else TritonModel(name)
     hp, gp, mp = free_port(), free_port(), free_port()
     argv = [str(python), str(PYTRITON_SCRIPT), str(model), *spec.argv(), "--threads", str(threads),
-            "--http-port", str(hp), "--grpc-port", str(gp), "--metrics-port", str(mp)]
+            "--http-port", str(hp), "--grpc-port", str(gp), "--metrics-port", str(mp),
+            "--allow-spinning", "1" if spinning else "0"]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     return Server("triton", argv, hp, gp, workdir / "pytriton.log", timeout_s=timeout_s, model=spec.name, env=env)
 

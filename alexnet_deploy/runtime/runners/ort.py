@@ -24,7 +24,8 @@ class OrtRunner(Runner):
     engine = "ort"
 
     def __init__(self, path, metadata: ModelMetadata, provider: str = "cpu", threads: int | None = None,
-                 provider_options: dict | None = None, exact_qdq: bool = False):
+                 provider_options: dict | None = None, exact_qdq: bool = False,
+                 session_config: dict[str, str] | None = None):
         super().__init__(metadata)
         if provider not in PROVIDERS:
             raise InferenceError(f"unknown ONNX Runtime provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
@@ -35,6 +36,7 @@ class OrtRunner(Runner):
         # exact_qdq: no graph optimizations, so QuantizeLinear/DequantizeLinear run as the float ops they define
         # (the exact INT8 math, on every CPU) instead of being fused into the host's integer kernels
         self.exact_qdq = exact_qdq
+        self.session_config = dict(session_config or {})  # SessionOptions config entries (alexnet-serve: no spinning)
         self.engine = "ort" if provider == "cpu" else f"ort-{'trt' if provider == 'tensorrt' else provider}"
         self.session = None
 
@@ -56,6 +58,8 @@ class OrtRunner(Runner):
         if self.threads:
             so.intra_op_num_threads = int(self.threads)
         so.log_severity_level = 3
+        for key, value in self.session_config.items():
+            so.add_session_config_entry(key, value)
         if self.exact_qdq:
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         providers = [(wanted, self.provider_options)]
