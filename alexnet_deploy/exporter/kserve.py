@@ -203,6 +203,8 @@ def inspect_source(path: str | Path, *, artifact: str | None = None, name: str |
     if manifest is not None and manifest.get("kind") == "triton":  # alexnet-deploy's triton/ artifact folder
         path = path / str(manifest.get("model") or "model_repository")
         manifest = None
+        if not is_triton_repository(path):
+            raise UserInputError(f"{path} (named by {path.parent / 'manifest.json'}) is not a Triton repository")
     if manifest is not None:  # one artifact folder (onnx-fp32/, trt-fp16/): alexnet-serve only
         if artifact is not None:
             raise UserInputError(f"{path} is one artifact folder; --artifact chooses inside a deployment folder")
@@ -472,7 +474,10 @@ def export_kserve(model: str | Path, out: str | Path, opts: KServeOptions = KSer
         from alexnet_deploy.exporter.triton import check_model_name
 
         check_model_name(opts.name)
-    src = inspect_source(model, artifact=opts.artifact, name=opts.name)
+    try:
+        src = inspect_source(model, artifact=opts.artifact, name=opts.name)
+    except OSError as exc:  # an unreadable folder or file: one line naming it
+        raise UserInputError(f"cannot read {exc.filename or model}: {exc.strerror or exc}") from None
     out = Path(out)
     _check_out(out, src)
     want_triton = opts.only in (None, "triton")

@@ -349,3 +349,19 @@ def test_the_generated_command_serves(deploy_dir, tmp_path, cli):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
+
+
+def test_the_triton_artifact_folder_and_an_artifact_folder(deploy_dir, tmp_path, cli):
+    out = tmp_path / "a"
+    code, _, stderr = cli(export_group, "kserve", deploy_dir / "triton", "--out", out, "--storage-uri", "gs://b/repo")
+    assert code == 0, stderr  # alexnet-deploy's triton/ folder: its manifest names the repository
+    assert _load(out / "inferenceservice-triton.yaml")[0]["spec"]["predictor"]["triton"]["storageUri"] == "gs://b/repo"
+    out = tmp_path / "b"
+    code, _, stderr = cli(export_group, "kserve", deploy_dir / "onnx-fp32", "--out", out)
+    assert code == 0, stderr  # one artifact folder: alexnet-serve's files only, the folder itself at /mnt/models
+    assert sorted(p.name for p in out.iterdir()) == ["deployment.yaml", "inferenceservice-alexnet-serve.yaml"]
+    rest, _ = _load(out / "inferenceservice-alexnet-serve.yaml")
+    assert _serve_params(rest["spec"]["predictor"]["containers"][0]["command"])["model"] == "/mnt/models"
+    shutil.rmtree(deploy_dir / "triton" / "model_repository")
+    code, _, stderr = cli(export_group, "kserve", deploy_dir / "triton", "--out", tmp_path / "c")
+    assert code == 2 and one_line(stderr) and not (tmp_path / "c").exists()
