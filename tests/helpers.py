@@ -97,3 +97,53 @@ def make_model(path: Path, kind: str = "good", external: bool = False) -> Path:
     else:
         onnx.save_model(model, str(path))
     return path
+
+
+# --- KServe / Kubernetes manifests, checked against the real schemas and alexnet-serve's real CLI ---------------
+ROOT = Path(__file__).resolve().parents[1]
+KSERVE_SCHEMA = ROOT / "tests" / "data" / "kserve_inferenceservice_v1beta1.schema.json.gz"
+
+
+def kserve_schema() -> dict:
+    """KServe's own InferenceService CRD schema (tests/data, extracted from kserve's config/crd/full)."""
+    import gzip
+    import json
+
+    return json.loads(gzip.decompress(KSERVE_SCHEMA.read_bytes()))
+
+
+def unknown_fields(doc, schema: dict, where: str = "") -> list[str]:
+    """Fields KServe's structural schema does not declare (the API server would prune them silently)."""
+    if isinstance(doc, list):
+        return [u for i, x in enumerate(doc) for u in unknown_fields(x, schema.get("items", {}), f"{where}[{i}]")]
+    if not isinstance(doc, dict) or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    props = schema.get("properties")
+    if props is None:
+        extra = schema.get("additionalProperties")
+        return ([u for k, v in doc.items() for u in unknown_fields(v, extra, f"{where}.{k}")]
+                if isinstance(extra, dict) else [])
+    return [u for k, v in doc.items()
+            for u in ([f"{where}.{k}"] if k not in props else unknown_fields(v, props[k], f"{where}.{k}"))]
+
+
+def serve_params(args: list[str]) -> dict:
+    """A container's alexnet-serve arguments parsed by the real CLI's parser (an unknown option fails here)."""
+    from alexnet_deploy.cli.serve import serve_cmd
+
+    return serve_cmd.make_context("alexnet-serve", list(args)).params
+
+
+def serve_routes() -> set[str]:
+    """The HTTP routes alexnet-serve really has (the probes in the manifests must name them)."""
+    import pytest
+
+    pytest.importorskip("fastapi")
+    from alexnet_deploy.runtime.metadata import ModelMetadata
+    from alexnet_deploy.server.app import create_app
+
+    class Fake:
+        metadata = ModelMetadata.defaults_for("cifar10")
+        engine, max_batch, min_batch = "ort", None, None
+
+    return {getattr(r, "path", "") for r in create_app(Fake()).routes}

@@ -4,7 +4,6 @@ the container commands parse with alexnet-serve's own CLI; bad input is one line
 The deploy/k8s example manifests are held to the same validators."""
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from alexnet_deploy.cli.export import export_group
-from helpers import one_line
+from helpers import kserve_schema, one_line, serve_params, serve_routes, unknown_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 yaml = pytest.importorskip("yaml", reason="alexnet-export kserve writes YAML with PyYAML ([export] extra)")
@@ -23,28 +22,15 @@ K8S_VERSIONS = ("1.28", "1.31")  # oldest and a current Kubernetes the manifests
 # ------------------------------------------------------------------------------------------- validators
 @pytest.fixture(scope="module")
 def kserve_validator():
-    schema = json.loads(gzip.decompress((ROOT / "tests/data/kserve_inferenceservice_v1beta1.schema.json.gz").read_bytes()))
+    schema = kserve_schema()
     return jsonschema.Draft7Validator(schema), schema
-
-
-def _unknown(doc, schema, where="") -> list[str]:
-    """Fields KServe's structural schema does not declare (the API server would prune them silently)."""
-    if isinstance(doc, list):
-        return [u for i, x in enumerate(doc) for u in _unknown(x, schema.get("items", {}), f"{where}[{i}]")]
-    if not isinstance(doc, dict) or schema.get("x-kubernetes-preserve-unknown-fields"):
-        return []
-    props = schema.get("properties")
-    if props is None:
-        extra = schema.get("additionalProperties")
-        return [u for k, v in doc.items() for u in _unknown(v, extra, f"{where}.{k}")] if isinstance(extra, dict) else []
-    return [u for k, v in doc.items() for u in ([f"{where}.{k}"] if k not in props else _unknown(v, props[k], f"{where}.{k}"))]
 
 
 def _check_kserve(doc, kserve_validator):
     validator, schema = kserve_validator
     assert doc["apiVersion"] == "serving.kserve.io/v1beta1" and doc["kind"] == "InferenceService"
     validator.validate(doc)
-    assert _unknown(doc, schema) == [], doc["metadata"]["name"]
+    assert unknown_fields(doc, schema) == [], doc["metadata"]["name"]
 
 
 def _check_k8s(doc):
@@ -54,22 +40,8 @@ def _check_k8s(doc):
 
 
 def _serve_params(command: list[str]) -> dict:
-    from alexnet_deploy.cli.serve import serve_cmd
-
     assert command[0] == "alexnet-serve"
-    return serve_cmd.make_context("alexnet-serve", list(command[1:])).params  # an unknown option raises
-
-
-def _routes() -> set[str]:
-    pytest.importorskip("fastapi")
-    from alexnet_deploy.runtime.metadata import ModelMetadata
-    from alexnet_deploy.server.app import create_app
-
-    class Fake:
-        metadata = ModelMetadata.defaults_for("cifar10")
-        engine, max_batch, min_batch = "ort", None, None
-
-    return {getattr(r, "path", "") for r in create_app(Fake()).routes}
+    return serve_params(command[1:])
 
 
 def _load(path: Path) -> list[dict]:
@@ -122,7 +94,7 @@ def test_deploy_folder_gives_three_valid_files(deploy_dir, tmp_path, cli, kserve
                                                      "inferenceservice-triton.yaml"]
     assert "placeholder" not in stdout and stdout.count("wrote ") == 3
     name = f"alexnet-{read_onnx_metadata(small_onnx).precision}"  # what alexnet-serve --name auto announces
-    routes = _routes()
+    routes = serve_routes()
 
     (triton,) = _load(out / "inferenceservice-triton.yaml")
     _check_kserve(triton, kserve_validator)

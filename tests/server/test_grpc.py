@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import kserve_schema, serve_params, serve_routes, unknown_fields
+
 ROOT = Path(__file__).resolve().parents[2]
 grpc = pytest.importorskip("grpc", reason="alexnet-serve --grpc-port needs grpcio ([serve] extra)")
 tcg = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc] ([dev] extra)")
@@ -304,26 +306,6 @@ def test_busy_grpc_port_is_one_line(digits_onnx, cli):
 
 # ---- deployment manifests: their ports, probes and arguments are alexnet-serve's real ones ----
 
-def _serve_args(args: list[str]) -> dict:
-    """Parse a container's alexnet-serve arguments with the real CLI's parser (an unknown option fails here)."""
-    from alexnet_deploy.cli.serve import serve_cmd
-
-    ctx = serve_cmd.make_context("alexnet-serve", list(args), resilient_parsing=False)
-    return ctx.params
-
-
-def _routes() -> set[str]:
-    pytest.importorskip("fastapi")
-    from alexnet_deploy.runtime.metadata import ModelMetadata
-    from alexnet_deploy.server.app import create_app
-
-    class Fake:
-        metadata = ModelMetadata.defaults_for("cifar10")
-        engine, max_batch, min_batch = "ort", None, None
-
-    return {getattr(r, "path", "") for r in create_app(Fake()).routes}
-
-
 def _containers(doc: dict) -> list[dict]:
     spec = doc["spec"]
     if doc["kind"] == "Deployment":
@@ -335,7 +317,7 @@ def _containers(doc: dict) -> list[dict]:
 
 def test_k8s_manifests_match_the_server():
     yaml = pytest.importorskip("yaml", reason="parses deploy/k8s with PyYAML ([dev] extra)")
-    routes = _routes()
+    routes = serve_routes()
     docs = {}
     for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
@@ -347,7 +329,7 @@ def test_k8s_manifests_match_the_server():
         for c in _containers(doc):
             cmd = c.get("command", []) + c.get("args", [])
             assert cmd[0] == "alexnet-serve", (fname, cmd)
-            params = _serve_args(cmd[1:])
+            params = serve_params(cmd[1:])
             assert params["host"] == "0.0.0.0" and params["name"] == "auto", (fname, params)
             ports = {p["containerPort"]: p for p in c.get("ports", [])}
             http_port, grpc_port = params["port"], params["grpc_port"]
@@ -395,42 +377,20 @@ def test_dockerfile_matches_the_server():
     entry = json.loads(next(ln for ln in final if ln.upper().startswith("ENTRYPOINT ")).split(None, 1)[1])
     cmd = json.loads(next(ln for ln in final if ln.upper().startswith("CMD ")).split(None, 1)[1])
     assert entry[0] == "alexnet-serve"
-    params = _serve_args(entry[1:] + cmd)
+    params = serve_params(entry[1:] + cmd)
     expose = {int(p) for ln in final if ln.upper().startswith("EXPOSE ") for p in ln.split()[1:]}
     assert expose == {params["port"], params["grpc_port"]} and params["host"] == "0.0.0.0"
     health = next(ln for ln in final if ln.upper().startswith("HEALTHCHECK "))
     url = re.search(r"http://(?:127\.0\.0\.1|localhost):(\d+)(/\S+?)['\"]", health)
-    assert url and int(url.group(1)) == params["port"] and url.group(2) in _routes(), health
+    assert url and int(url.group(1)) == params["port"] and url.group(2) in serve_routes(), health
     assert shlex.split(health)  # well-formed
-
-
-def _unknown_fields(doc, schema, where="") -> list[str]:
-    """Fields the CRD's structural schema does not declare: the API server would prune them silently."""
-    if not isinstance(doc, dict) or schema.get("x-kubernetes-preserve-unknown-fields"):
-        if isinstance(doc, list) and "items" in schema:
-            return [u for i, item in enumerate(doc) for u in _unknown_fields(item, schema["items"], f"{where}[{i}]")]
-        return []
-    props = schema.get("properties")
-    if props is None:
-        extra = schema.get("additionalProperties")
-        return [u for k, v in doc.items() for u in _unknown_fields(v, extra, f"{where}.{k}")] if isinstance(extra, dict) else []
-    out = []
-    for k, v in doc.items():
-        if k not in props:
-            out.append(f"{where}.{k}")
-        else:
-            out += _unknown_fields(v, props[k], f"{where}.{k}")
-    return out
 
 
 def test_inferenceservices_validate_against_kserves_crd_schema():
     """KServe's own CRD schema (tests/data, extracted from kserve's config/crd/full at the commit it names)."""
-    import gzip
-
     yaml = pytest.importorskip("yaml", reason="parses deploy/k8s with PyYAML ([dev] extra)")
     jsonschema = pytest.importorskip("jsonschema", reason="validates against KServe's CRD schema")
-    schema = json.loads(gzip.decompress((ROOT / "tests" / "data" / "kserve_inferenceservice_v1beta1.schema.json.gz")
-                                        .read_bytes()))
+    schema = kserve_schema()
     isvcs = [doc for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
              for doc in yaml.safe_load_all(path.read_text()) if doc["kind"] == "InferenceService"]
     assert len(isvcs) == 3
@@ -438,11 +398,11 @@ def test_inferenceservices_validate_against_kserves_crd_schema():
     for doc in isvcs:
         assert doc["apiVersion"] == "serving.kserve.io/v1beta1"
         validator.validate(doc)
-        assert _unknown_fields(doc, schema) == [], doc["metadata"]["name"]
+        assert unknown_fields(doc, schema) == [], doc["metadata"]["name"]
     # the checker itself: a misspelt field and a wrong type are caught
     bad = json.loads(json.dumps(isvcs[0]))
     bad["spec"]["predictor"]["containers"][0]["readinesProbe"] = {}
-    assert _unknown_fields(bad, schema) == [".spec.predictor.containers[0].readinesProbe"]
+    assert unknown_fields(bad, schema) == [".spec.predictor.containers[0].readinesProbe"]
     bad["spec"]["predictor"]["containers"][0]["ports"][0]["containerPort"] = "8080"
     with pytest.raises(jsonschema.ValidationError):
         validator.validate(bad)
