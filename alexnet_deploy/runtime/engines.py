@@ -11,6 +11,7 @@ ONNX_ENGINES = ("ort", "ort-cuda", "ort-trt")  # ONNX Runtime on an ONNX file, b
 TENSORRT_ENGINES = ("trt",)  # a serialized TensorRT / TensorRT-RTX engine
 ENGINES = (*TORCH_ENGINES, *ONNX_ENGINES, *TENSORRT_ENGINES)
 EXPORTED_ENGINES = (*ONNX_ENGINES, *TENSORRT_ENGINES)  # what runs an exported model (no torch): alexnet-verify
+GPU_ENGINES = ("torch-cuda", "ort-cuda", "ort-trt", "trt")  # the ones that need a CUDA GPU (Triton KIND_GPU)
 
 # the kind of model file each group runs (runners/factory.py's model_kind names them by suffix)
 MODEL_KINDS = {**dict.fromkeys(TORCH_ENGINES, "checkpoint"), **dict.fromkeys(ONNX_ENGINES, "onnx"),
@@ -29,5 +30,6 @@ ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")  # serialized TensorRT engines
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".ckpt")
 
-__all__ = ["TORCH_ENGINES", "ONNX_ENGINES", "TENSORRT_ENGINES", "ENGINES", "EXPORTED_ENGINES", "MODEL_KINDS",
-           "DESCRIPTIONS", "ORT_PROVIDERS", "ONNX_SUFFIXES", "ENGINE_SUFFIXES", "CHECKPOINT_SUFFIXES"]
+__all__ = ["TORCH_ENGINES", "ONNX_ENGINES", "TENSORRT_ENGINES", "ENGINES", "EXPORTED_ENGINES", "GPU_ENGINES",
+           "MODEL_KINDS", "DESCRIPTIONS", "ORT_PROVIDERS", "ONNX_SUFFIXES", "ENGINE_SUFFIXES",
+           "CHECKPOINT_SUFFIXES"]

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alexnet_deploy import __version__
 from alexnet_deploy.errors import AlexnetDeployError, UserInputError
+from alexnet_deploy.runtime.engines import GPU_ENGINES
 from alexnet_deploy.runtime.preprocess import DEFAULT_MAX_PIXELS
 from alexnet_deploy.server.batcher import DynamicBatcher, QueueFull
 from alexnet_deploy.server.connections import ConnectionLimits
@@ -196,8 +197,7 @@ def create_app(runner, options: ServeOptions | None = None):
 
     stats = metrics.stats
     config_json = triton_config(opts.name, meta, PLATFORMS.get(runner.engine.split("-")[0], runner.engine), max_batch,
-                                opts.max_queue_delay_ms, "gpu" if runner.engine in ("trt", "ort-cuda", "ort-trt",
-                                                                                   "torch-cuda") else "cpu")
+                                opts.max_queue_delay_ms, "gpu" if runner.engine in GPU_ENGINES else "cpu")
 
     def decode(body: bytes) -> np.ndarray:
         from alexnet_deploy.runtime.preprocess import ImageTooLargeError, load_image, model_batch

@@ -106,3 +106,10 @@ def test_engine_names_import_nothing_heavy():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_gpu_engines_are_engines_and_cover_every_cuda_one():
+    from alexnet_deploy.runtime.engines import ENGINES, GPU_ENGINES, ORT_PROVIDERS
+
+    assert set(GPU_ENGINES) <= set(ENGINES)
+    assert {e for e, p in ORT_PROVIDERS.items() if p != "cpu"} | {"trt", "torch-cuda"} == set(GPU_ENGINES)
