@@ -147,3 +147,48 @@ def serve_routes() -> set[str]:
         engine, max_batch, min_batch = "ort", None, None
 
     return {getattr(r, "path", "") for r in create_app(Fake()).routes}
+
+
+def blocked_imports(modules) -> str:
+    """Python source that makes importing any of ``modules`` (top-level names) fail as a missing package does:
+    prepend it to a ``python -c`` script to run code as on a machine without them."""
+    import textwrap
+
+    return textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {tuple(modules)!r}:
+                    raise ModuleNotFoundError("No module named " + repr(name), name=name)
+        sys.meta_path.insert(0, Block())
+    """)
+
+
+class SlowRunner:
+    """Stands in for a runner that cannot keep up: every batch takes ``delay`` seconds (logits 0..9 per row);
+    ``batches`` records the batch sizes it was given."""
+
+    def __init__(self, delay: float):
+        from alexnet_deploy.runtime.metadata import ModelMetadata
+
+        self.metadata = ModelMetadata.defaults_for("cifar10")
+        self.delay = delay
+        self.batches: list[int] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def describe(self):
+        return "slow fake runner"
+
+    def infer_batches(self, x, batch_size):
+        import time
+
+        import numpy as np
+
+        time.sleep(self.delay)
+        self.batches.append(len(x))
+        return np.tile(np.arange(10, dtype=np.float32), (len(x), 1))

@@ -4,6 +4,8 @@ import textwrap
 
 import pytest
 
+from helpers import blocked_imports
+
 from alexnet_deploy.cli import export_main, train_main
 from alexnet_deploy.models.weights import load_model, save_checkpoint
 
@@ -12,14 +14,7 @@ HEAVY = ("torch", "torchvision", "onnx", "onnxruntime", "onnxsim", "tensorrt", "
 
 
 def _run_blocked(code: str) -> subprocess.CompletedProcess:
-    prelude = textwrap.dedent(f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {HEAVY!r}:
-                    raise ModuleNotFoundError("No module named " + repr(name), name=name)
-        sys.meta_path.insert(0, Block())
-    """)
+    prelude = blocked_imports(HEAVY)
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True)
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import blocked_imports
+
 pytestmark = pytest.mark.slow  # each command runs in a subprocess with torch blocked
 
 # What `pip install 'alexnet-deploy[build]'` does not bring (torch and the rest of [export]).
@@ -16,13 +18,7 @@ NOT_IN_BUILD = ("torch", "torchvision", "onnxsim", "safetensors", "sklearn", "sc
 
 
 def _run_without_torch(code: str) -> subprocess.CompletedProcess:
-    prelude = textwrap.dedent(f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {NOT_IN_BUILD!r}:
-                    raise ModuleNotFoundError("No module named " + repr(name), name=name)
-        sys.meta_path.insert(0, Block())
+    prelude = blocked_imports(NOT_IN_BUILD) + textwrap.dedent("""
         from click.testing import CliRunner
         def run(cmd, *args):
             r = CliRunner().invoke(cmd, [str(a) for a in args])

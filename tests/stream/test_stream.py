@@ -23,9 +23,9 @@ av = pytest.importorskip("av", reason="alexnet-stream needs PyAV: pip install 'a
 
 from alexnet_deploy.cli import predict_main, stream_main  # noqa: E402
 from alexnet_deploy.errors import UserInputError  # noqa: E402
-from alexnet_deploy.runtime.metadata import ModelMetadata  # noqa: E402
 from alexnet_deploy.stream.pipeline import StreamOptions, StreamPipeline  # noqa: E402
 from alexnet_deploy.stream.sources import RawFrame, Source, SourceSpec, open_source, parse_source  # noqa: E402
+from helpers import SlowRunner  # noqa: E402
 
 N_FRAMES = 100
 SIZE = 64  # digits (8x8) upscaled with nearest: H.264 needs more than 8 pixels, the model resizes to 32
@@ -156,29 +156,6 @@ class TickSource(Source):
         for i in range(self.n):
             time.sleep(1 / self.fps)
             yield RawFrame(i, i / self.fps, Image.new("RGB", (32, 32), (i % 256, 0, 0)))
-
-
-class SlowRunner:
-    """Stands in for a runner that cannot keep up: every batch takes ``delay`` seconds."""
-
-    def __init__(self, delay: float):
-        self.metadata = ModelMetadata.defaults_for("cifar10")
-        self.delay = delay
-        self.batches: list[int] = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def describe(self):
-        return "slow fake runner"
-
-    def infer_batches(self, x, batch_size):
-        time.sleep(self.delay)
-        self.batches.append(len(x))
-        return np.tile(np.arange(10, dtype=np.float32), (len(x), 1))
 
 
 def _run(source, runner, **options):

@@ -27,10 +27,10 @@ from PIL import Image
 av = pytest.importorskip("av", reason="alexnet-stream needs PyAV: pip install 'alexnet-deploy[stream]'")
 
 from alexnet_deploy.cli import stream_main  # noqa: E402
-from alexnet_deploy.runtime.metadata import ModelMetadata  # noqa: E402
 from alexnet_deploy.stream.pipeline import StreamOptions, StreamPipeline  # noqa: E402
 from alexnet_deploy.stream.sources import (RawFrame, Source, SourceError, SourceSpec, create_source,  # noqa: E402
                                            parse_source, parse_sources, pipeline_elements)
+from helpers import SlowRunner  # noqa: E402
 
 pytestmark = pytest.mark.slow  # real RTSP/UDP/RTP servers, restarts and timeouts: seconds per test
 
@@ -286,25 +286,6 @@ class Camera(Source):
             if due > time.time():
                 time.sleep(due - time.time())
             yield RawFrame(i, i / self.fps, convert=lambda i=i: self._convert(i), captured=due)
-
-
-class SlowRunner:
-    def __init__(self, delay: float):
-        self.metadata = ModelMetadata.defaults_for("cifar10")
-        self.delay = delay
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def describe(self):
-        return "slow fake runner"
-
-    def infer_batches(self, x, batch_size):
-        time.sleep(self.delay)
-        return np.tile(np.arange(10, dtype=np.float32), (len(x), 1))
 
 
 def _run(sources, runner, **options):
