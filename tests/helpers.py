@@ -192,3 +192,33 @@ class SlowRunner:
         time.sleep(self.delay)
         self.batches.append(len(x))
         return np.tile(np.arange(10, dtype=np.float32), (len(x), 1))
+
+
+def mounted_tmpfs(path: Path, options: str):
+    """A context manager: a tmpfs mounted at ``path`` (created) with mount ``options`` ("size=48m", "ro,size=64k"),
+    unmounted after; skips the test where mounting is not possible (needs root with CAP_SYS_ADMIN)."""
+    import contextlib
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    @contextlib.contextmanager
+    def mounted():
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("mounting a small tmpfs needs root")
+        path.mkdir()
+        try:
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True,
+                               text=True)
+        except OSError as exc:
+            pytest.skip(f"cannot mount a tmpfs here: {exc}")
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+    return mounted()

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from alexnet_deploy.deploy.plan import DeployOptions
+from helpers import mounted_tmpfs
 
 pytestmark = pytest.mark.slow  # each test works on a copy of a real deployment
 
@@ -223,18 +224,9 @@ def test_kill9_leaves_an_in_progress_report(base, tmp_path):
 
 @pytest.fixture
 def full_disk(tmp_path):
-    """A 48 MB tmpfs (root with CAP_SYS_ADMIN), unmounted after the test."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root (the simulated ENOSPC tests still run)")
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    """A 48 MB tmpfs (root with CAP_SYS_ADMIN), unmounted after the test; the simulated ENOSPC tests run anyway."""
+    with mounted_tmpfs(tmp_path / "tmpfs", "size=48m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def _fill(folder: Path, leave: int) -> None:

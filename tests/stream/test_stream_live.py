@@ -30,7 +30,7 @@ from alexnet_deploy.cli import stream_main  # noqa: E402
 from alexnet_deploy.stream.pipeline import StreamOptions, StreamPipeline  # noqa: E402
 from alexnet_deploy.stream.sources import (RawFrame, Source, SourceError, SourceSpec, create_source,  # noqa: E402
                                            parse_source, parse_sources, pipeline_elements)
-from helpers import SlowRunner  # noqa: E402
+from helpers import SlowRunner, mounted_tmpfs  # noqa: E402
 
 pytestmark = pytest.mark.slow  # real RTSP/UDP/RTP servers, restarts and timeouts: seconds per test
 
@@ -532,24 +532,9 @@ def test_fifo_in_an_image_folder_is_skipped_like_predict(cli, digits_onnx, tmp_p
     assert "unreadable 1" in err
 
 
-@contextlib.contextmanager
-def _mounted_tmpfs(path: Path, options: str):
-    path.mkdir()
-    try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
-    except OSError as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
 def test_output_onto_a_full_disk_is_reported_as_such(cli, digits_onnx, tmp_path):
     clip = _write_video(tmp_path / "clip.mkv", 300)
-    with _mounted_tmpfs(tmp_path / "small", "size=96k") as small:
+    with mounted_tmpfs(tmp_path / "small", "size=96k") as small:
         code, _, err = cli(stream_main, digits_onnx, clip, "--output", small / "out.mkv", "--codec", "ffv1",
                            "--jsonl", "none")
         left = list(small.iterdir())
@@ -561,7 +546,7 @@ def test_output_onto_a_full_disk_is_reported_as_such(cli, digits_onnx, tmp_path)
 
 def test_jsonl_onto_a_full_disk_is_reported_and_the_video_still_finalized(cli, digits_onnx, tmp_path):
     clip = _write_video(tmp_path / "clip.mkv", 200)
-    with _mounted_tmpfs(tmp_path / "small", "size=16k") as small:
+    with mounted_tmpfs(tmp_path / "small", "size=16k") as small:
         code, _, err = cli(stream_main, digits_onnx, clip, "--jsonl", small / "x.jsonl", "--output",
                            tmp_path / "out.mkv")
     assert code == 2, err
@@ -574,7 +559,7 @@ def test_jsonl_onto_a_full_disk_is_reported_and_the_video_still_finalized(cli, d
 def test_jsonl_and_summary_into_a_read_only_folder_name_the_problem(cli, digits_onnx, tmp_path):
     clip = _write_video(tmp_path / "clip.mp4", 2)
     if os.geteuid() == 0:
-        ro_cm = _mounted_tmpfs(tmp_path / "ro", "ro,size=64k")
+        ro_cm = mounted_tmpfs(tmp_path / "ro", "ro,size=64k")
     else:
         ro = tmp_path / "ro"
         ro.mkdir()
