@@ -172,8 +172,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
+def json_bytes(obj) -> bytes:
+    """``obj`` as the JSON text ``atomic_write_json`` writes (for a caller that writes it through ``atomic_path``)."""
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+
+
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    return atomic_write_bytes(path, json_bytes(obj))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

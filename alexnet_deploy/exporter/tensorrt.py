@@ -14,7 +14,7 @@ Polygraphy's NetworkFromOnnxPath -> CreateConfig -> EngineBytesFromNetwork -> Sa
   parse_network -> ParsedNetwork     builder, network, parser
   create_config -> BuildConfig       workspace, profile, precision, target, DLA/compatibility, timing cache
   engine_bytes -> BuiltEngine        the serialized engine
-  save_timing_cache, engine_manifest, save_engine (the .plan and its manifest, atomically)
+  save_timing_cache, engine_manifest, save_engine (the .plan, then its manifest, atomically)
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import onnx
 
 from alexnet_deploy.errors import EngineBuildError, UserInputError
-from alexnet_deploy.fileio import (atomic_path, atomic_write_bytes, atomic_write_json, check_writable, sha256_bytes,
+from alexnet_deploy.fileio import (atomic_path, atomic_write_bytes, check_writable, json_bytes, sha256_bytes,
                                    sha256_file)
 from alexnet_deploy.onnxgraph import module_of_node
 from alexnet_deploy.runtime.metadata import ModelMetadata, read_onnx_metadata
@@ -411,11 +411,15 @@ def engine_manifest(job: BuildInputs, built: BuiltEngine) -> dict:
 
 
 def save_engine(output: Path, data: bytes, manifest: dict) -> None:
-    """The .plan and its manifest, each written atomically; the manifest is written inside the engine's write, so
-    a manifest that cannot be written leaves the engine (and any earlier one) untouched."""
-    with atomic_path(output) as tmp:
-        tmp.write_bytes(data)
-        atomic_write_json(manifest_path(output), manifest)
+    """The .plan, then its manifest, each written atomically: the manifest lands last, as the commit record.
+
+    The manifest is serialized and written to its temporary before the engine is renamed into place, so a
+    manifest that cannot be serialized or written (a full disk) leaves both files (and any earlier pair)
+    untouched. An interruption between the two renames leaves the new engine beside no manifest or the earlier
+    one, which the runner refuses in one line ("has no manifest" / "does not match its manifest", by sha256)."""
+    with atomic_path(manifest_path(output)) as manifest_tmp:
+        manifest_tmp.write_bytes(json_bytes(manifest))
+        atomic_write_bytes(output, data)  # the engine lands first; leaving the block renames the manifest
 
 
 def build_engine(onnx_path: str | Path, output: str | Path, opts: TrtBuildOptions | None = None,

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import types
+from pathlib import Path
 
 import onnx
 import pytest
 
-from alexnet_deploy.errors import EngineBuildError, UserInputError
+from alexnet_deploy.errors import EngineBuildError, ModelLoadError, UserInputError
 from alexnet_deploy.exporter import tensorrt as T
+from alexnet_deploy.fileio import sha256_bytes
 from alexnet_deploy.runtime.trt_library import MANIFEST_SCHEMA, TrtLibrary, manifest_path
 from tests.helpers import make_model
 
@@ -328,6 +331,51 @@ def test_save_engine_is_atomic(tmp_path):
         T.save_engine(tmp_path / "e.plan", b"y" * 10, {"bad": object()})
     assert (tmp_path / "e.plan").read_bytes() == b"x" * 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.plan", "e.plan.manifest.json"]
+
+
+def _renames(monkeypatch, interrupt: str | None = None) -> list[str]:
+    """Record the names os.replace lands; raise KeyboardInterrupt instead of landing a name ending ``interrupt``."""
+    real, landed = os.replace, []
+
+    def replace(src, dst):
+        if interrupt and Path(dst).name.endswith(interrupt):
+            raise KeyboardInterrupt
+        landed.append(Path(dst).name)
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return landed
+
+
+def test_save_engine_lands_the_engine_first_and_the_manifest_last(trt10, tiny, tmp_path, monkeypatch):
+    old = T.build_engine(tiny, tmp_path / "e.plan", opts10(), **quiet)
+    old_manifest = manifest_path(old.engine).read_bytes()
+    data = b"NEW-ENGINE" * 90
+    manifest = {**old.manifest, "engine_sha256": sha256_bytes(data), "engine_bytes": len(data)}
+    landed = _renames(monkeypatch)
+    T.save_engine(tmp_path / "f.plan", data, manifest)
+    assert landed == ["f.plan", "f.plan.manifest.json"]  # the manifest is the commit record
+
+    # interrupted between the two renames: the new engine beside the earlier manifest, which the runner refuses
+    _renames(monkeypatch, interrupt=".manifest.json")
+    with pytest.raises(KeyboardInterrupt):
+        T.save_engine(old.engine, data, manifest)
+    assert old.engine.read_bytes() == data and manifest_path(old.engine).read_bytes() == old_manifest
+    # ... or beside none (a first build)
+    with pytest.raises(KeyboardInterrupt):
+        T.save_engine(tmp_path / "g.plan", data, manifest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.plan", "e.plan.manifest.json", "f.plan",
+                                                          "f.plan.manifest.json", "g.plan", "m.onnx"]  # no temporaries
+    from alexnet_deploy.runtime.runners import open_runner
+
+    with pytest.raises(ModelLoadError) as err:
+        open_runner(old.engine).preflight()
+    assert str(err.value).startswith(f"{old.engine} does not match its manifest (truncated or replaced: 900 bytes, "
+                                     "manifest says 1100); rebuild: alexnet-export trt ")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ModelLoadError, match=r"^\S+g.plan has no manifest \(g.plan.manifest.json\); rebuild it "
+                                             r"with alexnet-export trt$"):
+        open_runner(tmp_path / "g.plan")
 
 
 @pytest.mark.parametrize("precision, path, flags", [("fp32", "fp32", ()), ("fp16", "builder-flag-fp16", ("FP16",)),
