@@ -20,6 +20,7 @@ from alexnet_deploy.deploy.plan import (REFERENCE, STEP_KINDS, TORCH_ENGINES, De
 from alexnet_deploy.deploy.steps import Context, Skipped, command, key_parts, model_path
 from alexnet_deploy.errors import AlexnetDeployError, UserInputError
 from alexnet_deploy.fileio import atomic_write_bytes, atomic_write_json, sha256_file
+from alexnet_deploy.runtime.engines import ORT_PROVIDER_CLASSES
 
 log = logging.getLogger(__name__)
 PROVENANCE_SCHEMA = "alexnet-deploy.provenance/1"
@@ -64,8 +65,7 @@ def resolve_engines(opts: DeployOptions) -> tuple[str, ...]:
         import onnxruntime
 
         have = set(onnxruntime.get_available_providers())
-        engines += [e for e, p in (("ort-cuda", "CUDAExecutionProvider"), ("ort-trt", "TensorrtExecutionProvider"))
-                    if p in have]
+        engines += [e for e, cls in ORT_PROVIDER_CLASSES.items() if e != "ort" and cls in have]
     except ImportError:
         pass
     if "trt" in opts.targets:

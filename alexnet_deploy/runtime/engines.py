@@ -25,11 +25,14 @@ DESCRIPTIONS = {
     "trt": "a serialized TensorRT / TensorRT-RTX engine",
 }
 ORT_PROVIDERS = {"ort": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}  # engine -> runners/ort.py provider
+# engine -> the ONNX Runtime execution provider class it runs on (as onnxruntime.get_available_providers() names it)
+ORT_PROVIDER_CLASSES = {"ort": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
+                        "ort-trt": "TensorrtExecutionProvider"}
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")  # serialized TensorRT engines
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".ckpt")
 
 __all__ = ["TORCH_ENGINES", "ONNX_ENGINES", "TENSORRT_ENGINES", "ENGINES", "EXPORTED_ENGINES", "GPU_ENGINES",
-           "MODEL_KINDS", "DESCRIPTIONS", "ORT_PROVIDERS", "ONNX_SUFFIXES", "ENGINE_SUFFIXES",
+           "MODEL_KINDS", "DESCRIPTIONS", "ORT_PROVIDERS", "ORT_PROVIDER_CLASSES", "ONNX_SUFFIXES", "ENGINE_SUFFIXES",
            "CHECKPOINT_SUFFIXES"]

@@ -22,12 +22,14 @@ def test_groups_partition_the_names():
     assert {engines.MODEL_KINDS[e] for e in engines.TORCH_ENGINES} == {"checkpoint"}
     assert {engines.MODEL_KINDS[e] for e in engines.ONNX_ENGINES} == {"onnx"}
     assert {engines.MODEL_KINDS[e] for e in engines.TENSORRT_ENGINES} == {"engine"}
-    assert set(engines.ORT_PROVIDERS) == set(engines.ONNX_ENGINES)
+    assert set(engines.ORT_PROVIDERS) == set(engines.ORT_PROVIDER_CLASSES) == set(engines.ONNX_ENGINES)
 
 
 def test_the_names_as_users_know_them():  # the names are an interface (CLI flags, report.json): unchanged
     assert engines.ENGINES == ("torch", "torch-cuda", "ort", "ort-cuda", "ort-trt", "trt")
     assert engines.ORT_PROVIDERS == {"ort": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}
+    assert engines.ORT_PROVIDER_CLASSES == {"ort": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
+                                            "ort-trt": "TensorrtExecutionProvider"}  # ONNX Runtime's names
     assert engines.ENGINE_SUFFIXES == (".plan", ".engine", ".trt")
 
 
@@ -44,6 +46,29 @@ def test_every_consumer_uses_the_one_definition():
     assert plan.ENGINES is engines.ENGINES
     assert plan.TORCH_ENGINES is engines.TORCH_ENGINES and plan.ONNX_ENGINES is engines.ONNX_ENGINES
     assert verify.ENGINES is engines.EXPORTED_ENGINES and verify.ENGINE_SUFFIXES is engines.ENGINE_SUFFIXES
+    from alexnet_deploy.runtime.runners import ort
+
+    assert ort.PROVIDERS == {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                             "tensorrt": "TensorrtExecutionProvider"}
+    assert {engines.ORT_PROVIDERS[e]: c for e, c in engines.ORT_PROVIDER_CLASSES.items()} == ort.PROVIDERS
+
+
+@pytest.mark.parametrize("available, want", [
+    (["CPUExecutionProvider"], ("torch", "ort")),
+    (["TensorrtExecutionProvider", "CPUExecutionProvider"], ("torch", "ort", "ort-trt")),
+    (["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+     ("torch", "ort", "ort-cuda", "ort-trt")),
+])
+def test_deploy_auto_engines_follow_the_provider_classes(monkeypatch, tmp_path, available, want):
+    import types
+
+    from alexnet_deploy.deploy.plan import DeployOptions
+    from alexnet_deploy.deploy.run import resolve_engines
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", types.SimpleNamespace(get_available_providers=lambda: available))
+    monkeypatch.setitem(sys.modules, "torch", None)  # no torch-cuda probe: ImportError
+    opts = DeployOptions(weights=tmp_path / "w.pt", out=tmp_path / "out", dataset="digits", targets=("onnx",))
+    assert resolve_engines(opts) == want
 
 
 def test_verify_cli_choice_is_the_exported_engines():
@@ -94,7 +119,10 @@ NOT_YET: set[str] = set()  # files still spelling a group out (none)
 def test_no_second_copy_of_the_tuples():
     """The group tuples are written out in runtime/engines.py only."""
     literals = ('("ort", "ort-cuda", "ort-trt")', '("torch", "torch-cuda")', '(".plan", ".engine", ".trt")',
-                '["ort", "ort-cuda", "ort-trt", "trt"]')
+                '["ort", "ort-cuda", "ort-trt", "trt"]',
+                # the GPU providers' classes belong to an engine (ORT_PROVIDER_CLASSES); "CPUExecutionProvider" is
+                # also ONNX Runtime's plain CPU session outside any engine, so it stays allowed
+                '"CUDAExecutionProvider"', '"TensorrtExecutionProvider"')
     found = [f"{p.relative_to(PKG)}: {lit}" for p in PKG.rglob("*.py") if p.name != "engines.py"
              and str(p.relative_to(PKG)) not in NOT_YET for lit in literals if lit in p.read_text()]
     assert not found

@@ -8,14 +8,13 @@ import numpy as np
 from alexnet_deploy.deps import require
 from alexnet_deploy.errors import InferenceError, MissingDependencyError, ModelLoadError
 from alexnet_deploy.fileio import native_path_or_bytes, printable_path
+from alexnet_deploy.runtime.engines import ONNX_ENGINES, ORT_PROVIDER_CLASSES, ORT_PROVIDERS
 from alexnet_deploy.runtime.metadata import ModelMetadata
 from alexnet_deploy.runtime.runners.base import Runner, TensorSpec
 
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
+# provider -> ONNX Runtime provider class ({"cpu": "CPUExecutionProvider", ...}), from the engine names' maps
+PROVIDERS = {ORT_PROVIDERS[e]: ORT_PROVIDER_CLASSES[e] for e in ONNX_ENGINES}
+_ENGINE_OF = {p: e for e, p in ORT_PROVIDERS.items()}  # "tensorrt" -> "ort-trt"
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
            "tensor(uint8)": np.uint8}  # uint8: raw-pixel models (--input-format uint8-nhwc)
 
@@ -37,7 +36,7 @@ class OrtRunner(Runner):
         # (the exact INT8 math, on every CPU) instead of being fused into the host's integer kernels
         self.exact_qdq = exact_qdq
         self.session_config = dict(session_config or {})  # SessionOptions config entries (alexnet-serve: no spinning)
-        self.engine = "ort" if provider == "cpu" else f"ort-{'trt' if provider == 'tensorrt' else provider}"
+        self.engine = _ENGINE_OF[provider]
         self.session = None
 
     def activate_impl(self) -> None:
