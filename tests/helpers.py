@@ -99,6 +99,28 @@ def make_model(path: Path, kind: str = "good", external: bool = False) -> Path:
     return path
 
 
+def fake_plan(path: Path, onnx_path: Path, library: str = "tensorrt_rtx", version: str = "1.7.1",
+              max_batch: int = 4) -> Path:
+    """Bytes standing for a serialized engine of ``onnx_path`` (make_model's), with the manifest fields
+    exporter/tensorrt.py writes that the Triton export reads: for tests that move engines, not build them."""
+    from alexnet_deploy.fileio import atomic_write_json, sha256_bytes
+    from alexnet_deploy.runtime.metadata import read_onnx_metadata
+    from alexnet_deploy.runtime.trt_library import MANIFEST_SCHEMA, manifest_path
+
+    data = b"FAKE-PLAN" * 100
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    meta = read_onnx_metadata(onnx_path)
+    atomic_write_json(manifest_path(path), {
+        "schema": MANIFEST_SCHEMA, "engine_sha256": sha256_bytes(data), "engine_bytes": len(data),
+        "library": {"name": library, "version": version, "strongly_typed": True}, "gpu": None,
+        "target_compute_capability": "sm86", "precision": meta.precision, "precision_path": "fp32",
+        "source_onnx": str(onnx_path), "input": {"name": meta.input_name, "shape": [-1, *meta.input_dims]},
+        "output": {"name": meta.output_name}, "build": {"profile": {"min": 1, "opt": max_batch, "max": max_batch}},
+        "metadata": meta.to_props()})
+    return path
+
+
 # --- KServe / Kubernetes manifests, checked against the real schemas and alexnet-serve's real CLI ---------------
 ROOT = Path(__file__).resolve().parents[1]
 KSERVE_SCHEMA = ROOT / "tests" / "data" / "kserve_inferenceservice_v1beta1.schema.json.gz"

@@ -537,16 +537,21 @@ class TritonStep(StepKind):
         return " && ".join(lines)
 
     def run(self, ctx, step, stage):
-        from alexnet_deploy.exporter.triton import export_triton
+        from alexnet_deploy.exporter.triton import export_triton, tensorrt_rtx_note
         from alexnet_deploy.fileio import sha256_file
         from alexnet_deploy.runtime.metadata import read_onnx_metadata
+        from alexnet_deploy.runtime.trt_library import read_manifest
 
         o = ctx.opts
         names, batching, engines = [], {}, {}
+        rtx: dict[str, list[str]] = {}  # TensorRT-RTX "name version" -> the Triton models holding its engines
         for a, (src, name, preferred, measured) in _triton_models(ctx, step).items():
             plan = a.startswith("trt-")
             export_triton(src, stage / "model_repository", name=name, max_batch=o.max_batch,
-                          kind=None if plan else triton_kind(o), preferred=preferred, echo=_indent(ctx.echo))
+                          kind=None if plan else triton_kind(o), preferred=preferred, echo=_indent(ctx.echo),
+                          note_tensorrt_rtx=False)
+            if plan and (lib := read_manifest(src).get("library") or {}).get("name") == "tensorrt_rtx":
+                rtx.setdefault(f"{lib.get('name')} {lib.get('version')}", []).append(name)
             names.append(name)
             batching[name] = {"preferred_batch_size": preferred, "max_queue_delay_microseconds": 2000,
                               "from": measured or (f"no measurement of {_triton_bench_engine(a, triton_kind(o))} in "
@@ -554,6 +559,8 @@ class TritonStep(StepKind):
             if plan:  # an optional input (not in provenance.json's inputs): named here with its bytes
                 engines[name] = {"artifact": a, "platform": "tensorrt_plan",
                                  "engine": f"../{a}/{src.name}", "engine_sha256": sha256_file(src)}
+        for library, models in rtx.items():  # once for the repository, not once per engine
+            _indent(ctx.echo)(tensorrt_rtx_note(models, library))
         meta = read_onnx_metadata(o.out / step.needs[0] / "model.onnx")
         _sidecars(stage, "triton", "model_repository", meta,
                   {"models": names, "serve": "tritonserver --model-repository model_repository",

@@ -305,9 +305,17 @@ def _refuse_stray_models(version_dir: Path, writing: set[str]) -> None:
                              "would load instead of or beside this one; remove it or choose another --name")
 
 
+def tensorrt_rtx_note(models: list[str], library: str) -> str:
+    """The note for TensorRT-RTX engines put into a Triton repository, given once per repository however many of its
+    models hold one: ``models`` names them (engine files or Triton model names), ``library`` is "tensorrt_rtx 1.7.1"."""
+    return (f"note: {', '.join(models)} {'was' if len(models) == 1 else 'were'} built with {library}; Triton's "
+            "TensorRT backend loads engines of its own TensorRT (libnvinfer) version: build with that tensorrt for "
+            "serving")
+
+
 def export_triton(model: str | Path | list, repo: str | Path, *, name: str = "alexnet", max_batch: int | None = None,
                   instances: int = 1, kind: str | None = None, preferred: list[int] | None = None,
-                  max_queue_delay_us: int = 2000, version: int = 1, echo=None) -> Path:
+                  max_queue_delay_us: int = 2000, version: int = 1, echo=None, note_tensorrt_rtx: bool = True) -> Path:
     """One Triton model ``repo/name``: config.pbtxt, labels.txt and ``version/`` holding the model.
 
     ``model``: one .onnx, one .plan, or several .plan engines of one ONNX model for different GPU architectures
@@ -318,7 +326,8 @@ def export_triton(model: str | Path | list, repo: str | Path, *, name: str = "al
 
     ``max_batch`` None: 32 for ONNX, the engines' profile max for a plan (never above it). ``kind`` None: GPU for
     a TensorRT plan, else what this host has (``host_kind``). ``echo``: where notes go (an engine built with
-    TensorRT-RTX, which Triton's TensorRT backend does not load)."""
+    TensorRT-RTX, which Triton's TensorRT backend does not load). ``note_tensorrt_rtx`` False: leave that note to
+    a caller that exports several models into one repository and gives it once (``tensorrt_rtx_note``)."""
     models = [Path(m) for m in (model if isinstance(model, (list, tuple)) else [model])]
     repo = Path(repo)
     check_model_name(name)
@@ -388,9 +397,9 @@ def export_triton(model: str | Path | list, repo: str | Path, *, name: str = "al
         data_files = []
         params = {"alexnet_deploy.precision": str(first.manifest.get("precision") or meta.precision),
                   "alexnet_deploy.trt_library": first.library}
-        if (first.manifest.get("library") or {}).get("name") == "tensorrt_rtx" and echo is not None:
-            echo(f"note: {first.path.name} was built with {first.library}; Triton's TensorRT backend loads engines "
-                 "of its own TensorRT (libnvinfer) version: build with that tensorrt for serving")
+        if (first.manifest.get("library") or {}).get("name") == "tensorrt_rtx" and echo is not None \
+                and note_tensorrt_rtx:
+            echo(tensorrt_rtx_note([first.path.name], first.library))
         if kind == "cpu":
             raise UserInputError("a TensorRT plan runs on a GPU only; leave out --kind or give --kind gpu")
         kind = "gpu"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from alexnet_deploy.deploy.plan import DeployOptions, plan_steps
-from helpers import deploy_opts, statuses
+from helpers import deploy_opts, fake_plan, make_model, statuses
 
 
 def _parse(path: Path):
@@ -58,6 +58,29 @@ def test_best_measured_batch_is_read_from_this_runs_bench_record(tmp_path):
     _bench_record(tmp_path, "onnx-fp16", [{**row, "engine": "ort", "batch": 8, "throughput_ips": 1.0}], indexed=False)
     assert _best_measured(ctx, "onnx-fp16", "ort") is None  # not in checks/provenance.json: not trusted
     assert _best_measured(ctx, "onnx-int8", "ort") is None  # no record
+
+
+def test_tensorrt_rtx_note_is_given_once_per_repository(tmp_path):
+    from alexnet_deploy.deploy.plan import STEP_KINDS
+    from alexnet_deploy.deploy.steps import Context
+    from alexnet_deploy.exporter.triton import tensorrt_rtx_note
+
+    out = tmp_path / "dep"
+    opts = DeployOptions(weights=tmp_path / "w.pt", out=out, dataset="digits", precisions=("fp32", "fp16", "int8"),
+                         batch_sizes=(1, 4), triton_kind="cpu")
+    for p in opts.built_precisions:  # what the onnx and trt steps leave (engines built with TensorRT-RTX)
+        (out / f"onnx-{p}").mkdir(parents=True)
+        onnx = make_model(out / f"onnx-{p}" / "model.onnx")
+        fake_plan(out / f"trt-{p}" / "model.plan", onnx)
+        (out / f"trt-{p}" / "provenance.json").write_text("{}")
+    said = []
+    ctx = Context(opts, "0" * 64, {"name": "digits"}, ("ort", "trt"), echo=said.append)
+    (step,) = [s for s in plan_steps(opts, ctx.engines) if s.kind == "triton"]
+    result = STEP_KINDS["triton"].run(ctx, step, tmp_path / "stage")
+    assert result["models"] == ["alexnet-fp32", "alexnet-fp16", "alexnet-int8", "alexnet-trt-fp32",
+                                "alexnet-trt-fp16", "alexnet-trt-int8"]
+    assert [s for s in said if "note:" in s] == ["    " + tensorrt_rtx_note(
+        ["alexnet-trt-fp32", "alexnet-trt-fp16", "alexnet-trt-int8"], "tensorrt_rtx 1.7.1")]
 
 
 @pytest.mark.slow

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from alexnet_deploy.errors import UserInputError
-from alexnet_deploy.exporter.triton import engine_compute_capability, export_triton, plan_filename
+from alexnet_deploy.exporter.triton import engine_compute_capability, export_triton, plan_filename, tensorrt_rtx_note
 from alexnet_deploy.runtime.trt_library import manifest_path
-from helpers import one_line
+from helpers import fake_plan, make_model, one_line
 
 quiet = dict(echo=lambda *_: None)
 
@@ -195,3 +195,15 @@ def test_uint8_nhwc_model_takes_raw_pixels_in_triton(plans, tmp_path, which):
         [(meta.input_name, pb.TYPE_UINT8, [32, 32, 3], pb.ModelInput.FORMAT_NONE)]
     assert cfg.output[0].data_type == pb.TYPE_FP32
     assert cfg.platform == ("onnxruntime_onnx" if kind else "tensorrt_plan")
+
+
+def test_tensorrt_rtx_note_is_one_line_or_left_to_the_caller(tmp_path):
+    plan = fake_plan(tmp_path / "e" / "model.plan", make_model(tmp_path / "m.onnx"))
+    said = []
+    export_triton(plan, tmp_path / "repo", name="a", echo=said.append)
+    assert said == [tensorrt_rtx_note(["model.plan"], "tensorrt_rtx 1.7.1")] == [
+        "note: model.plan was built with tensorrt_rtx 1.7.1; Triton's TensorRT backend loads engines of its own "
+        "TensorRT (libnvinfer) version: build with that tensorrt for serving"]
+    export_triton(plan, tmp_path / "repo", name="b", echo=said.append, note_tensorrt_rtx=False)  # the caller's
+    assert len(said) == 1 and (tmp_path / "repo/b/1/model.plan").is_file()
+    assert tensorrt_rtx_note(["x", "y"], "tensorrt_rtx 1.7.1").startswith("note: x, y were built with tensorrt_rtx")
