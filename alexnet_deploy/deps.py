@@ -23,6 +23,7 @@ OPTIONAL = {
     "fastapi": ("'alexnet-deploy[serve]'", "the inference server"),
     "uvicorn": ("'alexnet-deploy[serve]'", "the inference server"),
     "prometheus_client": ("prometheus-client", "server metrics"),
+    "httptools": ("'alexnet-deploy[serve]'", "alexnet-serve --http-parser httptools"),
     "av": ("'alexnet-deploy[stream]'", "video files, cameras and network streams"),
 }
 

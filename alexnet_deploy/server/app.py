@@ -58,6 +58,7 @@ class ServeOptions:
     retry_after_s: int = 1
     drain_idle_s: float = 2.0  # SIGTERM: idle keep-alive connections get this long to send a last request (503)
     access_log: bool = True  # uvicorn's line per request (~8% of the event loop per small request at c64)
+    http_parser: str = "auto"  # connections.PARSERS: httptools (llhttp) when installed, else h11
 
     def limits(self) -> ConnectionLimits:
         return ConnectionLimits(max_connections=self.max_connections, health_reserve=max(16, self.max_connections // 4),
@@ -428,15 +429,19 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def server_config(app, options: ServeOptions, log_level: str = "info", **kwargs):
-    """uvicorn settings with the connection guard (request deadlines, connection cap, JSON protocol errors)."""
+    """uvicorn settings with the connection guard (request deadlines, connection cap, head size, JSON protocol
+    errors) on the request parser ``options.http_parser`` picks. The event loop is asyncio's: named, not uvicorn's
+    "auto", so what runs does not depend on whether uvloop happens to be installed."""
     import uvicorn
 
     from alexnet_deploy.server.connections import guarded_protocol
 
-    return uvicorn.Config(app, http=guarded_protocol(options.limits()), ws="none", log_level=log_level,
+    limits = options.limits()
+    kwargs.setdefault("loop", "asyncio")
+    return uvicorn.Config(app, http=guarded_protocol(limits, options.http_parser), ws="none", log_level=log_level,
                           access_log=options.access_log,
                           timeout_graceful_shutdown=30, timeout_keep_alive=5,
-                          h11_max_incomplete_event_size=16 * 1024, **kwargs)
+                          h11_max_incomplete_event_size=limits.max_head_bytes, **kwargs)
 
 
 def serve(runner, options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",

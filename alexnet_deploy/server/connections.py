@@ -4,8 +4,13 @@ room for health checks, and JSON instead of plain-text protocol errors.
 uvicorn's only timer is ``timeout_keep_alive`` (idle time *between* requests), and any received byte cancels
 it, so a client that sends its request head or body one byte a second holds a connection for ever (slow
 loris). ASGI middleware cannot see a request before its head is complete, so this lives in the HTTP protocol
-class: a subclass of uvicorn's h11 protocol, passed as ``uvicorn.Config(http=...)``.
+class: a subclass of uvicorn's protocol for the request parser in use, passed as ``uvicorn.Config(http=...)``:
+``guard_httptools`` (llhttp, C; the default when ``httptools`` is installed: at 64 concurrent small requests
+h11's pure-Python parser was about a fifth of the event loop) or ``guard_h11`` (h11, pure Python). Both enforce
+the same rules; the shared pieces are here.
 
+- **Head size**: a request line + headers over ``max_head_bytes`` (16 KiB) is refused (h11: 400; httptools:
+  431), so a client cannot grow a connection's memory with endless headers.
 - **Header deadline**: from the connection's start (or the first byte after a keep-alive pause) to a complete
   request head: ``header_timeout_s``; on expiry a 408 JSON response and the connection is closed.
 - **Body deadline**: from the head to the end of the body: ``body_timeout_s`` plus a grace second (the
@@ -26,9 +31,6 @@ import json
 import socket
 from dataclasses import dataclass
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
-
 HEALTH_PREFIX = "/v2/health/"
 
 
@@ -40,6 +42,7 @@ class ConnectionLimits:
     body_timeout_s: float = 30.0
     retry_after_s: int = 1
     drain_idle_s: float = 2.0  # during a drain, an idle keep-alive connection is closed after this long
+    max_head_bytes: int = 16 * 1024  # request line + headers (h11's max incomplete event size)
 
 
 def json_response_bytes(status: int, reason: str, message: str, retry_after: int | None = None) -> bytes:
@@ -137,100 +140,24 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-def guarded_protocol(limits: ConnectionLimits) -> type:
-    """The uvicorn protocol class enforcing ``limits`` (one class per server)."""
+PARSERS = ("auto", "httptools", "h11")
 
-    class GuardedH11Protocol(H11Protocol):
-        _limits = limits
 
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self.transport = CoalescingTransport(transport, self.loop)  # one send per response (head + body)
-            _set_nodelay(transport)
-            self._deadline = None
-            open_now = len(self.connections)  # includes this one
-            lim = self._limits
-            if open_now > lim.max_connections + lim.health_reserve:
-                transport.write(json_response_bytes(503, "Service Unavailable",
-                                                    "server busy: too many open connections; retry later",
-                                                    lim.retry_after_s))
-                transport.close()
-                return
-            if open_now > lim.max_connections:
-                self.app = health_only(self.app, lim.retry_after_s)
-            self._arm(lim.header_timeout_s, self._header_timeout)
+def http_parser(choice: str = "auto") -> str:
+    """The request parser ``choice`` means here: auto is httptools when it is installed, else h11."""
+    if choice == "auto":
+        import importlib.util
 
-        def _arm(self, seconds: float, callback) -> None:
-            self._disarm()
-            self._deadline = self.loop.call_later(seconds, callback)
+        return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    return choice
 
-        def _disarm(self) -> None:
-            if getattr(self, "_deadline", None) is not None:
-                self._deadline.cancel()
-                self._deadline = None
 
-        def _header_timeout(self) -> None:
-            self._deadline = None
-            if self.transport.is_closing():
-                return
-            if self.conn.their_state is h11.IDLE:  # still waiting for (the rest of) a request head
-                self.transport.write(json_response_bytes(
-                    408, "Request Timeout", f"the request head did not arrive within {self._limits.header_timeout_s:g} s"))
-            self.transport.close()
+def guarded_protocol(limits: ConnectionLimits, parser: str = "auto") -> type:
+    """The uvicorn protocol class enforcing ``limits`` (one class per server) on the ``parser`` (PARSERS)."""
+    if http_parser(parser) == "httptools":
+        from alexnet_deploy.server.guard_httptools import guarded_httptools
 
-        def _body_timeout(self) -> None:
-            self._deadline = None
-            if not self.transport.is_closing():
-                self.transport.close()  # the application sees a disconnect
+        return guarded_httptools(limits)
+    from alexnet_deploy.server.guard_h11 import guarded_h11
 
-        def _track(self) -> None:
-            state = self.conn.their_state
-            if state is h11.SEND_BODY:
-                if getattr(self, "_phase", None) is not self.cycle:  # once per request
-                    self._phase = self.cycle
-                    self._arm(self._limits.body_timeout_s + 1.0, self._body_timeout)
-            elif state is not h11.IDLE:  # DONE / MUST_CLOSE / ERROR / CLOSED: the request is fully received
-                self._disarm()
-
-        def data_received(self, data: bytes) -> None:
-            if self._deadline is None and self.conn.their_state is h11.IDLE:
-                self._arm(self._limits.header_timeout_s, self._header_timeout)  # a new request after keep-alive
-            super().data_received(data)
-            if not self.transport.is_closing():
-                self._track()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._track()  # a pipelined request may have started from buffered bytes
-
-        def connection_lost(self, exc) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def shutdown(self) -> None:
-            """The server drains (SIGTERM): end this connection politely instead of closing it under the client."""
-            self.app = draining(self._limits.retry_after_s)  # any further request on it: 503 + Connection: close
-            cycle = self.cycle
-            if cycle is not None and not cycle.response_complete:
-                cycle.keep_alive = False
-                if not cycle.response_started:  # the final response says so (h11 then closes after it)
-                    cycle.default_headers = [*cycle.default_headers, CLOSE]
-                return
-            if not self.transport.is_closing():
-                self._arm(self._limits.drain_idle_s, self._drain_idle)
-
-        def _drain_idle(self) -> None:
-            self._deadline = None
-            if self.transport.is_closing():
-                return
-            if self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete):
-                self.transport.close()  # idle for drain_idle_s: nothing more is coming
-            else:  # a request arrived meanwhile: its (503) response closes the connection
-                self._arm(self._limits.drain_idle_s, self._drain_idle)
-
-        def send_400_response(self, msg: str) -> None:  # malformed HTTP: JSON like every other error
-            self.transport.write(json_response_bytes(400, "Bad Request", "malformed HTTP request"))
-            self.transport.close()
-
-    return GuardedH11Protocol
+    return guarded_h11(limits)

@@ -439,4 +439,5 @@ def test_malformed_http_gets_json_400(server, raw):
         while chunk := s.recv(65536):
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head and "error" in _strict(body)
+    status = b"431" if b"X-Big" in raw else b"400"  # the head over 16 KiB (httptools, the default parser here)
+    assert head.startswith(b"HTTP/1.1 " + status) and b"application/json" in head and "error" in _strict(body)
