@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,10 +100,16 @@ def create_app(runner, options: ServeOptions | None = None):
             for n in sorted({runner.min_batch or 1, max_batch}):
                 await batcher.run_direct(np.zeros((n, *dims), dtype))
         state["ready"] = True
+        # everything loaded so far (the model, FastAPI, numpy, onnxruntime) lives as long as the server: out of
+        # the collector's sight, a full collection no longer walks it (50-56 ms pauses under load at c64 before,
+        # one every ~2 s, a third of the p99 there; docs/benchmarks/serve-vs-triton-zen3.md)
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
             state["ready"] = False
+            gc.unfreeze()  # what the server held may be collected again once it stops (an in-process server)
             await batcher.drain()
             state["pool"].shutdown(wait=False, cancel_futures=True)
             runner.deactivate()
@@ -163,6 +170,11 @@ def create_app(runner, options: ServeOptions | None = None):
         finally:
             timer.cancel()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def incoming():
+        """A request on its way in: a forming batch waits for it (batcher.incoming; nothing before the lifespan)."""
+        batcher = state["batcher"]
+        return batcher.incoming() if batcher is not None else nullcontext()
 
     async def offload(fn, *args):
         """CPU work (JSON parsing, image decoding) in the worker pool, never on the event loop."""
@@ -291,8 +303,9 @@ def create_app(runner, options: ServeOptions | None = None):
         t0 = time.perf_counter()
         check_model(spec, name, version)
         try:
-            body = await receive_body(headers.get("content-length"), receive)
-            req, x, input_s = await parse(body, headers.get("content-encoding"), headers.get(HEADER_LENGTH_LOWER))
+            with incoming():
+                body = await receive_body(headers.get("content-length"), receive)
+                req, x, input_s = await parse(body, headers.get("content-encoding"), headers.get(HEADER_LENGTH_LOWER))
             out = await run(x)
             t1 = time.perf_counter()
             body, rheaders = build_infer_response(name, opts.version, req, {meta.output_name: out}, meta.class_names)
@@ -362,7 +375,7 @@ def create_app(runner, options: ServeOptions | None = None):
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     # the same checks, batcher, limits and statistics for the KServe v2 gRPC endpoint (server/grpc_service.py)
-    app.state.v2 = {"state": state, "spec": spec, "run": run, "model_meta": model_meta}
+    app.state.v2 = {"state": state, "spec": spec, "run": run, "incoming": incoming, "model_meta": model_meta}
     route_names = frozenset(getattr(r, "name", "") for r in app.routes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, route_names=route_names)
 
@@ -383,7 +396,7 @@ def create_app(runner, options: ServeOptions | None = None):
         finally:
             metrics.observe("infer", response.status_code, time.perf_counter() - t0)
 
-    app.add_middleware(InferFastPath, handler=fast_infer)
+    app.state.fast_infer = fast_infer  # server_config puts it in front of the whole FastAPI stack (asgi_app)
     return app
 
 
@@ -402,7 +415,10 @@ def _expire(fut: asyncio.Future) -> None:
 
 class InferFastPath:
     """Pure ASGI: ``POST /v2/models/{name}[/versions/{v}]/infer`` goes straight to ``handler``; everything else
-    (and the lifespan) to the FastAPI stack. The route stays registered there (route names, metrics labels)."""
+    (and the lifespan) to the FastAPI stack. The route stays registered there (route names, metrics labels; an
+    in-process ASGI client that calls the FastAPI app directly gets the same answers through it). It wraps the
+    FastAPI app from outside: inside it, Starlette's error middleware wrapped every send and FastAPI 0.165's body
+    limit and telemetry middleware ran per request (a tenth of the event loop at c64)."""
 
     def __init__(self, app, handler):
         self.app = app
@@ -428,6 +444,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise UserInputError(f"cannot listen on {host}:{port}: {reason}{hint}") from None
 
 
+def asgi_app(app):
+    """The ASGI application uvicorn runs: ``create_app``'s FastAPI app behind the infer fast path."""
+    handler = getattr(app.state, "fast_infer", None)
+    return app if handler is None else InferFastPath(app, handler)
+
+
 def server_config(app, options: ServeOptions, log_level: str = "info", **kwargs):
     """uvicorn settings with the connection guard (request deadlines, connection cap, head size, JSON protocol
     errors) on the request parser ``options.http_parser`` picks. The event loop is asyncio's: named, not uvicorn's
@@ -438,7 +460,7 @@ def server_config(app, options: ServeOptions, log_level: str = "info", **kwargs)
 
     limits = options.limits()
     kwargs.setdefault("loop", "asyncio")
-    return uvicorn.Config(app, http=guarded_protocol(limits, options.http_parser), ws="none", log_level=log_level,
+    return uvicorn.Config(asgi_app(app), http=guarded_protocol(limits, options.http_parser), ws="none", log_level=log_level,
                           access_log=options.access_log,
                           timeout_graceful_shutdown=30, timeout_keep_alive=5,
                           h11_max_incomplete_event_size=limits.max_head_bytes, **kwargs)

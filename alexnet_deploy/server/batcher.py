@@ -1,10 +1,16 @@
 """Dynamic batching: concurrent requests coalesced up to ``max_batch`` images or ``max_queue_delay_ms``,
-run as one batch off the event loop (one worker thread owns the runner), results split back."""
+run as one batch off the event loop (one worker thread owns the runner), results split back.
+
+The queue delay is an upper bound, not a fixed wait: a batch waits for more requests only while some request is
+on its way in (its handler has started and is still receiving or parsing it: ``incoming()``). With nobody else
+coming (one client, or every client already queued) it starts at once; at concurrency 1 that wait was the whole
+2 ms default per request (Triton's dynamic batcher waits it out)."""
 from __future__ import annotations
 
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +40,16 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
         self._task: asyncio.Task | None = None
         self._closing = False
+        self.arriving = 0  # requests being received or parsed (incoming()): worth waiting for
+
+    @contextmanager
+    def incoming(self):
+        """Around receiving and parsing one request: while any is open, a forming batch waits (up to the delay)."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -67,7 +83,7 @@ class DynamicBatcher:
                 timeout = deadline - time.perf_counter()
                 if not self._queue.empty():
                     nxt = self._queue.get_nowait()  # a backlog joins at once, whatever the deadline
-                elif timeout <= 0:
+                elif timeout <= 0 or self.arriving <= 0:  # out of time, or nobody else on the way
                     break
                 else:
                     try:

@@ -213,10 +213,11 @@ class InferenceService:
                 return r, x, time.perf_counter() - t
 
             # small raw_input_contents (np.frombuffer) are parsed on the loop: the pool hop cost more than the parse
-            if req.ByteSize() <= INLINE_PARSE_BYTES and not any(t.HasField("contents") for t in req.inputs):
-                v2req, x, input_s = parse()
-            else:
-                v2req, x, input_s = await loop.run_in_executor(self.state["pool"], parse)
+            with self.hooks["incoming"]():  # a forming batch waits for this request (batcher.incoming)
+                if req.ByteSize() <= INLINE_PARSE_BYTES and not any(t.HasField("contents") for t in req.inputs):
+                    v2req, x, input_s = parse()
+                else:
+                    v2req, x, input_s = await loop.run_in_executor(self.state["pool"], parse)
             out = await self.hooks["run"](x)
             t1 = time.perf_counter()
             body, headers = build_infer_response(self.name, self.version, v2req, {self.meta.output_name: out},
