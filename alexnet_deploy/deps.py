@@ -24,6 +24,7 @@ OPTIONAL = {
     "uvicorn": ("'alexnet-deploy[serve]'", "the inference server"),
     "prometheus_client": ("prometheus-client", "server metrics"),
     "httptools": ("'alexnet-deploy[serve]'", "alexnet-serve --http-parser httptools"),
+    "uvloop": ("'alexnet-deploy[serve]'", "alexnet-serve --loop uvloop"),
     "av": ("'alexnet-deploy[stream]'", "video files, cameras and network streams"),
 }
 

@@ -43,18 +43,21 @@ from alexnet_deploy.runtime.preprocess import DEFAULT_MAX_PIXELS
 @click.option("--http-parser", type=click.Choice(["auto", "httptools", "h11"]), default="auto", show_default=True,
               help="HTTP/1.1 request parser: httptools (llhttp, C; auto when installed) or h11 (pure Python). Both "
                    "enforce the same deadlines and limits.")
+@click.option("--loop", "loop", type=click.Choice(["auto", "uvloop", "asyncio"]), default="auto", show_default=True,
+              help="Event loop: uvloop (libuv; auto when installed) or asyncio's own.")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--variant", default=None, help="Variant defaults for a model without metadata.")
 @click.version_option(package_name="alexnet-deploy")  # the installed version (importlib.metadata)
 @_handle_errors
 def serve_cmd(model, engine, name, host, port, grpc_port, max_batch, max_queue_delay_ms, max_queue, max_body_mb, timeout_s,
               max_pixels, max_connections, header_timeout_s, body_timeout_s, decode_workers, access_log, http_parser,
-              threads, variant):
+              loop, threads, variant):
     """Serve a model over the Open Inference Protocol v2 (KServe / Triton compatible) with dynamic batching."""
     _setup_logging()
     from alexnet_deploy.deps import require
 
-    for mod in ("fastapi", "uvicorn", "prometheus_client", *(("httptools",) if http_parser == "httptools" else ())):
+    for mod in ("fastapi", "uvicorn", "prometheus_client", *(("httptools",) if http_parser == "httptools" else ()),
+                *(("uvloop",) if loop == "uvloop" else ())):
         require(mod)
     from alexnet_deploy.runtime.runners.factory import open_runner
     from alexnet_deploy.server.app import ServeOptions, bind_socket, serve
@@ -107,7 +110,7 @@ def serve_cmd(model, engine, name, host, port, grpc_port, max_batch, max_queue_d
         opts = ServeOptions(name, "1", max_batch, max_queue_delay_ms, max_queue, max_body_mb, timeout_s,
                             max_pixels=max_pixels, max_connections=max_connections, header_timeout_s=header_timeout_s,
                             body_timeout_s=body_timeout_s, decode_workers=decode_workers, access_log=access_log,
-                            http_parser=http_parser)
+                            http_parser=http_parser, loop=loop)
         if grpc_sock is None:
             serve(runner, opts, host, port, sock=sock)
         else:  # the same app, batcher and limits; gRPC starts once the model is warm and stops before the drain

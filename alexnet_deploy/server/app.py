@@ -60,6 +60,7 @@ class ServeOptions:
     drain_idle_s: float = 2.0  # SIGTERM: idle keep-alive connections get this long to send a last request (503)
     access_log: bool = True  # uvicorn's line per request (~8% of the event loop per small request at c64)
     http_parser: str = "auto"  # connections.PARSERS: httptools (llhttp) when installed, else h11
+    loop: str = "auto"  # LOOPS: uvloop when installed, else asyncio's own
 
     def limits(self) -> ConnectionLimits:
         return ConnectionLimits(max_connections=self.max_connections, health_reserve=max(16, self.max_connections // 4),
@@ -450,18 +451,30 @@ def asgi_app(app):
     return app if handler is None else InferFastPath(app, handler)
 
 
+LOOPS = ("auto", "uvloop", "asyncio")
+
+
+def event_loop(choice: str = "auto") -> str:
+    """The event loop ``choice`` means here: auto is uvloop when it is installed, else asyncio's own."""
+    if choice == "auto":
+        import importlib.util
+
+        return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    return choice
+
+
 def server_config(app, options: ServeOptions, log_level: str = "info", **kwargs):
     """uvicorn settings with the connection guard (request deadlines, connection cap, head size, JSON protocol
-    errors) on the request parser ``options.http_parser`` picks. The event loop is asyncio's: named, not uvicorn's
-    "auto", so what runs does not depend on whether uvloop happens to be installed."""
+    errors) on the request parser ``options.http_parser`` picks, on the event loop ``options.loop`` picks (named,
+    so what runs is what alexnet-serve decided, not whatever uvicorn's own "auto" finds)."""
     import uvicorn
 
     from alexnet_deploy.server.connections import guarded_protocol
 
     limits = options.limits()
-    kwargs.setdefault("loop", "asyncio")
-    return uvicorn.Config(asgi_app(app), http=guarded_protocol(limits, options.http_parser), ws="none", log_level=log_level,
-                          access_log=options.access_log,
+    kwargs.setdefault("loop", event_loop(options.loop))
+    return uvicorn.Config(asgi_app(app), http=guarded_protocol(limits, options.http_parser), ws="none",
+                          log_level=log_level, access_log=options.access_log,
                           timeout_graceful_shutdown=30, timeout_keep_alive=5,
                           h11_max_incomplete_event_size=limits.max_head_bytes, **kwargs)
 

@@ -1,5 +1,6 @@
 """The connection guard on both request parsers (server/guard_httptools.py, server/guard_h11.py): the same
-deadlines, head limit, JSON errors, keep-alive and pipelining, on a real uvicorn server over loopback sockets."""
+deadlines, head limit, JSON errors, keep-alive and pipelining, on a real uvicorn server over loopback sockets.
+httptools runs on uvloop and h11 on asyncio's own loop (the default stack and the fallback one)."""
 from __future__ import annotations
 
 import json
@@ -27,21 +28,24 @@ def small_model(tmp_path_factory):
     return make_model(tmp_path_factory.mktemp("small") / "small.onnx")
 
 
-@pytest.fixture(scope="module", params=["httptools", "h11"])
+@pytest.fixture(scope="module", params=[("httptools", "uvloop"), ("h11", "asyncio")], ids=["httptools-uvloop", "h11-asyncio"])
 def guarded(request, small_model):
-    if request.param == "httptools":
+    parser, loop = request.param
+    if parser == "httptools":
         pytest.importorskip("httptools")
+        pytest.importorskip("uvloop")
     import uvicorn
 
     from alexnet_deploy.runtime.runners import open_runner
     from alexnet_deploy.server.app import ServeOptions, create_app, server_config
 
     opts = ServeOptions(max_batch=8, max_queue_delay_ms=1, header_timeout_s=HEADER_S, body_timeout_s=BODY_S,
-                        http_parser=request.param, access_log=False)
+                        http_parser=parser, loop=loop, access_log=False)
     runner = open_runner(small_model)
     port = _free_port()
     config = server_config(create_app(runner, opts), opts, log_level="warning", host="127.0.0.1", port=port)
-    assert config.http.__name__ == {"httptools": "GuardedHttpToolsProtocol", "h11": "GuardedH11Protocol"}[request.param]
+    assert config.http.__name__ == {"httptools": "GuardedHttpToolsProtocol", "h11": "GuardedH11Protocol"}[parser]
+    assert config.loop == loop
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -54,7 +58,7 @@ def guarded(request, small_model):
                     break
         except OSError:
             time.sleep(0.05)
-    yield {"parser": request.param, "port": port, "meta": runner.metadata}
+    yield {"parser": parser, "port": port, "meta": runner.metadata}
     server.should_exit = True
     thread.join(timeout=20)
 
@@ -201,3 +205,14 @@ def test_auto_parser_is_httptools_when_installed_else_h11(monkeypatch):
     assert http_parser("auto") == "h11" and http_parser("httptools") == "httptools"
     assert guarded_protocol(ConnectionLimits(), "auto").__name__ == "GuardedH11Protocol"
     assert connections.PARSERS == ("auto", "httptools", "h11")
+
+
+def test_auto_loop_is_uvloop_when_installed_else_asyncio(monkeypatch):
+    import importlib.util
+
+    from alexnet_deploy.server.app import LOOPS, event_loop
+
+    real = importlib.util.find_spec
+    assert event_loop("auto") == ("uvloop" if real("uvloop") is not None else "asyncio")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a))
+    assert event_loop("auto") == "asyncio" and event_loop("uvloop") == "uvloop" and LOOPS == ("auto", "uvloop", "asyncio")

@@ -401,15 +401,15 @@ def test_keep_alive_requests_are_not_held_by_nagle(digits_onnx, tmp_path):
 DRAIN_CLIENTS = 64
 
 
-@pytest.mark.parametrize("parser", ["httptools", "h11"])
-def test_sigterm_drain_loses_no_request_on_keep_alive_connections(digits_onnx, tmp_path, parser):
+@pytest.mark.parametrize("parser, loop", [("httptools", "auto"), ("h11", "asyncio")])
+def test_sigterm_drain_loses_no_request_on_keep_alive_connections(digits_onnx, tmp_path, parser, loop):
     """SIGTERM while 64 keep-alive clients send binary tensors: uvicorn closed idle connections under the clients
     (64 reset of 446) and no response said Connection: close. Every request sent must now get an answer:
     200 (the last ones with Connection: close) or a JSON 503 with Connection: close and Retry-After."""
     import signal
 
     port = _free_port()
-    proc = _start(digits_onnx, port, tmp_path / "serve.log", "--http-parser", parser)
+    proc = _start(digits_onnx, port, tmp_path / "serve.log", "--http-parser", parser, "--loop", loop)
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     head = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
                                    "parameters": {"binary_data_size": x.nbytes}}]}).encode()
