@@ -10,7 +10,9 @@ and ``alexnet-serve --threads T --max-batch 32 --max-queue-delay-ms 2 --name aut
 that both give the same logits, then drives both with alexnet-bench --server's load generator
 (benchmarks/loadgen.py) at each concurrency over HTTP and gRPC, the two servers interleaved per concurrency (the
 order alternates) so that the machine's changing load falls on both. Prints a table and writes JSON with the
-machine (runtime.machine.machine_info) and the load average around each pair.
+machine (runtime.machine.machine_info), the load average around each pair, and what the same ONNX Runtime session
+does alone at the batch each concurrency allows (``ort_ceiling``: a throughput goal above it is out of any front
+end's reach).
 
 Benchmarks are not tests: nothing here is run by pytest."""
 from __future__ import annotations
@@ -83,6 +85,30 @@ def compare(servers: dict, name: str, levels: list[int], protocols: list[str], d
     return rows
 
 
+def ort_ceiling(model: Path, threads: int, batches: list[int], seconds: float = 2.0) -> dict[int, float]:
+    """What the ONNX Runtime session behind both servers does alone at each batch size (img/s): alexnet-serve's
+    own runner, same threads, intra-op spinning off, run back to back in this process while both servers idle.
+    A server at concurrency c forms batches of at most min(c, max batch), so ceiling[min(c, 32)] bounds what
+    either front end can reach there; a goal above it cannot be met by the front end."""
+    from alexnet_deploy.runtime.runners.factory import open_runner
+
+    out = {}
+    with open_runner(str(model), "ort", threads=threads,
+                     session_config={"session.intra_op.allow_spinning": "0"}) as runner:
+        meta = runner.metadata
+        for b in batches:
+            rng = np.random.default_rng(0)
+            x = (rng.integers(0, 256, (b, *meta.input_dims), dtype=np.uint8) if np.dtype(meta.input_dtype) == np.uint8
+                 else rng.standard_normal((b, *meta.input_dims)).astype(np.float32))
+            runner.infer(x)
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                runner.infer(x)
+                n += b
+            out[b] = n / (time.perf_counter() - t0)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", type=Path, help="the ONNX file both servers serve")
@@ -123,8 +149,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: the servers disagree (max abs diff {diff:g})", file=sys.stderr)
                 return 1
             machine = machine_info(a.threads)
+            ceiling = ort_ceiling(a.model, a.threads, sorted({min(c, 32) for c in levels}))
+            print("ONNX Runtime alone (the ceiling): " + ", ".join(f"batch {b} {v:.1f} img/s" for b, v in ceiling.items()))
             rows = compare({"alexnet-serve": ours, "triton": theirs}, name, levels, protocols, a.duration_s,
                            a.warmup_ms)
+            for r in rows:
+                r["ort_ceiling_batch"] = min(r["concurrency"], 32)
+                r["ort_ceiling_ips"] = ceiling[r["ort_ceiling_batch"]]
+                r["goal_above_ceiling"] = 1.2 * r["triton"]["throughput_ips"] > r["ort_ceiling_ips"]
             log_lines = sum(1 for _ in open(ours.log, errors="replace"))
         finally:
             ours.stop()
@@ -143,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(result, indent=2))
     print(f"\n{'proto':5s} {'conc':>4s} {'serve img/s':>11s} {'triton img/s':>12s} {'ratio':>6s} "
-          f"{'serve p99':>9s} {'triton p99':>10s} {'load':>5s}")
+          f"{'serve p99':>9s} {'triton p99':>10s} {'load':>5s} {'ORT alone':>9s} {'1.2x Triton':>11s}")
     for r in rows:
         print(f"{r['protocol']:5s} {r['concurrency']:4d} {r['alexnet-serve']['throughput_ips']:11.1f} "
               f"{r['triton']['throughput_ips']:12.1f} {r['ratio']:6.2f} {r['alexnet-serve']['p99_ms']:9.1f} "
-              f"{r['triton']['p99_ms']:10.1f} {r['load_before'][0]:5.1f}")
+              f"{r['triton']['p99_ms']:10.1f} {r['load_before'][0]:5.1f} {r['ort_ceiling_ips']:9.1f} "
+              f"{'above ORT' if r['goal_above_ceiling'] else 'reachable':>11s}")
     return 0
 
 
