@@ -58,7 +58,8 @@ class ServeOptions:
     jpeg_draft: bool = True  # decode large JPEG uploads at a reduced DCT scale (no smaller than the resize)
     retry_after_s: int = 1
     drain_idle_s: float = 2.0  # SIGTERM: idle keep-alive connections get this long to send a last request (503)
-    access_log: bool = True  # uvicorn's line per request (~8% of the event loop per small request at c64)
+    access_log: bool = False  # uvicorn's line per request: ~7-8% of the event loop per small request at c64, off
+    # by default like Triton's (/metrics counts every request; internal errors are logged either way)
     http_parser: str = "auto"  # connections.PARSERS: httptools (llhttp) when installed, else h11
     loop: str = "auto"  # LOOPS: uvloop when installed, else asyncio's own
 

@@ -441,3 +441,17 @@ def test_malformed_http_gets_json_400(server, raw):
     head, _, body = data.partition(b"\r\n\r\n")
     status = b"431" if b"X-Big" in raw else b"400"  # the head over 16 KiB (httptools, the default parser here)
     assert head.startswith(b"HTTP/1.1 " + status) and b"application/json" in head and "error" in _strict(body)
+
+
+@pytest.mark.parametrize("flag, logged", [((), False), (("--access-log",), True)], ids=["default", "access-log"])
+def test_access_log_is_off_unless_asked_for(digits_onnx, tmp_path, flag, logged):
+    """alexnet-serve (the real CLI, HTTP + gRPC) writes uvicorn's line per request only with --access-log."""
+    from alexnet_deploy.studies.servers import start_alexnet_serve
+
+    with start_alexnet_serve(digits_onnx, tmp_path, threads=1, extra=flag) as srv:
+        for _ in range(3):
+            assert httpx.get(f"{srv.url}/v2/health/ready").status_code == 200
+    log = srv.log.read_text()
+    assert "serving " in log, log[-2000:]  # the startup line either way
+    n = log.count('"GET /v2/health/ready HTTP/1.1" 200')  # ours and the launcher's readiness polls
+    assert (n >= 3) if logged else (n == 0), log[-2000:]
