@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -393,6 +394,8 @@ def engine_manifest(job: BuildInputs, built: BuiltEngine) -> dict:
         "precision": opts.precision,
         "precision_path": config.precision.path,
         "source_onnx": str(job.onnx.resolve()),
+        # the same file relative to the engine's folder: what is looked for first once the folder has moved
+        "source_onnx_relative": os.path.relpath(job.onnx.resolve(), job.output.resolve().parent),
         "source_onnx_sha256": sha256_file(job.onnx),
         "source_onnx_precision": meta.precision,
         "built_onnx": str(build_onnx.resolve()),

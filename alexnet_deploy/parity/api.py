@@ -28,13 +28,15 @@ def check_parity(candidate, *, engine: str | None = None, reference: str | None 
     from alexnet_deploy.parity.tolerances import tolerances_for
     from alexnet_deploy.runtime.runners.factory import open_runner
     from alexnet_deploy.runtime.runners.torch_runner import TorchRunner
+    from alexnet_deploy.runtime.trt_library import source_onnx_path
 
     runner = open_runner(candidate, engine, variant=variant, rebuild_if_stale=rebuild_if_stale, rebuild=rebuild)
     meta = runner.metadata
     prec = meta.precision if precision == "auto" else precision
     tol = tolerances_for(prec, tolerances)
     manifest = getattr(runner, "manifest", None) or {}
-    ref = TorchRunner(reference_for(meta, reference, candidate, manifest.get("source_onnx")))
+    source_onnx = source_onnx_path(manifest, candidate) if manifest else None
+    ref = TorchRunner(reference_for(meta, reference, candidate, source_onnx or manifest.get("source_onnx")))
     # preprocess="stretch": the dataset once more, resized without the crop (DeepStream, jetson-inference)
     sets = parity_sets(meta, dataset, num_images, random_samples, resize=preprocess)
     with runner, ref:

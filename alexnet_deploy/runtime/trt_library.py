@@ -69,6 +69,28 @@ def read_manifest(engine: str | os.PathLike) -> dict:
     return data
 
 
+def source_onnx_path(manifest: dict, engine: str | os.PathLike) -> str | None:
+    """The engine's source ONNX on this machine: relative to the engine's folder (a deploy folder copied to the
+    target), then at the absolute path recorded at build time, then beside the engine by name; the first that
+    exists and matches the recorded sha256. None if none does."""
+    from alexnet_deploy.fileio import sha256_file
+
+    here = Path(engine).resolve().parent
+    recorded = manifest.get("source_onnx")
+    candidates = [Path(os.path.normpath(here / rel)) for rel in [manifest.get("source_onnx_relative")]
+                  if isinstance(rel, str) and rel]
+    if isinstance(recorded, str) and recorded:
+        candidates += [Path(recorded), here / Path(recorded).name]
+    want = manifest.get("source_onnx_sha256")
+    for path in dict.fromkeys(candidates):
+        try:
+            if path.is_file() and (not want or sha256_file(path) == want):
+                return str(path)
+        except OSError:
+            continue
+    return None
+
+
 def jetson_release() -> str | None:
     try:
         with open("/etc/nv_tegra_release") as f:
@@ -139,7 +161,8 @@ def rebuild_command(manifest: dict, engine) -> str:
     import shlex
 
     opts = rebuild_options(manifest)
-    parts = ["alexnet-export", "trt", str(manifest.get("source_onnx", "MODEL.onnx")), "-o", str(engine),
+    source = source_onnx_path(manifest, engine) or manifest.get("source_onnx") or "MODEL.onnx"
+    parts = ["alexnet-export", "trt", str(source), "-o", str(engine),
              "--precision", opts["precision"]]
     for key, flag in _FLAGS.items():
         if key == "calib_dataset" and key in opts and opts[key] is None:

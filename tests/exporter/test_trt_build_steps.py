@@ -398,8 +398,8 @@ def test_build_engine_with_tensorrt10_chains_the_steps(trt10, tiny, tmp_path, pr
     assert said[1].startswith(f"built {tmp_path / 'e.plan'} (0.0 MB) in ") and said[1].endswith(
         "; manifest e.plan.manifest.json")
     assert set(m) == {"schema", "engine_sha256", "engine_bytes", "library", "gpu", "target_compute_capability",
-                      "precision", "precision_path", "source_onnx", "source_onnx_sha256", "source_onnx_precision",
-                      "built_onnx", "built_onnx_sha256", "source_weights_sha256", "input", "output", "build",
+                      "precision", "precision_path", "source_onnx", "source_onnx_relative", "source_onnx_sha256",
+                      "source_onnx_precision", "built_onnx", "built_onnx_sha256", "source_weights_sha256", "input", "output", "build",
                       "platform", "metadata"}
 
 

@@ -92,6 +92,8 @@ def test_export_trt_and_rebuild_without_torch(digits_onnx, image_folder, tmp_pat
 
     plans = {p: tmp_path / f"c10-{p}.plan" for p in ("fp32", "fp16", "int8")}
     stale, stale_int8 = tmp_path / "stale.plan", tmp_path / "stale-int8.plan"
+    moved = tmp_path / "copied deploy"
+    moved_plan = moved / "trt" / "e.plan"
     img = next(image_folder.rglob("*.png"))
     out = _run_without_torch(f"""
         import json, shutil
@@ -108,8 +110,19 @@ def test_export_trt_and_rebuild_without_torch(digits_onnx, image_folder, tmp_pat
             m["library"]["version"] = "0.9.0"
             json.dump(m, open(dst + ".manifest.json", "w"))
             run(predict_main, dst, {str(img)!r}, "--rebuild-if-stale")
+        # a stale engine in a folder copied from the build host: the ONNX is found relative to the engine
+        import os
+        os.makedirs({str(moved)!r} + "/onnx"); os.makedirs({str(moved)!r} + "/trt")
+        shutil.copy({str(digits_onnx)!r}, {str(moved)!r} + "/onnx/m.onnx")
+        shutil.copy(plans["fp32"], {str(moved_plan)!r})
+        m = json.load(open(plans["fp32"] + ".manifest.json"))
+        m["library"]["version"] = "0.9.0"
+        m["source_onnx"] = "/gone/build-host/m.onnx"
+        m["source_onnx_relative"] = "../onnx/m.onnx"
+        json.dump(m, open({str(moved_plan)!r} + ".manifest.json", "w"))
+        run(predict_main, {str(moved_plan)!r}, {str(img)!r}, "--rebuild-if-stale")
     """)
-    *builds, (code, _, stderr), (code8, _, stderr8) = _results(out)
+    *builds, (code, _, stderr), (code8, _, stderr8), (code_moved, _, stderr_moved) = _results(out)
     for (p, path), (c, stdout, err) in zip(plans.items(), builds):
         assert c == 0, (p, err)
         assert "built" in stdout and path.stat().st_size > 100_000
@@ -124,6 +137,37 @@ def test_export_trt_and_rebuild_without_torch(digits_onnx, image_folder, tmp_pat
     assert rebuilt["library"]["version"] != "0.9.0"
     assert rebuilt["build"]["calibration"]["dataset"].startswith(str(image_folder))
     assert rebuilt["build"]["calibration"]["num_images"] == 32
+    assert code_moved != 0 and "no CUDA GPU" in stderr_moved, stderr_moved
+    rebuilt = json.loads(manifest_path(moved_plan).read_text())
+    assert rebuilt["library"]["version"] != "0.9.0"
+    assert rebuilt["source_onnx"] == str(moved / "onnx" / "m.onnx") and rebuilt["source_onnx_relative"] == str(
+        Path("..", "onnx", "m.onnx"))
+
+
+def test_source_onnx_is_found_where_the_folder_went(digits_onnx, tmp_path):
+    import shutil
+
+    from alexnet_deploy.fileio import sha256_file
+    from alexnet_deploy.runtime.trt_library import rebuild_command, source_onnx_path
+
+    (tmp_path / "a" / "onnx").mkdir(parents=True)
+    (tmp_path / "a" / "trt").mkdir()
+    onnx = tmp_path / "a" / "onnx" / "model.onnx"
+    shutil.copy(digits_onnx, onnx)
+    sha = sha256_file(onnx)
+    engine = tmp_path / "a" / "trt" / "model.plan"
+    manifest = {"source_onnx": "/build-host/x/onnx/model.onnx", "source_onnx_relative": "../onnx/model.onnx",
+                "source_onnx_sha256": sha, "precision": "fp32", "build": {}}
+    assert source_onnx_path(manifest, engine) == str(onnx)
+    assert rebuild_command(manifest, engine).startswith(f"alexnet-export trt {onnx} -o ")
+    old = {k: v for k, v in manifest.items() if k != "source_onnx_relative"}  # an older manifest: by name beside
+    shutil.copy(onnx, engine.parent / "model.onnx")
+    assert source_onnx_path(old, engine) == str(engine.parent / "model.onnx")
+    onnx.write_bytes(b"changed")  # another file under that name is not the engine's source
+    assert source_onnx_path(manifest, engine) == str(engine.parent / "model.onnx")
+    (engine.parent / "model.onnx").unlink()
+    assert source_onnx_path(manifest, engine) is None
+    assert rebuild_command(manifest, engine).startswith("alexnet-export trt /build-host/x/onnx/model.onnx -o ")
 
 
 def test_rebuild_command_repeats_the_recorded_build():

@@ -17,7 +17,7 @@ from alexnet_deploy.fileio import sha256_file
 from alexnet_deploy.runtime.metadata import ModelMetadata, read_onnx_metadata
 from alexnet_deploy.runtime.runners.base import Runner, TensorSpec
 from alexnet_deploy.runtime.trt_library import (check_compatible, gpu_properties, load_library, read_manifest,
-                                                rebuild_command, rebuild_options)
+                                                rebuild_command, rebuild_options, source_onnx_path)
 
 # The builder interface (``--rebuild-if-stale``): ``rebuild(onnx_path, engine_path, options)`` builds the engine
 # again, ``options`` being the TrtBuildOptions keywords its manifest recorded. The runtime never imports the
@@ -75,9 +75,11 @@ class TensorRTRunner(Runner):
         return lib, gpu
 
     def _rebuild(self) -> None:
-        src = self.manifest.get("source_onnx")
-        if not src or not Path(src).is_file():
-            raise ModelLoadError(f"cannot rebuild {self.path.name}: its ONNX {src} is gone")
+        src = source_onnx_path(self.manifest, self.path)
+        if src is None:
+            raise ModelLoadError(f"cannot rebuild {self.path.name}: its ONNX {self.manifest.get('source_onnx')} is "
+                                 "not here (neither beside the engine nor at that path, with its sha256); pass "
+                                 "the ONNX to alexnet-export trt")
         recorded = rebuild_options(self.manifest)  # the same profile, DLA core and calibration data as before
         if "calib_dataset" in recorded and recorded["calib_dataset"] is None:
             if read_onnx_metadata(src).precision != "int8":  # calibrated at build time, on data not found again
