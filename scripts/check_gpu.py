@@ -64,6 +64,9 @@ REQUIRED_WHEELS = [
     ("opentelemetry-api", "1.45.2", "opentelemetry", "fastapi 0.165 (imported at start)"),
     ("uvicorn", "0.55.0", "uvicorn", "alexnet-serve"),
     ("python-multipart", "0.0.34", "python_multipart", "alexnet-serve (form uploads)"),
+    ("httptools", "0.9.0", "httptools", "alexnet-serve's HTTP parser (llhttp; h11 without it, slower)"),
+    ("uvloop", "0.23.0", "uvloop", "alexnet-serve's event loop (libuv; asyncio's without it, slower)"),
+    ("grpcio", "1.85.3", "grpc", "alexnet-serve --grpc-port (KServe v2 gRPC)"),
     ("anyio", "4.16.0", "anyio", "starlette 1.10 (>= 4); the machine's version is not recorded"),
     ("click", "8.5.1", "click", "every alexnet-* command (>= 8.2); the machine's version is not recorded"),
 ]
@@ -78,7 +81,8 @@ OPTIONAL_WHEELS = [
 PREINSTALLED = [("torch", "torch"), ("torchvision", "torchvision"), ("onnx", "onnx"), ("onnx-ir", "onnx_ir"),
                 ("numpy", "numpy"), ("pillow", "PIL"), ("tqdm", "tqdm"),
                 ("safetensors", "safetensors"), ("scikit-learn", "sklearn"), ("pytest", "pytest"),
-                ("prometheus-client", "prometheus_client"), ("h11", "h11"), ("idna", "idna")]
+                ("prometheus-client", "prometheus_client"), ("h11", "h11"), ("idna", "idna"),
+                ("protobuf", "google.protobuf")]  # protobuf: onnx needs it; alexnet-serve's gRPC messages too
 TRT_MODULES = ("tensorrt", "tensorrt_rtx")
 HIDDEN = ("", "-1", "none", "void", "NoDevFiles")  # CUDA_VISIBLE_DEVICES values that hide every GPU
 CPU_STANDIN = {"torch-cuda": "torch", "ort-cuda": "ort"}  # --rehearse-on-cpu
