@@ -26,8 +26,8 @@ import numpy as np
 
 from alexnet_deploy import __version__
 from alexnet_deploy.errors import UserInputError
-from alexnet_deploy.server.protocol import (DATATYPES, HEADER_LENGTH, INLINE_PARSE_BYTES, ProtocolError,
-                                             build_infer_response, check_model, prepare_infer)
+from alexnet_deploy.server.protocol import (DATATYPES, INLINE_PARSE_BYTES, ProtocolError, check_model,
+                                             infer_response_parts, prepare_infer)
 
 log = logging.getLogger("alexnet_deploy.server.grpc")
 SERVICE = "inference.GRPCInferenceService"
@@ -142,19 +142,16 @@ def to_v2_request(req) -> tuple[dict, bytes]:
     return head, b"".join(blobs)
 
 
-def to_infer_response(body: bytes, headers: dict[str, str]):
-    """build_infer_response's binary answer -> a ModelInferResponse with raw_output_contents."""
-    pb = _pb()
-    n = int(headers[HEADER_LENGTH])
-    head = json.loads(body[:n])
-    resp = pb.ModelInferResponse(model_name=head["model_name"], model_version=head["model_version"],
-                                 id=head.get("id", ""))
-    offset = n
-    for out in head["outputs"]:
-        size = out["parameters"]["binary_data_size"]
+def to_infer_response(head: dict, blobs: list[bytes]):
+    """infer_response_parts' answer (every output binary, as to_v2_request asks) -> a ModelInferResponse with
+    raw_output_contents: the same values and bytes as the HTTP binary response, without its JSON round trip."""
+    resp = _pb().ModelInferResponse(model_name=head["model_name"], model_version=head["model_version"],
+                                    id=head.get("id", ""))
+    if len(blobs) != len(head["outputs"]):
+        raise ValueError("every gRPC output must be binary")
+    for out, blob in zip(head["outputs"], blobs):
         resp.outputs.add(name=out["name"], datatype=out["datatype"], shape=out["shape"])
-        resp.raw_output_contents.append(body[offset: offset + size])
-        offset += size
+        resp.raw_output_contents.append(blob)
     return resp
 
 
@@ -220,9 +217,8 @@ class InferenceService:
                     v2req, x, input_s = await loop.run_in_executor(self.state["pool"], parse)
             out = await self.hooks["run"](x)
             t1 = time.perf_counter()
-            body, headers = build_infer_response(self.name, self.version, v2req, {self.meta.output_name: out},
-                                                 self.meta.class_names)
-            resp = to_infer_response(body, headers)
+            resp = to_infer_response(*infer_response_parts(self.name, self.version, v2req,
+                                                           {self.meta.output_name: out}, self.meta.class_names))
         except ProtocolError:
             self.stats.on_request(False, time.perf_counter() - t0)
             raise

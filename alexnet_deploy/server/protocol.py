@@ -354,6 +354,18 @@ def build_infer_response(model: str, version: str, req: InferRequest, outputs: d
     """-> (body, headers). Outputs asked with ``parameters.binary_data`` go in the binary section (raw IEEE
     values, NaN included); a non-finite value asked for as JSON is an error, as JSON has no NaN. An output asked
     with ``parameters.classification: k`` is returned as Triton does: BYTES [N, k] "value:index:label"."""
+    head, blobs = infer_response_parts(model, version, req, outputs, labels)
+    head_bytes = json.dumps(head, allow_nan=False).encode()
+    if not blobs:
+        return head_bytes, {"content-type": "application/json"}
+    return head_bytes + b"".join(blobs), {"content-type": "application/octet-stream",
+                                          HEADER_LENGTH: str(len(head_bytes))}
+
+
+def infer_response_parts(model: str, version: str, req: InferRequest, outputs: dict[str, np.ndarray],
+                         labels: list[str] | None = None) -> tuple[dict, list[bytes]]:
+    """The response head (the v2 JSON object) and the binary blobs, in the order of the head's outputs that have
+    ``parameters.binary_data_size`` (the HTTP body and the gRPC message are both made from these)."""
     check_outputs(req, list(outputs))
     wanted = req.outputs or [{"name": n, "parameters": {}} for n in outputs]
     head = {"model_name": model, "model_version": version, "outputs": []}
@@ -388,8 +400,4 @@ def build_infer_response(model: str, version: str, req: InferRequest, outputs: d
                                     "(are the inputs in the model's range?); ask for it with binary_data")
             entry["data"] = arr.ravel().tolist()
         head["outputs"].append(entry)
-    head_bytes = json.dumps(head, allow_nan=False).encode()
-    if not blobs:
-        return head_bytes, {"content-type": "application/json"}
-    return head_bytes + b"".join(blobs), {"content-type": "application/octet-stream",
-                                          HEADER_LENGTH: str(len(head_bytes))}
+    return head, blobs
