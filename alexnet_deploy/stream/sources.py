@@ -149,7 +149,7 @@ def parse_source(args: Sequence[str], *, live: bool | None = None, input_format:
         raise UserInputError(f"unsupported source {arg!r}: scheme {name}:// is not one of "
                              f"{', '.join(s + '://' for s in LIVE_SCHEMES + HTTP_SCHEMES)}, csi://, file://")
     if "!" in arg and not os.path.exists(arg):
-        return _finish(SourceSpec("gstreamer", arg, live=True), live, input_format, input_codec)
+        return _finish(SourceSpec("gstreamer", arg, live=not _finite_pipeline(arg)), live, input_format, input_codec)
     if re.fullmatch(r"\d+", arg) and not os.path.exists(arg):
         arg = f"/dev/video{arg}"  # OpenCV's habit: a bare camera number
     if arg.startswith("/dev/"):
@@ -169,6 +169,25 @@ def parse_source(args: Sequence[str], *, live: bool | None = None, input_format:
             raise UserInputError(f"no images match {arg}")
         return _finish(SourceSpec("images", arg, files=files), live, input_format, input_codec)
     raise UserInputError(f"source not found: {arg}")
+
+
+# GStreamer source elements that read something finite: their end of stream is the end, not a break
+GST_FILE_SOURCES = ("filesrc", "multifilesrc", "splitfilesrc")
+
+
+def _finite_pipeline(pipeline: str) -> bool:
+    """A pipeline whose source reads a file, or a test source with ``num-buffers=N`` that is not ``is-live``:
+    its end of stream is an end (exit 0), as for a video file. Anything else (a camera, a network source) is
+    live; --live / --no-live decide either way."""
+    words = pipeline.split("!", 1)[0].split()
+    if not words:
+        return False
+    props = dict(w.split("=", 1) for w in words[1:] if "=" in w)
+    if words[0] in GST_FILE_SOURCES:
+        return True
+    live = props.get("is-live", "false").strip("\"'").lower() in ("true", "1", "yes")
+    return words[0].endswith("testsrc") and not live and props.get("num-buffers", "-1").strip("\"'") not in (
+        "-1", "")
 
 
 def parse_sources(args: Sequence[str], extra: Sequence[str] = (), *, live: bool | None = None,

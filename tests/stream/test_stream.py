@@ -351,6 +351,17 @@ def test_source_kinds_and_live_defaults(tmp_path):
     assert parse_source(["https://example.org/clip.mp4"], live=True).live
     assert parse_source(["csi://0"]).kind == "csi"
     assert parse_source(["v4l2src ! videoconvert ! appsink"]).kind == "gstreamer"
+    # a pipeline is live unless its source reads a file or is a finite, non-live test source
+    assert parse_source(["v4l2src device=/dev/video0 ! videoconvert ! appsink"]).live
+    assert parse_source(["rtspsrc location=rtsp://h/s ! decodebin ! videoconvert ! appsink"]).live
+    assert not parse_source(["filesrc location=/v/a.mp4 ! decodebin ! videoconvert ! appsink"]).live
+    assert not parse_source(["  multifilesrc location=f%03d.jpg ! jpegdec ! videoconvert ! appsink"]).live
+    assert not parse_source(["videotestsrc num-buffers=30 ! videoconvert ! appsink"]).live
+    assert parse_source(["videotestsrc ! videoconvert ! appsink"]).live  # no end
+    assert parse_source(["videotestsrc is-live=true num-buffers=30 ! videoconvert ! appsink"]).live
+    assert parse_source(["videotestsrc num-buffers=-1 ! videoconvert ! appsink"]).live
+    assert parse_source(["filesrc location=a.mp4 ! decodebin ! appsink"], live=True).live  # --live wins
+    assert not parse_source(["v4l2src ! videoconvert ! appsink"], live=False).live  # --no-live wins
 
 
 # --- signals: a real process, a real signal ------------------------------------------------------------------
