@@ -106,3 +106,24 @@ def test_the_checker_catches_a_root_user_and_extra_extras(tmp_path):
     bad.write_text(text.replace('"alexnet-deploy[runtime,serve]"', '"alexnet-deploy[runtime,serve,export]"'))
     pips = " ".join(v for k, v in _instructions(bad) if k == "RUN")
     assert "[runtime,serve,export]" in pips
+
+
+# The python3 each Ubuntu LTS ships (its python3 package): wheels built in one stage must fit the other's interpreter.
+UBUNTU_PYTHON3 = {"20.04": "3.8", "22.04": "3.10", "24.04": "3.12"}
+
+
+@pytest.mark.parametrize("name", sorted(EXTRAS))
+def test_the_wheels_are_built_for_the_final_stage_python(name):
+    ins = _instructions(DOCKER / name)
+    args = dict(re.match(r"(\w+)=(\S+)", v).groups() for i, v in ins if i == "ARG" and "=" in v)
+    froms = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], v.split()[0]) for i, v in ins if i == "FROM"]
+    build = re.fullmatch(r"python:(3\.\d+)[-\w]*", froms[0])
+    assert build, f"{name}: the build stage should be an official python image, not {froms[0]}"
+    final = froms[-1]
+    if final.startswith("python:"):
+        assert final.split(":")[1].startswith(build.group(1) + "-"), (froms[0], final)
+        return
+    ubuntu = re.search(r"ubuntu(\d\d\.\d\d)$", final)
+    assert ubuntu and ubuntu.group(1) in UBUNTU_PYTHON3, f"{name}: unknown final base {final}"
+    assert UBUNTU_PYTHON3[ubuntu.group(1)] == build.group(1), (
+        f"{name}: wheels built with Python {build.group(1)} but {final} runs python3 {UBUNTU_PYTHON3[ubuntu.group(1)]}")
